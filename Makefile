@@ -1,0 +1,39 @@
+# comic-reid: `make demo` runs the pipeline end to end on a synthetic corpus; `make test` runs the test suite.
+# Both create .venv and install the project on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint bench clean help
+
+help:
+	@echo "make demo   - set up .venv and run the whole pipeline on a synthetic corpus (outputs in $(DEMO_OUT))"
+	@echo "make test   - set up .venv, lint, and run the test suite"
+	@echo "make bench  - run the benchmarks in tests/bench (not part of CI)"
+	@echo "make lint   - ruff check"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/python jobs/demo.py --out $(DEMO_OUT)
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python tests/bench/run_all.py
+
+clean:
+	rm -rf runs .pytest_cache

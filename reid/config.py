@@ -1,0 +1,167 @@
+"""Typed job configs: one frozen dataclass per job; every field is a CLI flag and a YAML key of the same name.
+
+Precedence: dataclass defaults < ``--config file.yaml`` < explicit CLI flags. Unknown YAML keys and bad
+values raise :class:`reid.errors.ConfigError` before any work starts. A field's help text comes from
+``field(metadata={"help": ...})``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+from reid import io
+from reid.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(underlying scalar type, optional?) of a field annotation such as ``int | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+        raise TypeError(f"unsupported union {tp}")
+    return tp, False
+
+
+def _convert(name: str, value: Any, tp: Any) -> Any:
+    base, optional = _base_type(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{name}: a value is required (got none)")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if typing.get_origin(base) is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            (item_type, *_rest) = typing.get_args(base)
+            return tuple(_convert(name, v, item_type) for v in items)
+        if base is str:
+            if isinstance(value, dict | list):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+    raise TypeError(f"unsupported config field type {tp} for {name}")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        f.type = hints[f.name]
+        out[f.name] = f
+    return out
+
+
+def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Build ``cls`` from a mapping, converting types; unknown keys raise ConfigError."""
+    fields = _fields(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {k: _convert(f"{source}: {k}", v, fields[k].type) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON/YAML-safe dict of a config (tuples become lists)."""
+    out = {}
+    for k, v in dataclasses.asdict(cfg).items():
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(io.read_text(path))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of field: value")
+    return data
+
+
+def save_yaml(cfg: Any, path: str) -> None:
+    io.write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with ``--config`` plus one ``--field-name`` flag per dataclass field."""
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help="YAML file of field: value (same names as these flags, with _); flags override it")
+    for name, f in _fields(cls).items():
+        base, _ = _base_type(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        flag = "--" + name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if base is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {default})")
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(),
+                                help=f"{help_text} (default: {default})")
+    return parser
+
+
+def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
+    """Parse ``argv`` into ``cls``: defaults < ``--config`` YAML < explicit flags."""
+    parser = build_parser(cls, description)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_yaml(args.config))
+    for name in _fields(cls):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    return from_dict(cls, values, source=args.config or "command line")
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    """``dataclasses.replace`` with the same type conversion and validation as parsing."""
+    values = to_dict(cfg)
+    values.update(changes)
+    return from_dict(type(cfg), values)
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``condition``; for use in ``__post_init__``."""
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,1 @@
+"""Data formats, readers, the synthetic corpus and datasets."""

@@ -1,0 +1,357 @@
+"""Typed, validating readers for the dataset formats of DESIGN §2.
+
+Every reader accepts the shipped formats exactly (odd column names included), ignores extra columns and
+optional keys, and raises :class:`reid.errors.DataFormatError` naming the file, the row or entry, and the
+reason for anything else. CSV row numbers are file line numbers (the header is line 1).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from reid import io
+from reid.data.ids import IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
+from reid.errors import DataFormatError
+
+INSTANCE_COLUMNS: tuple[str, ...] = ("series_id", "page_id", "type", "index", "char_index",
+                                     "x_0", "y_0", "x1", "y_1")
+BOX_COLUMNS: tuple[str, ...] = ("x_0", "y_0", "x1", "y_1")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+# The seed names the validation split "validation" in one file and "val" in others: accept both.
+_SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train",), "validation": ("validation", "val"), "val": ("val", "validation"),
+    "test": ("test",),
+}
+
+
+def _csv_line(row_index: int) -> str:
+    return f"line {row_index + 2}"
+
+
+def _require_columns(frame: pd.DataFrame, required: tuple[str, ...], source: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataFormatError(source, f"missing column(s) {missing}; found {list(frame.columns)}")
+
+
+def _int_column(frame: pd.DataFrame, column: str, source: str, row_offset: int) -> np.ndarray:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() | (values != np.floor(values))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataFormatError(source, f"column {column!r} must be an integer, got {frame[column].iloc[i]!r}",
+                              _csv_line(row_offset + i))
+    return values.to_numpy().astype(np.int64)
+
+
+def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0) -> pd.DataFrame:
+    """Validate one chunk of ``merged_face_body.csv`` and add derived columns.
+
+    Returns a frame with the DESIGN §2 columns typed, plus ``page`` / ``panel`` (ints), ``panel_id`` and
+    ``instance_id`` (strings). ``row_offset`` is the chunk's first data-row index, for error messages.
+    """
+    _require_columns(frame, INSTANCE_COLUMNS, source)
+    out = pd.DataFrame(index=frame.index)
+    out["series_id"] = _int_column(frame, "series_id", source, row_offset)
+    pages, panels = [], []
+    for i, text in enumerate(frame["page_id"].astype(str)):
+        parts = text.split("_")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise DataFormatError(source, f"page_id {text!r} is not '<page>_<panel>' with integer parts",
+                                  _csv_line(row_offset + i))
+        pages.append(int(parts[0]))
+        panels.append(int(parts[1]))
+    out["page"] = np.asarray(pages, dtype=np.int64)
+    out["panel"] = np.asarray(panels, dtype=np.int64)
+    types = frame["type"].astype(str).str.strip()
+    bad_type = ~types.isin(["face", "body"])
+    if bad_type.any():
+        i = int(np.flatnonzero(bad_type.to_numpy())[0])
+        raise DataFormatError(source, f"type must be 'face' or 'body', got {frame['type'].iloc[i]!r}",
+                              _csv_line(row_offset + i))
+    out["type"] = types.to_numpy()
+    out["index"] = _int_column(frame, "index", source, row_offset)
+    out["char_index"] = _int_column(frame, "char_index", source, row_offset)
+    for column in BOX_COLUMNS:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            i = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataFormatError(source, f"column {column!r} must be a number, got {frame[column].iloc[i]!r}",
+                                  _csv_line(row_offset + i))
+        out[column] = values.to_numpy().astype(np.float64)
+    for lo, hi in (("x_0", "x1"), ("y_0", "y_1")):
+        bad = out[hi] < out[lo]
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataFormatError(source, f"{hi} ({out[hi].iloc[i]}) < {lo} ({out[lo].iloc[i]})",
+                                  _csv_line(row_offset + i))
+    negative = (out[["series_id", "page", "panel", "index"]] < 0).any(axis=1)
+    if negative.any():
+        i = int(np.flatnonzero(negative.to_numpy())[0])
+        raise DataFormatError(source, "ids must be non-negative", _csv_line(row_offset + i))
+    out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"
+                       + out["panel"].astype(str))
+    out["instance_id"] = out["panel_id"] + "_" + out["type"] + "_" + out["index"].astype(str)
+    return out.reset_index(drop=True)
+
+
+def iter_instances(path: str, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+    """Stream ``merged_face_body.csv`` in validated chunks (flat memory for the full corpus).
+
+    Duplicate instance ids are only detected within a chunk here; :func:`read_instances` checks globally.
+    """
+    fs, fs_path = io.resolve(path)
+    try:
+        stream = fs.open_input_stream(fs_path)
+    except FileNotFoundError:
+        raise DataFormatError(path, "file not found") from None
+    with stream:
+        try:
+            reader = pd.read_csv(stream, dtype=str, keep_default_na=False, chunksize=chunk_rows)
+            row_offset = 0
+            for chunk in reader:
+                yield validate_instances(chunk, path, row_offset)
+                row_offset += len(chunk)
+        except pd.errors.EmptyDataError:
+            raise DataFormatError(path, "file is empty (no header)") from None
+        except pd.errors.ParserError as exc:
+            raise DataFormatError(path, f"not a valid CSV: {exc}") from None
+
+
+def read_instances(path: str) -> pd.DataFrame:
+    """Read and validate the whole ``merged_face_body.csv`` (one row per face/body box)."""
+    chunks = list(iter_instances(path))
+    frame = pd.concat(chunks, ignore_index=True) if chunks else validate_instances(
+        pd.DataFrame(columns=list(INSTANCE_COLUMNS)), path)
+    dup = frame["instance_id"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataFormatError(path, f"instance {frame['instance_id'].iloc[i]!r} appears twice", _csv_line(i))
+    return frame
+
+
+def parse_crop_path(img_path: str, type_: str) -> tuple[int, int, int, int]:
+    """``.../<series>/<page>_<panel>/<idx>.jpg`` (faces) or ``.../<series>/<page>_<panel>/bodies/<idx>.jpg``
+    (bodies) → (series, page, panel, index). Only the last path parts are meaningful."""
+    parts = posixpath.normpath(str(img_path).replace("\\", "/")).split("/")
+    if type_ == "body":
+        if len(parts) < 4 or parts[-2] != "bodies":
+            raise ValueError(f"body crop path {img_path!r} does not end in <series>/<page>_<panel>/bodies/<idx>.jpg")
+        series, page_panel, name = parts[-4], parts[-3], parts[-1]
+    else:
+        if len(parts) < 3:
+            raise ValueError(f"face crop path {img_path!r} does not end in <series>/<page>_<panel>/<idx>.jpg")
+        series, page_panel, name = parts[-3], parts[-2], parts[-1]
+    stem, ext = posixpath.splitext(name)
+    pp = page_panel.split("_")
+    if (ext.lower() not in (".jpg", ".jpeg", ".png") or not stem.isdigit() or not series.isdigit()
+            or len(pp) != 2 or not all(p.isdigit() for p in pp)):
+        raise ValueError(f"{type_} crop path {img_path!r} does not end in <series>/<page>_<panel>/"
+                         f"{'bodies/' if type_ == 'body' else ''}<idx>.jpg with integer parts")
+    return int(series), int(pp[0]), int(pp[1]), int(stem)
+
+
+def read_filtered(path: str, type_: str) -> pd.DataFrame:
+    """Read ``filtered_all_{face,body}[_100k].csv``: the curated SSL instances.
+
+    Returns columns ``img_path``, ``series_id``, ``page``, ``panel``, ``index``, ``panel_id``, ``instance_id``.
+    """
+    if type_ not in ("face", "body"):
+        raise ValueError(f"type must be 'face' or 'body', got {type_!r}")
+    frame = _read_csv(path)
+    _require_columns(frame, ("img_path",), path)
+    rows = []
+    for i, img_path in enumerate(frame["img_path"]):
+        try:
+            series, page, panel, index = parse_crop_path(img_path, type_)
+        except ValueError as exc:
+            raise DataFormatError(path, str(exc), _csv_line(i)) from None
+        rows.append((img_path, series, page, panel, index))
+    out = pd.DataFrame(rows, columns=["img_path", "series_id", "page", "panel", "index"])
+    out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"
+                       + out["panel"].astype(str))
+    out["instance_id"] = out["panel_id"] + f"_{type_}_" + out["index"].astype(str)
+    return out
+
+
+def _read_csv(path: str) -> pd.DataFrame:
+    try:
+        with io.open_input(path) as stream:
+            return pd.read_csv(stream, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataFormatError(path, "file not found") from None
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(path, "file is empty (no header)") from None
+    except pd.errors.ParserError as exc:
+        raise DataFormatError(path, f"not a valid CSV: {exc}") from None
+
+
+def _read_json(path: str) -> object:
+    try:
+        return json.loads(io.read_text(path))
+    except FileNotFoundError:
+        raise DataFormatError(path, "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+@dataclass(frozen=True)
+class CharInstance:
+    """One appearance of a character in one panel: its face and/or body instance ids."""
+
+    face: str | None
+    body: str | None
+    speech_bubbles: tuple = ()
+
+    @property
+    def panel_id(self) -> str:
+        return str(parse_instance_id(self.face or self.body).panel_id)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Character:
+    """A character of one sequence. ``char_id`` is only meaningful inside its sequence."""
+
+    char_id: str
+    instances: tuple[CharInstance, ...]
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A labelled window of consecutive panels."""
+
+    seq_id: str
+    panels: tuple[PanelId, ...]
+    characters: tuple[Character, ...] = field(default=())
+
+    @property
+    def series_id(self) -> int:
+        return self.panels[0].series
+
+
+def _parse_sequence(entry: object, where: str, known: set[str] | None, source: str,
+                    panels_per_window: int) -> Sequence:
+    if not isinstance(entry, dict):
+        raise DataFormatError(source, f"expected an object, got {type(entry).__name__}", where)
+    if "seq_id" not in entry:
+        raise DataFormatError(source, "missing key 'seq_id'", where)
+    seq_id = entry["seq_id"]
+    where = f"{where} (seq_id {seq_id!r})"
+    try:
+        panels = parse_seq_id(seq_id, panels_per_window)
+    except IdError as exc:
+        raise DataFormatError(source, str(exc), where) from None
+    panel_names = {str(p) for p in panels}
+    annotations = entry.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DataFormatError(source, "'annotations' must be a list", where)
+    characters, seen_chars = [], set()
+    for a, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict) or "charId" not in annotation:
+            raise DataFormatError(source, f"annotation {a} has no 'charId'", where)
+        char_id = str(annotation["charId"])
+        if char_id in seen_chars:
+            raise DataFormatError(source, f"charId {char_id!r} appears twice in the sequence", where)
+        seen_chars.add(char_id)
+        instances = []
+        for k, inst in enumerate(annotation.get("charInstances", [])):
+            if not isinstance(inst, dict):
+                raise DataFormatError(source, f"charId {char_id!r} instance {k} is not an object", where)
+            ids: dict[str, str | None] = {}
+            for kind in ("face", "body"):
+                value = inst.get(kind)
+                if value in (None, ""):
+                    ids[kind] = None
+                    continue
+                try:
+                    parsed = parse_instance_id(value)
+                except IdError as exc:
+                    raise DataFormatError(source, f"charId {char_id!r}: {exc}", where) from None
+                if parsed.type != kind:
+                    raise DataFormatError(source, f"charId {char_id!r}: {kind} id {value!r} is a {parsed.type}", where)
+                if str(parsed.panel_id) not in panel_names:
+                    raise DataFormatError(source, f"charId {char_id!r}: instance {value!r} is not in the "
+                                          "sequence's panels", where)
+                if known is not None and value not in known:
+                    raise DataFormatError(source, f"charId {char_id!r}: instance {value!r} is absent from the "
+                                          "instance CSV", where)
+                ids[kind] = value
+            if ids["face"] is None and ids["body"] is None:
+                continue  # speech bubble only: no visual instance to re-identify
+            if ids["face"] and ids["body"]:
+                f, b = parse_instance_id(ids["face"]), parse_instance_id(ids["body"])
+                if f.panel_id != b.panel_id:
+                    raise DataFormatError(source, f"charId {char_id!r}: face {ids['face']!r} and body "
+                                          f"{ids['body']!r} are in different panels", where)
+            instances.append(CharInstance(ids["face"], ids["body"], tuple(inst.get("speechBubbles") or ())))
+        characters.append(Character(char_id, tuple(instances)))
+    return Sequence(str(seq_id), panels, tuple(characters))
+
+
+def read_sequences(path: str, known_instances: set[str] | None = None,
+                   panels_per_window: int = 4) -> list[Sequence]:
+    """Read ``<split>_sequences.json``. With ``known_instances``, every referenced id must be in it."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise DataFormatError(path, f"top level must be a list of sequences, got {type(data).__name__}")
+    sequences, seen = [], set()
+    for i, entry in enumerate(data):
+        seq = _parse_sequence(entry, f"entry {i}", known_instances, path, panels_per_window)
+        if seq.seq_id in seen:
+            raise DataFormatError(path, f"seq_id {seq.seq_id!r} appears twice", f"entry {i}")
+        seen.add(seq.seq_id)
+        sequences.append(seq)
+    return sequences
+
+
+def read_char_map(path: str, known_instances: set[str] | None = None) -> dict[str, list[str]]:
+    """Read ``<split>_char_{faces,bodies}.json``: ``{charId: [instance id, ...]}``."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataFormatError(path, f"top level must be an object {{charId: [ids]}}, got {type(data).__name__}")
+    out: dict[str, list[str]] = {}
+    for char_id, ids in data.items():
+        if not isinstance(ids, list):
+            raise DataFormatError(path, "value must be a list of instance ids", f"charId {char_id!r}")
+        for value in ids:
+            try:
+                parse_instance_id(value)
+            except IdError as exc:
+                raise DataFormatError(path, str(exc), f"charId {char_id!r}") from None
+            if known_instances is not None and value not in known_instances:
+                raise DataFormatError(path, f"instance {value!r} is absent from the instance CSV",
+                                      f"charId {char_id!r}")
+        out[str(char_id)] = [str(v) for v in ids]
+    return out
+
+
+def split_file(seq_root: str, split: str, kind: str) -> str:
+    """Path of a split's file, accepting the seed's inconsistent names.
+
+    ``kind`` is ``sequences``, ``char_faces`` or ``char_bodies``; ``split`` is train/validation/val/test.
+    """
+    if split not in _SPLIT_ALIASES:
+        raise DataFormatError(seq_root, f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    candidates = [io.join(seq_root, f"{name}_{kind}.json") for name in _SPLIT_ALIASES[split]]
+    for candidate in candidates:
+        if io.exists(candidate):
+            return candidate
+    raise DataFormatError(seq_root, f"no {kind} file for split {split!r}; looked for "
+                          f"{[posixpath.basename(c) for c in candidates]}")
+
+
+def read_split(seq_root: str, split: str, known_instances: set[str] | None = None) -> list[Sequence]:
+    """Read the sequences of one split from the ``data/comics_seq`` folder."""
+    return read_sequences(split_file(seq_root, split, "sequences"), known_instances)
+
+
+def panel_image_path(comics_root: str, panel: PanelId | str) -> str:
+    """``<comics_root>/raw_panel_images/<series>/<page>_<panel>.jpg``."""
+    p = parse_panel_id(panel) if isinstance(panel, str) else panel
+    return io.join(comics_root, "raw_panel_images", str(p.series), f"{p.page}_{p.panel}.jpg")

@@ -1,0 +1,103 @@
+"""Instance, panel and sequence (window) ids of the COMICS-based datasets (DESIGN §2).
+
+- panel id:    ``<series>_<page>_<panel>``                       e.g. ``1443_58_6``
+- instance id: ``<series>_<page>_<panel>_<face|body>_<index>``   e.g. ``1443_58_6_face_0``
+- seq id:      four consecutive panel ids joined by ``+``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+InstanceType = Literal["face", "body"]
+INSTANCE_TYPES: tuple[str, str] = ("face", "body")
+
+_INT = r"(0|[1-9]\d*)"
+_PANEL_RE = re.compile(rf"^{_INT}_{_INT}_{_INT}$")
+_INSTANCE_RE = re.compile(rf"^{_INT}_{_INT}_{_INT}_(face|body)_{_INT}$")
+
+
+class IdError(ValueError):
+    """An id string does not parse; the message says which id and why."""
+
+
+@dataclass(frozen=True, order=True)
+class PanelId:
+    series: int
+    page: int
+    panel: int
+
+    def __str__(self) -> str:
+        return f"{self.series}_{self.page}_{self.panel}"
+
+    @property
+    def page_panel(self) -> str:
+        """The ``"<page>_<panel>"`` string used by the CSVs' ``page_id`` column."""
+        return f"{self.page}_{self.panel}"
+
+
+@dataclass(frozen=True, order=True)
+class InstanceId:
+    series: int
+    page: int
+    panel: int
+    type: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.series}_{self.page}_{self.panel}_{self.type}_{self.index}"
+
+    @property
+    def panel_id(self) -> PanelId:
+        return PanelId(self.series, self.page, self.panel)
+
+
+def parse_panel_id(text: str) -> PanelId:
+    """Parse ``<series>_<page>_<panel>`` (non-negative ints, no leading zeros)."""
+    m = _PANEL_RE.match(str(text))
+    if not m:
+        raise IdError(f"panel id {text!r} is not '<series>_<page>_<panel>' with integer parts")
+    return PanelId(int(m[1]), int(m[2]), int(m[3]))
+
+
+def parse_instance_id(text: str) -> InstanceId:
+    """Parse ``<series>_<page>_<panel>_<face|body>_<index>``."""
+    m = _INSTANCE_RE.match(str(text))
+    if not m:
+        raise IdError(
+            f"instance id {text!r} is not '<series>_<page>_<panel>_<face|body>_<index>' with integer parts"
+        )
+    return InstanceId(int(m[1]), int(m[2]), int(m[3]), m[4], int(m[5]))
+
+
+def parse_seq_id(text: str, length: int = 4) -> tuple[PanelId, ...]:
+    """Parse a seq id: ``length`` panel ids of one series joined by ``+``.
+
+    The datasets use consecutive panels of one page; only "one series, distinct panels" is enforced so
+    that windows crossing a page break (real data) are accepted.
+    """
+    parts = str(text).split("+")
+    if len(parts) != length:
+        raise IdError(f"seq_id {text!r} has {len(parts)} '+'-joined panel ids, expected {length}")
+    panels = []
+    for part in parts:
+        try:
+            panels.append(parse_panel_id(part))
+        except IdError as exc:
+            raise IdError(f"seq_id {text!r}: {exc}") from None
+    if len({p.series for p in panels}) != 1:
+        raise IdError(f"seq_id {text!r}: panels belong to different series")
+    if len(set(panels)) != len(panels):
+        raise IdError(f"seq_id {text!r}: a panel appears twice")
+    return tuple(panels)
+
+
+def instance_id(series: int, page: int, panel: int, type_: str, index: int) -> str:
+    return f"{series}_{page}_{panel}_{type_}_{index}"
+
+
+def panel_image_relpath(panel: PanelId) -> str:
+    """Path of a panel JPEG below the COMICS root: ``raw_panel_images/<series>/<page>_<panel>.jpg``."""
+    return f"raw_panel_images/{panel.series}/{panel.page}_{panel.panel}.jpg"

@@ -1,0 +1,30 @@
+"""Project exceptions. Each names the file, row or id it is about and why it failed."""
+
+from __future__ import annotations
+
+
+class ReidError(Exception):
+    """Base class of every error comic-reid raises on purpose."""
+
+
+class DataFormatError(ReidError, ValueError):
+    """An input file (CSV, JSON, image, Parquet) breaks the format of DESIGN §2."""
+
+    def __init__(self, source: str, reason: str, where: str | None = None) -> None:
+        self.source = source
+        self.where = where
+        self.reason = reason
+        location = f"{source}, {where}" if where else source
+        super().__init__(f"{location}: {reason}")
+
+
+class ConfigError(ReidError, ValueError):
+    """A configuration value is invalid; raised before any work starts."""
+
+
+class CheckpointError(ReidError):
+    """A checkpoint is missing, unreadable, or does not match the requested model."""
+
+
+class NonFiniteLossError(ReidError, FloatingPointError):
+    """Training produced a NaN/inf loss; not retried."""

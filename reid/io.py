@@ -1,0 +1,92 @@
+"""Paths through pyarrow filesystems, so local folders, shared mounts and ``s3://`` work unchanged.
+
+Writes go to a temporary name in the same folder and are renamed when complete: a reader never sees a
+partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """``path`` (local path or URI) → (filesystem, path inside it)."""
+    path = str(path)
+    if is_uri(path) and not path.startswith("file://"):
+        return pafs.FileSystem.from_uri(path)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def list_files(folder: str, suffix: str = "") -> list[str]:
+    """Names (not paths) of the plain files directly in ``folder`` ending in ``suffix``; [] if absent."""
+    fs, p = resolve(folder)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    return sorted(posixpath.basename(i.path) for i in infos
+                  if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+
+@contextmanager
+def open_input(path: str) -> Iterator:
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as stream:
+        yield stream
+
+
+def read_bytes(path: str) -> bytes:
+    with open_input(path) as stream:
+        return stream.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a unique temporary name and a rename."""
+    fs, p = resolve(path)
+    parent = posixpath.dirname(p) if is_uri(path) else os.path.dirname(p)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, p)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def delete_file(path: str) -> None:
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+        fs.delete_file(p)

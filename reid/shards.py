@@ -1,0 +1,182 @@
+"""Exactly-once sharded Parquet output for batch jobs (DESIGN §5).
+
+Ray Data runs UDFs at least once, so output must be idempotent: every shard has a deterministic id,
+its rows and its error rows are written to temporary names and renamed, and only then is the shard's
+manifest entry written (also atomically). A shard is committed iff its manifest entry exists; a re-run
+skips committed shards and rewrites the others whole. ``finalize`` checks that input rows = ok rows +
+error rows, that ids are unique across shards, and only then writes ``_SUCCESS``.
+
+Layout under ``root``::
+
+    _job.json                 the job's identity (arguments that must match on resume)
+    data/<shard>.parquet      rows
+    errors/<shard>.parquet    rows that could not be produced, with a reason
+    _manifest/<shard>.json    {shard, input_rows, rows, error_rows, checksum}
+    _SUCCESS                  totals, written last
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reid import io
+from reid.errors import ConfigError, ReidError
+
+ERROR_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("stage", pa.string()),
+                          ("source", pa.string()), ("reason", pa.string())])
+
+
+class ShardIntegrityError(ReidError):
+    """Committed output does not add up (missing, duplicated or miscounted rows)."""
+
+
+def ids_checksum(ids: Iterable[str]) -> str:
+    """Order-independent checksum of a set of row ids."""
+    h = hashlib.sha256()
+    for value in sorted(ids):
+        h.update(value.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = _io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def error_table(rows: list[dict[str, str]]) -> pa.Table:
+    """Rows of (id, shard, stage, source, reason) as an Arrow table with :data:`ERROR_SCHEMA`."""
+    return pa.Table.from_pylist(rows, schema=ERROR_SCHEMA)
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    shard: str
+    input_rows: int
+    rows: int
+    error_rows: int
+    checksum: str
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "input_rows": self.input_rows, "rows": self.rows,
+                "error_rows": self.error_rows, "checksum": self.checksum}
+
+
+class ShardedOutput:
+    """The committed state of one job's sharded output folder. Cheap to construct and to pickle."""
+
+    def __init__(self, root: str, id_column: str) -> None:
+        self.root = root
+        self.id_column = id_column
+
+    def _path(self, *parts: str) -> str:
+        return io.join(self.root, *parts)
+
+    def bind_job(self, identity: dict[str, Any]) -> None:
+        """Record the job's identity, or check that a resumed job has the same one."""
+        path = self._path("_job.json")
+        if io.exists(path):
+            previous = json.loads(io.read_text(path))
+            if previous != identity:
+                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+                raise ConfigError(f"{self.root} holds output of a job with other arguments (differs in {changed}); "
+                                  "use another output folder or the same arguments to resume")
+            return
+        io.write_text_atomic(path, json.dumps(identity, indent=1, sort_keys=True))
+
+    def committed(self) -> dict[str, ShardSummary]:
+        out = {}
+        for name in io.list_files(self._path("_manifest"), ".json"):
+            entry = json.loads(io.read_text(self._path("_manifest", name)))
+            out[entry["shard"]] = ShardSummary(**entry, skipped=True)
+        return out
+
+    def is_committed(self, shard: str) -> bool:
+        return io.exists(self._path("_manifest", f"{shard}.json"))
+
+    def is_complete(self) -> bool:
+        return io.exists(self._path("_SUCCESS"))
+
+    def commit(self, shard: str, rows: pa.Table, errors: pa.Table, input_rows: int) -> ShardSummary:
+        """Write one shard's rows and error rows, then its manifest entry. Idempotent."""
+        if rows.num_rows + errors.num_rows != input_rows:
+            raise ShardIntegrityError(f"shard {shard}: {rows.num_rows} rows + {errors.num_rows} errors "
+                                      f"!= {input_rows} input rows")
+        ids = rows.column(self.id_column).to_pylist() + errors.column("id").to_pylist()
+        if len(set(ids)) != len(ids):
+            raise ShardIntegrityError(f"shard {shard}: duplicate ids within the shard")
+        io.write_bytes_atomic(self._path("data", f"{shard}.parquet"), table_to_parquet_bytes(rows))
+        io.write_bytes_atomic(self._path("errors", f"{shard}.parquet"), table_to_parquet_bytes(errors))
+        summary = ShardSummary(shard, input_rows, rows.num_rows, errors.num_rows, ids_checksum(ids))
+        io.write_text_atomic(self._path("_manifest", f"{shard}.json"), json.dumps(summary.to_dict()))
+        return summary
+
+    def data_files(self) -> list[str]:
+        """Paths of committed data files (only shards with a manifest entry)."""
+        return [self._path("data", f"{s}.parquet") for s in sorted(self.committed())]
+
+    def error_files(self) -> list[str]:
+        return [self._path("errors", f"{s}.parquet") for s in sorted(self.committed())]
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return _concat([_read_parquet(p, columns) for p in self.data_files()])
+
+    def read_errors(self) -> pa.Table:
+        tables = [_read_parquet(p) for p in self.error_files()]
+        return _concat(tables) if tables else ERROR_SCHEMA.empty_table()
+
+    def finalize(self, expected_shards: Iterable[str], expected_input_rows: int | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Verify the committed shards add up, then write ``_SUCCESS``. Returns the totals."""
+        committed = self.committed()
+        expected = set(expected_shards)
+        missing = sorted(expected - set(committed))
+        if missing:
+            raise ShardIntegrityError(f"{self.root}: {len(missing)} shard(s) not committed, e.g. {missing[:5]}")
+        unexpected = sorted(set(committed) - expected)
+        if unexpected:
+            raise ShardIntegrityError(f"{self.root}: committed shards not in this job: {unexpected[:5]}")
+        seen: set[str] = set()
+        totals = {"shards": len(committed), "input_rows": 0, "rows": 0, "error_rows": 0}
+        for shard, summary in sorted(committed.items()):
+            ids = (_read_parquet(self._path("data", f"{shard}.parquet"), [self.id_column])
+                   .column(self.id_column).to_pylist()
+                   + _read_parquet(self._path("errors", f"{shard}.parquet"), ["id"]).column("id").to_pylist())
+            if len(ids) != summary.rows + summary.error_rows or ids_checksum(ids) != summary.checksum:
+                raise ShardIntegrityError(f"{self.root}: shard {shard} files do not match its manifest entry")
+            dup = seen.intersection(ids)
+            if dup:
+                raise ShardIntegrityError(f"{self.root}: ids in more than one shard, e.g. {sorted(dup)[:5]}")
+            seen.update(ids)
+            for key in ("input_rows", "rows", "error_rows"):
+                totals[key] += getattr(summary, key)
+        if totals["rows"] + totals["error_rows"] != totals["input_rows"]:
+            raise ShardIntegrityError(f"{self.root}: rows + errors != input rows ({totals})")
+        if expected_input_rows is not None and totals["input_rows"] != expected_input_rows:
+            raise ShardIntegrityError(f"{self.root}: {totals['input_rows']} input rows committed, "
+                                      f"expected {expected_input_rows}")
+        totals.update(extra or {})
+        io.write_text_atomic(self._path("_SUCCESS"), json.dumps(totals, indent=1))
+        return totals
+
+
+def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = io.resolve(path)
+    return pq.read_table(p, filesystem=fs, columns=columns)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_rows] or tables[:1]
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="default")

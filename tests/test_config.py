@@ -1,0 +1,66 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from reid import config
+from reid.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """A demo job."""
+
+    data: str = "runs/data"
+    temperature: float = field(default=0.07, metadata={"help": "NT-Xent temperature"})
+    epochs: int = 3
+    gpu: bool = False
+    checkpoint: str | None = None
+    sizes: tuple[int, ...] = (96, 128)
+
+    def __post_init__(self):
+        config.check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+
+
+def test_defaults_yaml_and_flags_precedence(tmp_path):
+    assert config.parse_config(DemoConfig, []) == DemoConfig()
+    yml = tmp_path / "c.yaml"
+    yml.write_text("temperature: 0.2\nepochs: 5\ngpu: true\nsizes: [32, 48]\n")
+    cfg = config.parse_config(DemoConfig, ["--config", str(yml), "--epochs", "7", "--checkpoint", "x.pt"])
+    assert cfg == DemoConfig(temperature=0.2, epochs=7, gpu=True, checkpoint="x.pt", sizes=(32, 48))
+    assert config.parse_config(DemoConfig, ["--config", str(yml), "--no-gpu"]).gpu is False
+
+
+def test_round_trip_yaml(tmp_path):
+    cfg = DemoConfig(temperature=0.1, checkpoint=None, sizes=(1, 2))
+    config.save_yaml(cfg, str(tmp_path / "o.yaml"))
+    assert config.parse_config(DemoConfig, ["--config", str(tmp_path / "o.yaml")]) == cfg
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "2.5"], "epochs: '2.5' is not a valid int"),
+    (["--temperature", "abc"], "temperature: 'abc' is not a valid float"),
+    (["--temperature", "-1"], "temperature must be > 0"),
+])
+def test_bad_values(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse_config(DemoConfig, argv)
+
+
+def test_bad_yaml(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("temprature: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown key.*temprature"):
+        config.parse_config(DemoConfig, ["--config", str(yml)])
+    yml.write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.parse_config(DemoConfig, ["--config", str(yml)])
+    with pytest.raises(ConfigError, match="not found"):
+        config.parse_config(DemoConfig, ["--config", str(tmp_path / "none.yaml")])
+
+
+def test_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit):
+        config.parse_config(DemoConfig, ["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--data", "--temperature", "--epochs", "--gpu", "--checkpoint", "--sizes", "NT-Xent temperature"):
+        assert flag in out

@@ -1,0 +1,156 @@
+"""Readers accept the shipped formats exactly and reject bad input with file/row/reason."""
+
+import json
+import textwrap
+
+import pytest
+
+from reid.data import formats
+from reid.errors import DataFormatError
+
+MERGED = textwrap.dedent("""\
+    series_id,page_id,type,index,char_index,x_0,y_0,x1,y_1,extra
+    1443,58_6,face,0,0,10,12,40,44,0.9
+    1443,58_6,body,0,0,5,10,60,120,0.8
+    1443,58_6,face,1,1,70,10,90,35,0.7
+    1443,58_7,body,0,0,1.5,2,30.5,90,0.1
+    1443,58_8,face,0,0,1,2,3,4,0.1
+    1443,58_9,body,0,0,1,2,3,4,0.1
+    """)
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _seq(seq_id, annotations):
+    return {"seq_id": seq_id, "annotations": annotations}
+
+
+SEQ_ID = "1443_58_6+1443_58_7+1443_58_8+1443_58_9"
+
+
+def test_read_instances_accepts_seed_format(tmp_path):
+    frame = formats.read_instances(_write(tmp_path, "merged_face_body.csv", MERGED))
+    assert len(frame) == 6
+    assert list(frame["instance_id"][:3]) == ["1443_58_6_face_0", "1443_58_6_body_0", "1443_58_6_face_1"]
+    assert frame["panel_id"][3] == "1443_58_7"
+    assert frame["x_0"][3] == 1.5 and frame["y_1"][1] == 120
+    assert "extra" not in frame.columns
+
+
+@pytest.mark.parametrize("mutate,message,line", [
+    (lambda t: t.replace("char_index,", "char_idx,"), "missing column.*char_index", None),
+    (lambda t: t.replace("1443,58_6,face,1", "14x3,58_6,face,1"), "series_id.*must be an integer", "line 4"),
+    (lambda t: t.replace("1443,58_6,face,1,1", "1443,58_6,face,1.5,1"), "index.*must be an integer", "line 4"),
+    (lambda t: t.replace("58_7,body", "58-7,body"), "page_id '58-7'", "line 5"),
+    (lambda t: t.replace("58_7,body", "58_7,hand"), "type must be", "line 5"),
+    (lambda t: t.replace("70,10,90,35", "70,10,60,35"), r"x1 \(60.0\) < x_0 \(70.0\)", "line 4"),
+    (lambda t: t.replace("70,10,90,35", "70,10,90,5"), r"y_1 \(5.0\) < y_0", "line 4"),
+    (lambda t: t.replace("70,10,90,35", "70,,90,35"), "y_0.*must be a number", "line 4"),
+    (lambda t: t + "1443,58_6,face,0,3,1,1,2,2,0\n", "appears twice", "line 8"),
+])
+def test_read_instances_rejects(tmp_path, mutate, message, line):
+    path = _write(tmp_path, "merged_face_body.csv", mutate(MERGED))
+    with pytest.raises(DataFormatError, match=message) as info:
+        formats.read_instances(path)
+    assert path in str(info.value)
+    if line:
+        assert info.value.where == line
+
+
+def test_read_instances_missing_and_empty(tmp_path):
+    with pytest.raises(DataFormatError, match="file not found"):
+        formats.read_instances(str(tmp_path / "nope.csv"))
+    with pytest.raises(DataFormatError, match="empty"):
+        formats.read_instances(_write(tmp_path, "empty.csv", ""))
+
+
+def test_read_filtered_parses_last_path_parts(tmp_path):
+    faces = _write(tmp_path, "filtered_all_face.csv",
+                   "img_path,other\n/data/comics_crops_large_faces/1443/58_6/0.jpg,x\ncrops/1443/58_6/1.jpg,y\n")
+    bodies = _write(tmp_path, "filtered_all_body.csv",
+                    "img_path\n/mnt/a/b/comics_crops/1443/58_6/bodies/0.jpg\n")
+    f = formats.read_filtered(faces, "face")
+    assert list(f["instance_id"]) == ["1443_58_6_face_0", "1443_58_6_face_1"]
+    b = formats.read_filtered(bodies, "body")
+    assert list(b["instance_id"]) == ["1443_58_6_body_0"]
+    bad = _write(tmp_path, "bad_body.csv", "img_path\ncomics_crops/1443/58_6/0.jpg\n")
+    with pytest.raises(DataFormatError, match="bodies") as info:
+        formats.read_filtered(bad, "body")
+    assert info.value.where == "line 2"
+    with pytest.raises(DataFormatError, match="missing column"):
+        formats.read_filtered(_write(tmp_path, "nocol.csv", "path\na/1/2_3/4.jpg\n"), "face")
+
+
+def _good_sequences():
+    return [_seq(SEQ_ID, [
+        {"charId": "a1", "charInstances": [
+            {"face": "1443_58_6_face_0", "body": "1443_58_6_body_0", "speechBubbles": [[1, 2, 3, 4]]},
+            {"body": "1443_58_7_body_0"}]},
+        {"charId": "b2", "charInstances": [{"face": "1443_58_6_face_1"}, {"face": "1443_58_8_face_0"}]},
+    ])]
+
+
+def test_read_sequences_accepts_optional_keys(tmp_path):
+    known = set(formats.read_instances(_write(tmp_path, "m.csv", MERGED))["instance_id"])
+    path = _write(tmp_path, "train_sequences.json", json.dumps(_good_sequences()))
+    (seq,) = formats.read_sequences(path, known)
+    assert seq.seq_id == SEQ_ID and seq.series_id == 1443
+    a1, b2 = seq.characters
+    assert a1.instances[1].face is None and a1.instances[1].body == "1443_58_7_body_0"
+    assert a1.instances[0].speech_bubbles == ([1, 2, 3, 4],)
+    assert b2.instances[0].panel_id == "1443_58_6"
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda s: s[0].update(seq_id="1443_58_6+1443_58_7+1443_58_8"), "3 '\\+'-joined panel ids"),
+    (lambda s: s[0]["annotations"][1].update(charId="a1"), "charId 'a1' appears twice"),
+    (lambda s: s[0]["annotations"][0]["charInstances"][0].update(face="1443_58_6_fac_0"), "instance id"),
+    (lambda s: s[0]["annotations"][0]["charInstances"][0].update(face="1443_58_6_face_7"), "absent from the instance CSV"),
+    (lambda s: s[0]["annotations"][0]["charInstances"][0].update(face="1443_58_6_body_0"), "is a body"),
+    (lambda s: s[0]["annotations"][0]["charInstances"][0].update(face="1443_59_6_face_0"), "not in the sequence"),
+    (lambda s: s[0]["annotations"][0].pop("charId"), "no 'charId'"),
+    (lambda s: s[0].pop("seq_id"), "missing key 'seq_id'"),
+    (lambda s: s.append(s[0]), "appears twice"),
+])
+def test_read_sequences_rejects(tmp_path, mutate, message):
+    known = set(formats.read_instances(_write(tmp_path, "m.csv", MERGED))["instance_id"]) | {"1443_59_6_face_0"}
+    data = _good_sequences()
+    mutate(data)
+    path = _write(tmp_path, "train_sequences.json", json.dumps(data))
+    with pytest.raises(DataFormatError, match=message) as info:
+        formats.read_sequences(path, known)
+    assert "train_sequences.json" in str(info.value) and "entry" in str(info.value)
+
+
+def test_read_sequences_malformed_json(tmp_path):
+    with pytest.raises(DataFormatError, match="not valid JSON.*line 1"):
+        formats.read_sequences(_write(tmp_path, "x.json", "[{"))
+    with pytest.raises(DataFormatError, match="must be a list"):
+        formats.read_sequences(_write(tmp_path, "x.json", "{}"))
+
+
+def test_char_map_and_split_aliases(tmp_path):
+    root = tmp_path / "comics_seq"
+    root.mkdir()
+    (root / "validation_sequences.json").write_text("[]")
+    (root / "val_char_faces.json").write_text(json.dumps({"a1": ["1443_58_6_face_0"]}))
+    assert formats.split_file(str(root), "validation", "sequences").endswith("validation_sequences.json")
+    faces = formats.split_file(str(root), "validation", "char_faces")
+    assert faces.endswith("val_char_faces.json")
+    assert formats.read_char_map(faces) == {"a1": ["1443_58_6_face_0"]}
+    with pytest.raises(DataFormatError, match="no char_bodies file for split 'validation'"):
+        formats.split_file(str(root), "validation", "char_bodies")
+    with pytest.raises(DataFormatError, match="absent from the instance CSV"):
+        formats.read_char_map(faces, known_instances=set())
+    (root / "test_char_faces.json").write_text(json.dumps({"a1": "1443_58_6_face_0"}))
+    with pytest.raises(DataFormatError, match="charId 'a1'"):
+        formats.read_char_map(str(root / "test_char_faces.json"))
+
+
+def test_panel_image_path():
+    assert formats.panel_image_path("/c", "1014_14_0") == "/c/raw_panel_images/1014/14_0.jpg"
+    assert formats.panel_image_path("s3://b/c", "1014_14_0") == "s3://b/c/raw_panel_images/1014/14_0.jpg"

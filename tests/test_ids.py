@@ -1,0 +1,39 @@
+import pytest
+
+from reid.data.ids import IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
+
+
+def test_parse_instance_id_round_trip():
+    iid = parse_instance_id("1443_58_6_face_0")
+    assert (iid.series, iid.page, iid.panel, iid.type, iid.index) == (1443, 58, 6, "face", 0)
+    assert str(iid) == "1443_58_6_face_0"
+    assert iid.panel_id == PanelId(1443, 58, 6)
+    assert str(parse_instance_id("1014_14_0_body_12")) == "1014_14_0_body_12"
+
+
+@pytest.mark.parametrize("bad", ["1443_58_6_hand_0", "1443_58_face_0", "1443_58_6_face_x", "a_1_2_face_0",
+                                 "1443_58_6_face_0_1", "", "1443_058_6_face_0"])
+def test_parse_instance_id_rejects(bad):
+    with pytest.raises(IdError, match="instance id"):
+        parse_instance_id(bad)
+
+
+def test_parse_panel_id():
+    assert parse_panel_id("1014_14_0") == PanelId(1014, 14, 0)
+    assert parse_panel_id("1014_14_0").page_panel == "14_0"
+    for bad in ("1014_14", "1014_14_0_1", "x_1_2", "1014_-1_0"):
+        with pytest.raises(IdError):
+            parse_panel_id(bad)
+
+
+def test_parse_seq_id():
+    panels = parse_seq_id("1014_14_0+1014_14_1+1014_14_2+1014_14_3")
+    assert [p.panel for p in panels] == [0, 1, 2, 3]
+    with pytest.raises(IdError, match="3 '\\+'-joined"):
+        parse_seq_id("1014_14_0+1014_14_1+1014_14_2")
+    with pytest.raises(IdError, match="different series"):
+        parse_seq_id("1014_14_0+1014_14_1+1014_14_2+1015_14_3")
+    with pytest.raises(IdError, match="appears twice"):
+        parse_seq_id("1014_14_0+1014_14_1+1014_14_1+1014_14_3")
+    with pytest.raises(IdError, match="panel id"):
+        parse_seq_id("1014_14_0+1014_14_1+1014_14+1014_14_3")

@@ -1,0 +1,68 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from reid.errors import ConfigError
+from reid.shards import ShardedOutput, ShardIntegrityError, error_table
+
+
+def _rows(ids):
+    return pa.table({"instance_id": ids, "value": list(range(len(ids)))})
+
+
+def test_commit_resume_and_finalize(tmp_path):
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    out.bind_job({"a": 1})
+    out.commit("s0", _rows(["a", "b"]), error_table([{"id": "c", "shard": "s0", "stage": "x", "source": "f",
+                                                     "reason": "bad"}]), input_rows=3)
+    assert out.is_committed("s0") and not out.is_committed("s1")
+    with pytest.raises(ShardIntegrityError, match="not committed"):
+        out.finalize(["s0", "s1"])
+    # a retried shard rewrites the same names: still exactly once
+    out.commit("s1", _rows(["d"]), error_table([]), input_rows=1)
+    out.commit("s1", _rows(["d"]), error_table([]), input_rows=1)
+    totals = out.finalize(["s0", "s1"], expected_input_rows=4)
+    assert totals == {"shards": 2, "input_rows": 4, "rows": 3, "error_rows": 1}
+    assert sorted(out.read().column("instance_id").to_pylist()) == ["a", "b", "d"]
+    assert out.read_errors().column("reason").to_pylist() == ["bad"]
+    assert json.loads((tmp_path / "o" / "_SUCCESS").read_text())["rows"] == 3
+    assert not list((tmp_path / "o" / "data").glob("*.tmp-*"))
+
+
+def test_integrity_errors(tmp_path):
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    with pytest.raises(ShardIntegrityError, match="!= 3 input rows"):
+        out.commit("s0", _rows(["a", "b"]), error_table([]), input_rows=3)
+    with pytest.raises(ShardIntegrityError, match="duplicate"):
+        out.commit("s0", _rows(["a", "a"]), error_table([]), input_rows=2)
+    out.commit("s0", _rows(["a"]), error_table([]), input_rows=1)
+    out.commit("s1", _rows(["a"]), error_table([]), input_rows=1)
+    with pytest.raises(ShardIntegrityError, match="more than one shard"):
+        out.finalize(["s0", "s1"])
+
+
+def test_expected_input_rows_checked(tmp_path):
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    out.commit("s0", _rows(["a"]), error_table([]), input_rows=1)
+    with pytest.raises(ShardIntegrityError, match="1 input rows committed, expected 5"):
+        out.finalize(["s0"], expected_input_rows=5)
+    assert not (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_tampered_shard_detected(tmp_path):
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    out.commit("s0", _rows(["a", "b"]), error_table([]), input_rows=2)
+    # replace the data file behind the manifest's back
+    import pyarrow.parquet as pq
+    pq.write_table(_rows(["a"]), str(tmp_path / "o" / "data" / "s0.parquet"))
+    with pytest.raises(ShardIntegrityError, match="do not match its manifest"):
+        out.finalize(["s0"])
+
+
+def test_bind_job_refuses_other_arguments(tmp_path):
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    out.bind_job({"model": "a", "threshold": 0.8})
+    out.bind_job({"model": "a", "threshold": 0.8})
+    with pytest.raises(ConfigError, match="differs in \\['threshold'\\]"):
+        out.bind_job({"model": "a", "threshold": 0.5})
