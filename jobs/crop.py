@@ -1,0 +1,25 @@
+"""Crop every face and body box of a COMICS-format corpus on Ray Data.
+
+    python jobs/crop.py --comics-root R --out CROPS
+    ray job submit --working-dir . -- python jobs/crop.py --comics-root R --out CROPS
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo (or its --working-dir copy)
+
+from reid.cli import run_main  # noqa: E402
+from reid.config import parse_config  # noqa: E402
+from reid.crop import CropConfig, run_crop  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(CropConfig, argv, description=__doc__)
+    totals = run_crop(cfg)
+    print(f"crops: {totals['rows']} written, {totals['error_rows']} errors (see {cfg.out}/errors/), "
+          f"output in {cfg.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

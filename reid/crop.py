@@ -1,0 +1,233 @@
+"""Crop stage: COMICS panels → face and body crops, sharded over Ray, exactly once (DESIGN §1, §2, §5).
+
+1. *Plan* (driver, streaming): validate the instance CSV chunk by chunk (a malformed CSV fails here, before
+   any work) and append each chunk's rows to ``_plan/<shard>/<chunk>.parquet``. A shard is a block of
+   ``pages_per_shard`` pages of one series, so every panel of a shard is read and decoded exactly once.
+2. *Crop* (Ray Data): one task per pending shard decodes each panel once, crops its boxes, writes the seed's
+   file layout and commits the shard's crops and errors (:mod:`reid.shards`). Committed shards are skipped,
+   so a killed job re-run finishes only the rest.
+3. *Finalize*: check rows in = crops + errors with unique ids, write ``_SUCCESS``, log counts to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reid import config, io
+from reid.data import formats
+from reid.errors import DataFormatError
+from reid.geometry import EmptyBoxError, crop_box
+from reid.images import DEFAULT_MAX_PIXELS, decode_image, encode_jpeg
+from reid.shards import ShardedOutput, ShardSummary, error_table, table_to_parquet_bytes
+
+log = logging.getLogger(__name__)
+
+CROP_SCHEMA = pa.schema([
+    ("instance_id", pa.string()), ("panel_id", pa.string()), ("series_id", pa.int64()),
+    ("page", pa.int64()), ("panel", pa.int64()), ("type", pa.string()), ("index", pa.int64()),
+    ("char_index", pa.int64()), ("box", pa.list_(pa.int32(), 4)), ("width", pa.int32()),
+    ("height", pa.int32()), ("image", pa.binary()), ("shard", pa.string()),
+])
+FACE_DIR, BODY_DIR = "comics_crops_large_faces", "comics_crops"
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Crop every face and body box of a COMICS-format corpus into the seed layout and a Parquet dataset."""
+
+    comics_root: str = field(default="runs/demo/corpus", metadata={"help": "folder holding raw_panel_images/"})
+    instances: str = field(default="", metadata={"help": "merged_face_body.csv (default: "
+                                                         "<comics_root>/data/ssl/merged_face_body.csv)"})
+    out: str = field(default="runs/demo/crops", metadata={"help": "output folder or URI"})
+    face_scale: float = field(default=1.2, metadata={"help": "face box scale about its centre"})
+    pages_per_shard: int = field(default=16, metadata={"help": "pages of one series per shard"})
+    jpeg_quality: int = 95
+    max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "decompression-bomb limit"})
+    write_files: bool = field(default=True, metadata={"help": "also write the seed's per-crop JPEG layout"})
+    num_cpus_per_task: float = field(default=1.0, metadata={"help": "Ray CPUs per crop task"})
+    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster (default: RAY_ADDRESS or local)"})
+    ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of a locally started Ray"})
+    mlflow_uri: str | None = field(default=None, metadata={"help": "tracking URI (default: MLFLOW_TRACKING_URI "
+                                                                  "or sqlite runs/mlflow.db)"})
+    experiment: str = "comic-reid"
+    name: str = field(default="crop", metadata={"help": "run name; the MLflow run key"})
+    fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
+                                                                "(os._exit) after committing this many shards"})
+
+    def __post_init__(self) -> None:
+        config.check(self.face_scale > 0, f"face_scale must be > 0, got {self.face_scale}")
+        config.check(self.pages_per_shard >= 1, f"pages_per_shard must be >= 1, got {self.pages_per_shard}")
+        config.check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        config.check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
+        config.check(self.num_cpus_per_task > 0, "num_cpus_per_task must be > 0")
+
+    @property
+    def instances_path(self) -> str:
+        return self.instances or io.join(self.comics_root, "data", "ssl", "merged_face_body.csv")
+
+
+def shard_id(series_id: int, page: int, pages_per_shard: int) -> str:
+    """Deterministic shard of a page: ``<series>-<block of pages>``."""
+    return f"{series_id}-{page // pages_per_shard:05d}"
+
+
+def plan_shards(cfg: CropConfig) -> tuple[list[str], int]:
+    """Validate the instance CSV (streaming) and write it, split by shard, under ``<out>/_plan``.
+
+    Returns (sorted shard ids, number of input rows). Memory stays flat: one CSV chunk at a time.
+    """
+    plan_root = io.join(cfg.out, "_plan")
+    shards: set[str] = set()
+    rows = 0
+    seen_ids: set[str] = set()
+    for chunk_no, chunk in enumerate(formats.iter_instances(cfg.instances_path)):
+        dup = chunk["instance_id"][chunk["instance_id"].isin(seen_ids) | chunk["instance_id"].duplicated()]
+        if len(dup):
+            raise DataFormatError(cfg.instances_path, f"instance {dup.iloc[0]!r} appears twice")
+        seen_ids.update(chunk["instance_id"])
+        rows += len(chunk)
+        chunk["shard"] = [shard_id(s, p, cfg.pages_per_shard) for s, p in zip(chunk["series_id"], chunk["page"],
+                                                                                strict=True)]
+        for shard, part in chunk.groupby("shard", sort=False):
+            shards.add(str(shard))
+            table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+            io.write_bytes_atomic(io.join(plan_root, str(shard), f"{chunk_no:06d}.parquet"),
+                                  table_to_parquet_bytes(table))
+    return sorted(shards), rows
+
+
+def _read_plan(cfg: CropConfig, shard: str) -> pa.Table:
+    folder = io.join(cfg.out, "_plan", shard)
+    fs, _ = io.resolve(folder)
+    tables = [pq.read_table(io.resolve(io.join(folder, name))[1], filesystem=fs)
+              for name in io.list_files(folder, ".parquet")]
+    return pa.concat_tables(tables)
+
+
+def crop_relpath(type_: str, series: int, page: int, panel: int, index: int) -> str:
+    """The seed's layout: faces under comics_crops_large_faces/, bodies under comics_crops/.../bodies/."""
+    if type_ == "face":
+        return f"{FACE_DIR}/{series}/{page}_{panel}/{index}.jpg"
+    return f"{BODY_DIR}/{series}/{page}_{panel}/bodies/{index}.jpg"
+
+
+def crop_shard(cfg: CropConfig, shard: str) -> ShardSummary:
+    """Crop every box of one shard and commit it. Idempotent: safe to run again after a failure."""
+    output = ShardedOutput(cfg.out, "instance_id")
+    if output.is_committed(shard):
+        return output.committed()[shard]
+    plan = _read_plan(cfg, shard).to_pylist()
+    by_panel: dict[str, list[dict]] = defaultdict(list)
+    for row in plan:
+        by_panel[row["panel_id"]].append(row)
+    crops: list[dict] = []
+    errors: list[dict] = []
+    for panel_id, boxes in sorted(by_panel.items()):
+        source = formats.panel_image_path(cfg.comics_root, panel_id)
+        try:
+            image = decode_image(io.read_bytes(source), source, cfg.max_image_pixels)
+        except FileNotFoundError:
+            errors += [_error(b, shard, source, "panel image not found") for b in boxes]
+            continue
+        except DataFormatError as exc:
+            errors += [_error(b, shard, source, exc.reason) for b in boxes]
+            continue
+        width, height = image.size
+        for b in boxes:
+            try:
+                box = crop_box(b["type"], b["x_0"], b["y_0"], b["x1"], b["y_1"], width, height, cfg.face_scale)
+            except EmptyBoxError as exc:
+                errors.append(_error(b, shard, source, str(exc)))
+                continue
+            data = encode_jpeg(image.crop(box), cfg.jpeg_quality)
+            if cfg.write_files:
+                io.write_bytes_atomic(io.join(cfg.out, crop_relpath(b["type"], b["series_id"], b["page"],
+                                                                    b["panel"], b["index"])), data)
+            crops.append({"instance_id": b["instance_id"], "panel_id": panel_id, "series_id": b["series_id"],
+                          "page": b["page"], "panel": b["panel"], "type": b["type"], "index": b["index"],
+                          "char_index": b["char_index"], "box": list(box), "width": box[2] - box[0],
+                          "height": box[3] - box[1], "image": data, "shard": shard})
+    return output.commit(shard, pa.Table.from_pylist(crops, schema=CROP_SCHEMA), error_table(errors),
+                         input_rows=len(plan))
+
+
+def _error(box: dict, shard: str, source: str, reason: str) -> dict[str, str]:
+    return {"id": box["instance_id"], "shard": shard, "stage": "crop", "source": source, "reason": reason}
+
+
+def _crop_batch(batch: dict, cfg: CropConfig) -> dict:
+    summaries = [crop_shard(cfg, str(s)) for s in batch["shard"]]
+    return {key: [getattr(s, key) for s in summaries]
+            for key in ("shard", "input_rows", "rows", "error_rows", "checksum", "skipped")}
+
+
+def run_crop(cfg: CropConfig) -> dict:
+    """Run the crop stage end to end; returns the totals written to ``<out>/_SUCCESS``."""
+    import ray
+    from tqdm import tqdm
+
+    from reid.raycluster import init_ray
+    from reid.tracking import Tracker
+
+    output = ShardedOutput(cfg.out, "instance_id")
+    output.bind_job({"comics_root": cfg.comics_root, "instances": cfg.instances_path,
+                     "face_scale": cfg.face_scale, "pages_per_shard": cfg.pages_per_shard,
+                     "jpeg_quality": cfg.jpeg_quality})
+    start = time.time()
+    shards, input_rows = plan_shards(cfg)
+    done = output.committed()
+    pending = [s for s in shards if s not in done]
+    log.info("crop: %d shards (%d already committed), %d boxes", len(shards), len(done), input_rows)
+    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "crop"},
+                      spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
+    tracker.log_params({**config.to_dict(cfg), "shards": len(shards), "input_rows": input_rows})
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    committed_now = 0
+    crops = errors = 0
+    if pending:
+        ds = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(_crop_batch, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=cfg.num_cpus_per_task)
+        bar = tqdm(total=input_rows, initial=sum(s.input_rows for s in done.values()), unit="box",
+                   desc="crop", smoothing=0.1)
+        for row in ds.iter_rows():
+            committed_now += 1
+            crops += row["rows"]
+            errors += row["error_rows"]
+            bar.update(row["input_rows"])
+            bar.set_postfix(shards=f"{len(done) + committed_now}/{len(shards)}", errors=errors)
+            if cfg.fail_after_shards and committed_now >= cfg.fail_after_shards:
+                log.error("fault injection: driver exits after %d shards", committed_now)
+                os._exit(3)
+        bar.close()
+    elapsed = time.time() - start
+    totals = output.finalize(shards, expected_input_rows=input_rows,
+                             extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": committed_now})
+    pages = len(_distinct_panels(output))
+    metrics = {"boxes": totals["input_rows"], "crops": totals["rows"], "errors": totals["error_rows"],
+               "panels": pages, "seconds": elapsed, "crops_per_s": crops / elapsed if elapsed else 0.0}
+    tracker.log_metrics(metrics, step=0)
+    tracker.close()
+    return totals
+
+
+def _distinct_panels(output: ShardedOutput) -> set[str]:
+    panels: set[str] = set()
+    for path in output.data_files():
+        fs, p = io.resolve(path)
+        panels.update(pq.read_table(p, filesystem=fs, columns=["panel_id"]).column("panel_id").to_pylist())
+    return panels
+
+
+def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:
+    """All committed crops of a finished crop job (refuses an unfinished one)."""
+    output = ShardedOutput(crops_root, "instance_id")
+    if not output.is_complete():
+        raise DataFormatError(crops_root, "crop output is incomplete (no _SUCCESS): re-run the crop job")
+    return output.read(columns)

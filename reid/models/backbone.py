@@ -1,0 +1,108 @@
+"""The model configuration and the shared ResNet backbone (DESIGN §3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from reid.errors import CheckpointError, ConfigError
+
+ARCHS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+"""Supported torchvision ResNets and the width of their pooled feature."""
+
+# Fields that change the shape of a parameter: a checkpoint and a requested config must agree on them.
+ARCHITECTURE_FIELDS = ("arch", "proj_hidden_dim", "proj_dim", "embed_dim")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the SSL and Re-ID networks; defaults are the paper's.
+
+    ``proj_hidden_dim=None`` means "the backbone's width" (2048 for ResNet-50).
+    ``backbone_weights`` is a local torchvision ResNet state-dict file, or None for random init.
+    """
+
+    arch: str = "resnet50"
+    face_size: int = 96
+    body_size: int = 128
+    proj_hidden_dim: int | None = None
+    proj_dim: int = 128
+    embed_dim: int = 256
+    backbone_weights: str | None = None
+    freeze_ssl: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(ARCHS)}")
+        for name in ("face_size", "body_size", "proj_dim", "embed_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
+        if self.proj_hidden_dim is not None and self.proj_hidden_dim <= 0:
+            raise ConfigError(f"proj_hidden_dim={self.proj_hidden_dim}: must be positive or None")
+
+    @property
+    def backbone_dim(self) -> int:
+        """Width of the pooled backbone feature."""
+        return ARCHS[self.arch]
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the Re-ID feature: the projection head's hidden width."""
+        return self.proj_hidden_dim or self.backbone_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict with every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (they mean another code version)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def architecture_mismatch(self, other: ModelConfig) -> list[str]:
+        """Names of the shape-defining fields on which ``self`` and ``other`` differ, as 'name: a != b'."""
+        return [
+            f"{name}: {getattr(self, name)!r} != {getattr(other, name)!r}"
+            for name in ARCHITECTURE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+def build_backbone(arch: str, weights_path: str | None = None) -> tuple[nn.Module, int]:
+    """A torchvision ResNet without its classifier, and its feature width.
+
+    Input (N, 3, H, W) of any size >= 32 px (global average pooling); output (N, width).
+    ``weights_path`` is a local torchvision state dict (``fc.*`` keys are ignored); None = random init.
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"arch={arch!r}: expected one of {sorted(ARCHS)}")
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.fc = nn.Identity()
+    if weights_path is not None:
+        _load_backbone_weights(net, weights_path)
+    return net, ARCHS[arch]
+
+
+def _load_backbone_weights(net: nn.Module, path: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: backbone weights file not found") from e
+    except Exception as e:  # unpickling errors of several types: all mean "not a weights file"
+        raise CheckpointError(f"{path}: not a weights-only state dict ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: does not fit the backbone: {e}") from e

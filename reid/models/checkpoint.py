@@ -1,0 +1,162 @@
+"""One checkpoint format for the SSL and Re-ID networks, loadable without Ray.
+
+A checkpoint is a dict saved with ``torch.save``::
+
+    {"format_version": 1, "kind": "ssl" | "reid", "model_config": ModelConfig.to_dict(),
+     "state_dict": model.state_dict(), "extra": {...}}   # extra is optional
+
+It is read with ``torch.load(weights_only=True)``, so ``extra`` may hold only tensors, numbers, strings,
+bools, None and lists/tuples/dicts of those (an optimizer's ``state_dict()`` qualifies). Paths are local
+files or URIs that ``pyarrow.fs.FileSystem.from_uri`` understands (``s3://...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from reid.errors import CheckpointError, ConfigError
+from reid.models.backbone import ModelConfig
+from reid.models.reid_net import ReIDNet
+from reid.models.ssl import SSLNet
+
+FORMAT_VERSION = 1
+KINDS = ("ssl", "reid")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def checkpoint_payload(model: nn.Module, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of an SSLNet or ReIDNet (possibly wrapped in DDP), tensors moved to CPU."""
+    model = _unwrap(model)
+    if isinstance(model, ReIDNet):
+        kind = "reid"
+    elif isinstance(model, SSLNet):
+        kind = "ssl"
+    else:
+        raise CheckpointError(f"cannot checkpoint a {type(model).__name__}: expected SSLNet or ReIDNet")
+    payload: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra is not None:
+        payload["extra"] = extra
+    return payload
+
+
+def save_model_checkpoint(model: nn.Module, path: str, extra: dict[str, Any] | None = None) -> str:
+    """Write ``model``'s checkpoint to ``path`` (local: temp name then atomic rename); returns ``path``."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint_payload(model, extra), buffer)
+    data = buffer.getvalue()
+    if "://" in path:
+        from pyarrow import fs  # only remote paths need pyarrow
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        with filesystem.open_output_stream(inner) as stream:  # object stores publish whole objects
+            stream.write(data)
+        return path
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        if "://" in path:
+            from pyarrow import fs
+
+            filesystem, inner = fs.FileSystem.from_uri(path)
+            with filesystem.open_input_stream(inner) as stream:
+                return stream.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise CheckpointError(f"{path}: checkpoint file not found ({e})") from e
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
+
+
+def load_checkpoint_payload(path: str) -> dict[str, Any]:
+    """The raw checkpoint dict at ``path``, read with ``weights_only=True`` and its header validated."""
+    data = _read_bytes(path)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors come in many types; all mean "not our checkpoint"
+        raise CheckpointError(f"{path}: not a weights-only checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(payload).__name__}")
+    missing = [k for k in ("format_version", "kind", "model_config", "state_dict") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a model checkpoint, missing keys {missing}")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {payload['format_version']!r}, this code reads {FORMAT_VERSION}"
+        )
+    if payload["kind"] not in KINDS:
+        raise CheckpointError(f"{path}: unknown kind {payload['kind']!r}, expected one of {KINDS}")
+    return payload
+
+
+def model_from_payload(
+    payload: dict[str, Any],
+    source: str = "<in-memory checkpoint>",
+    expected_kind: str | None = None,
+    expected_config: ModelConfig | None = None,
+) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """Build the model a checkpoint dict describes; ``source`` names it in errors."""
+    kind = payload["kind"]
+    if expected_kind is not None and kind != expected_kind:
+        raise CheckpointError(f"{source}: checkpoint kind is {kind!r}, expected {expected_kind!r}")
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{source}: invalid model_config: {e}") from e
+    if expected_config is not None:
+        mismatch = config.architecture_mismatch(expected_config)
+        if kind == "ssl":
+            mismatch = [m for m in mismatch if not m.startswith("embed_dim")]
+        if mismatch:
+            raise CheckpointError(f"{source}: architecture differs from the requested one: {mismatch}")
+    # The weights come from the state dict: never re-read a backbone file that may not exist here.
+    build_config = dataclasses.replace(config, backbone_weights=None)
+    model: nn.Module = ReIDNet(build_config) if kind == "reid" else SSLNet(build_config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{source}: state_dict does not fit a {kind} {config.arch}: {e}") from e
+    model.config = config
+    return model, config, payload.get("extra") or {}
+
+
+def load_model_checkpoint(
+    path: str, expected_kind: str | None = None, expected_config: ModelConfig | None = None
+) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """Load an SSLNet or ReIDNet (on CPU, in train mode) from ``path``: returns (model, config, extra).
+
+    Raises CheckpointError naming ``path`` when the file is missing or unreadable, the kind is not
+    ``expected_kind``, or the architecture differs from ``expected_config``.
+    """
+    return model_from_payload(load_checkpoint_payload(path), path, expected_kind, expected_config)

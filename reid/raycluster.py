@@ -1,0 +1,41 @@
+"""Connecting to Ray the same way from every job: a cluster when one is named, else a local instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data: bool = True) -> None:
+    """Connect to ``address`` / ``$RAY_ADDRESS`` (e.g. inside ``ray job submit``), else start a local Ray.
+
+    Never a bare ``ray.init()``: that would join whatever cluster happens to run on the machine. A local
+    instance gets a GCS port chosen here and ``RAY_ADDRESS`` pointing at it, inherited by every Ray process
+    it starts, so Ray's own helpers (e.g. Train's placement-group cleaner) find *this* instance even when
+    other Ray instances run on the machine ("Found multiple active Ray instances").
+    """
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            port = free_port()
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+            ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
+                     _node_ip_address="127.0.0.1")
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = 0  # never drop blocks silently (DESIGN §5)
+    if quiet_data:
+        ctx.enable_progress_bars = False  # our jobs show their own progress bar

@@ -1,0 +1,214 @@
+"""MLflow tracking that never kills a job (STYLE 13, DESIGN §5).
+
+Only rank 0 / the driver creates a :class:`Tracker`. Every call is best-effort: if the tracking server is
+down, the operation is buffered and retried on the next call and at :meth:`Tracker.close`; what still
+cannot be logged is written to a local JSONL file and reported in a warning, so nothing is silently lost.
+
+A run is identified by a *run key* (the job's ``name``): a re-run with the same key reopens the same MLflow
+run, keeps its params (re-logging the same value is a no-op) and logs metrics with explicit steps, skipping
+steps already logged, because MLflow params are immutable and metric history is append-only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_KEY_TAG = "reid.run_key"
+DEFAULT_EXPERIMENT = "comic-reid"
+
+
+def default_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store at ``./runs/mlflow.db``."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    path = os.path.abspath(os.path.join("runs", "mlflow.db"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _client(uri: str):
+    # Fail fast instead of MLflow's default minutes of HTTP retries: we retry ourselves, without blocking.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+class Tracker:
+    """A resilient handle on one MLflow run."""
+
+    def __init__(self, uri: str | None, run_key: str, experiment: str = DEFAULT_EXPERIMENT,
+                 run_name: str | None = None, tags: dict[str, str] | None = None,
+                 parent_run_id: str | None = None, spool_dir: str | None = None) -> None:
+        self.uri = default_tracking_uri(uri)
+        self.run_key = run_key
+        self.experiment = experiment
+        self.run_name = run_name or run_key
+        self.tags = dict(tags or {})
+        self.parent_run_id = parent_run_id
+        self.spool_path = os.path.join(spool_dir or ".", f"mlflow_unlogged_{run_key}.jsonl")
+        self.run_id: str | None = None
+        self._pending: list[tuple[str, tuple, dict]] = []
+        self._logged_steps: dict[str, int] = {}
+        self._params: dict[str, str] = {}
+        self._warned = False
+        self._next_retry = 0.0
+        self._client = None
+        self._try(self._open)
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _try(self, fn: Callable[[], Any]) -> bool:
+        try:
+            fn()
+            return True
+        except Exception as exc:  # noqa: BLE001 - MLflow being down must never kill the job
+            self._next_retry = time.monotonic() + 15.0
+            if not self._warned:
+                log.warning("MLflow at %s unavailable (%s: %s); buffering and retrying", self.uri,
+                            type(exc).__name__, str(exc).splitlines()[0][:200])
+                self._warned = True
+            return False
+
+    def _open(self) -> None:
+        client = self._client or _client(self.uri)
+        self._client = client
+        exp = client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.run_key}'",
+                                  max_results=1)
+        if runs:
+            run = runs[0]
+            self._params = dict(run.data.params)
+            for key in run.data.metrics:
+                history = client.get_metric_history(run.info.run_id, key)
+                self._logged_steps[key] = max((m.step for m in history), default=-1)
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            self.run_id = run.info.run_id
+            tags = {**self.tags, "reid.resumed": "true"}
+        else:
+            tags = {**self.tags, RUN_KEY_TAG: self.run_key, "mlflow.runName": self.run_name}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            self.run_id = client.create_run(exp_id, tags=tags, run_name=self.run_name).info.run_id
+        for k, v in tags.items():
+            client.set_tag(self.run_id, k, v)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self._pending.append((method, args, kwargs))
+        self.flush(final=False)
+
+    def flush(self, final: bool = False) -> bool:
+        """Send buffered operations; returns True when nothing is left."""
+        if not final and time.monotonic() < self._next_retry:
+            return False  # the server failed recently: don't stall the job on every call
+        if self.run_id is None and not self._try(self._open):
+            return False
+        while self._pending:
+            method, args, kwargs = self._pending[0]
+            if not self._try(functools.partial(getattr(self, method), *args, **kwargs)):
+                return False
+            self._pending.pop(0)
+        return True
+
+    # -- operations (run against the server; called through _call) -------------------------------------
+    def _params_op(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        new = {k: v for k, v in params.items() if k not in self._params}
+        for k, v in params.items():
+            if k in self._params and self._params[k] != v:
+                log.warning("param %s already logged as %r; keeping it (new value %r)", k, self._params[k], v)
+        if new:
+            self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()])
+            self._params.update(new)
+
+    def _metrics_op(self, metrics: dict[str, float], step: int, timestamp: int) -> None:
+        from mlflow.entities import Metric
+
+        todo = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()
+                if step > self._logged_steps.get(k, -1)]
+        if todo:
+            self._client.log_batch(self.run_id, metrics=todo)
+            for m in todo:
+                self._logged_steps[m.key] = step
+
+    def _artifact_op(self, local_path: str, artifact_path: str | None) -> None:
+        if os.path.isdir(local_path):
+            self._client.log_artifacts(self.run_id, local_path, artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, local_path, artifact_path)
+
+    def _tags_op(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._client.set_tag(self.run_id, k, v)
+
+    def _end_op(self, status: str) -> None:
+        self._client.set_terminated(self.run_id, status=status)
+
+    # -- public API -------------------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._call("_params_op", {k: str(v)[:6000] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log ``metrics`` at an explicit ``step``; steps already in the run's history are skipped."""
+        self._call("_metrics_op", dict(metrics), int(step), int(time.time() * 1000))
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self._call("_artifact_op", local_path, artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("_tags_op", {k: str(v) for k, v in tags.items()})
+
+    def close(self, status: str = "FINISHED", retries: int = 3, backoff_s: float = 2.0) -> list[str]:
+        """End the run. Retries buffered operations; returns (and spools to disk) what could not be logged."""
+        self._pending.append(("_end_op", (status,), {}))
+        for attempt in range(retries):
+            if self.flush(final=True):
+                return []
+            time.sleep(backoff_s * (2 ** attempt))
+        unlogged = [f"{m} {json.dumps(a, default=str)[:200]}" for m, a, _ in self._pending]
+        os.makedirs(os.path.dirname(os.path.abspath(self.spool_path)), exist_ok=True)
+        with open(self.spool_path, "a", encoding="utf-8") as out:
+            for method, args, kwargs in self._pending:
+                out.write(json.dumps({"run_key": self.run_key, "run_id": self.run_id, "op": method,
+                                      "args": args, "kwargs": kwargs}, default=str) + "\n")
+        log.warning("MLflow at %s: %d operation(s) could not be logged; saved to %s (replay with "
+                    "`python -m reid.tracking replay %s`)", self.uri, len(unlogged), self.spool_path,
+                    self.spool_path)
+        return unlogged
+
+
+def replay(spool_path: str, uri: str | None = None) -> int:
+    """Re-send operations spooled by :meth:`Tracker.close`; returns how many were sent."""
+    with open(spool_path, encoding="utf-8") as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    sent = 0
+    trackers: dict[str, Tracker] = {}
+    for entry in entries:
+        tracker = trackers.get(entry["run_key"]) or Tracker(uri, entry["run_key"])
+        trackers[entry["run_key"]] = tracker
+        getattr(tracker, entry["op"])(*entry["args"], **entry["kwargs"])
+        sent += 1
+    os.replace(spool_path, spool_path + ".replayed")
+    return sent
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) >= 3 and sys.argv[1] == "replay":
+        print(f"replayed {replay(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)} operation(s)")
+    else:
+        print("usage: python -m reid.tracking replay SPOOL.jsonl [TRACKING_URI]")

@@ -1,0 +1,190 @@
+"""What the pretrain and fine-tune loops share: device set-up, resumable state, reporting, the trainer.
+
+A training checkpoint directory holds ``state.pt`` (model, optimizer, scheduler, epoch, global step, best
+score: everything needed to resume exactly; DINO's ``restart_from_checkpoint``) and ``model.pt`` (the
+model alone in :mod:`reid.models.checkpoint` format, loadable without Ray).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from reid import io
+from reid.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Where this worker runs."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    attempt_resumed: bool
+
+
+def runtime() -> Runtime:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    return Runtime(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                   ray.train.get_checkpoint() is not None)
+
+
+def prepare_for_device(model: nn.Module, device: torch.device, channels_last: bool, sync_bn: bool,
+                       world_size: int, compile_model: bool, find_unused: bool = False) -> nn.Module:
+    """Move to the device, optional SyncBatchNorm / channels_last / torch.compile, wrap in DDP."""
+    import ray.train.torch
+
+    if sync_bn and world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": find_unused})
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on GPU; a no-op context on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def cosine_lambda(total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
+    """LR factor as a pure function of the global step, so a resumed run follows the same schedule."""
+    def fn(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return fn
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step}: lower the learning rate "
+                                 "or check the inputs (not retried)")
+
+
+def save_state(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
+               step: int, best: float | None, run_config: dict[str, Any], model_extra: dict[str, Any]) -> None:
+    from reid.models.checkpoint import save_model_checkpoint
+
+    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "global_step": step, "best": best,
+                "run_config": run_config}, os.path.join(folder, "state.pt"))
+    save_model_checkpoint(unwrap(model), os.path.join(folder, "model.pt"), extra=model_extra)
+
+
+def load_state(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               run_config: dict[str, Any], architecture_keys: tuple[str, ...]) -> tuple[int, int, float | None]:
+    """Restore from a Ray checkpoint; refuses one whose architecture differs (nanoGPT). → (next epoch, step, best)."""
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    previous = state.get("run_config", {})
+    changed = [k for k in architecture_keys if previous.get(k) != run_config.get(k)]
+    if changed:
+        raise CheckpointError(f"cannot resume: the checkpoint was trained with other {changed} "
+                              f"({[previous.get(k) for k in changed]} vs {[run_config.get(k) for k in changed]}); "
+                              "use a new --name")
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"] + 1, state["global_step"], state["best"]
+
+
+def report_epoch(metrics: dict[str, float], rank: int, save: Callable[[str], None] | None) -> None:
+    """Every rank reports once per epoch; only rank 0 attaches the checkpoint (STYLE 13)."""
+    import ray.train
+
+    if rank == 0 and save is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            save(folder)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report(metrics, checkpoint=None)
+
+
+def maybe_inject_fault(fault_epoch: int, epoch: int, marker_dir: str, rank: int) -> None:
+    """Fault injection through config (Ray's own tests do this): kill this worker once at ``fault_epoch``.
+
+    A marker file makes it happen once per run, so the restarted worker group gets past it.
+    """
+    if fault_epoch < 0 or epoch != fault_epoch or rank != 0:
+        return
+    marker = io.join(marker_dir, f"_fault_injected_epoch{epoch}")
+    if io.exists(marker):
+        return
+    io.write_text_atomic(marker, str(time.time()))
+    log.error("fault injection: worker rank 0 exits at epoch %d", epoch)
+    os._exit(1)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of known GPUs (FLOP/s), for MFU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12)):
+        if key in name:
+            return tflops
+    return None
+
+
+def train_flops_per_sample(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Forward FLOPs of one sample × 3 (forward + backward), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), counter:
+        model(*inputs)
+    model.train(was_training)
+    return 3.0 * counter.get_total_flops() / inputs[0].shape[0]
+
+
+def trainer_run_config(name: str, storage_path: str, max_failures: int):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(name=name, storage_path=os.path.abspath(storage_path) if not io.is_uri(storage_path)
+                     else storage_path,
+                     failure_config=FailureConfig(max_failures=max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=2))
+
+
+def scaling_config(workers: int, gpu: bool, cpus_per_worker: float):
+    from ray.train import ScalingConfig
+
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    resources = {"CPU": cpus_per_worker}
+    if gpu:
+        resources["GPU"] = 1
+    return ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources)
+
+
+def publish_model(checkpoint_path: str, storage: str, name: str) -> str:
+    """Copy a checkpoint's ``model.pt`` to the stable ``<storage>/<name>/final/model.pt``; returns that path."""
+    target = io.join(storage, name, "final", "model.pt")
+    io.write_bytes_atomic(target, io.read_bytes(io.join(checkpoint_path, "model.pt")))
+    return target

@@ -1,0 +1,311 @@
+"""Training and labeling inputs streamed from the crops Parquet with Ray Data.
+
+- :func:`character_instances`: one row per character instance (a face and/or a body with the same
+  ``char_index`` in one panel; DESIGN §2). Each crops shard file holds whole panels, so pairing is done
+  file by file, with no shuffle and nothing gathered in the driver.
+- :func:`ssl_dataset`: those rows decoded and augmented (two strong views + one weak view per modality)
+  as uint8 arrays, normalised on the training device.
+- :func:`sequence_dataset`: one row per labelled sequence (window) with every instance's face and body, for
+  fine-tuning and evaluation; crops are fetched from just the shard files that hold them.
+"""
+
+from __future__ import annotations
+
+import functools
+import io as _io
+import json
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from reid import io
+from reid.crop import shard_id
+from reid.data.formats import Sequence
+from reid.errors import DataFormatError
+from reid.shards import ShardedOutput
+
+INSTANCE_KEY_SEP = "#"
+VAL_BUCKETS = 20  # 1 instance in 20 (by a hash of its key) is held out of SSL training for validation
+
+
+def is_validation_key(key: str) -> bool:
+    """Deterministic hold-out of character instances for the SSL validation signal."""
+    return zlib.crc32(key.encode()) % VAL_BUCKETS == 0
+
+
+def committed_crop_files(crops_root: str) -> list[str]:
+    """Data files of a finished crop job; refuses an unfinished one."""
+    output = ShardedOutput(crops_root, "instance_id")
+    if not output.is_complete():
+        raise DataFormatError(crops_root, "crop output is incomplete or missing (no _SUCCESS): run jobs/crop.py")
+    return output.data_files()
+
+
+def crop_job_params(crops_root: str) -> dict[str, Any]:
+    return json.loads(io.read_text(io.join(crops_root, "_job.json")))
+
+
+def _read_table(path: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    fs, p = io.resolve(path)
+    return pq.read_table(p, filesystem=fs, columns=columns, filters=filters)
+
+
+def pair_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Crops of whole panels → character instances ``{key, panel_id, series_id, char_index, face, body,
+    face_id, body_id}``; a box with ``char_index < 0`` is an instance of its own."""
+    groups: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for row in table.select(["instance_id", "panel_id", "series_id", "type", "char_index", "image"]).to_pylist():
+        solo = row["instance_id"] if row["char_index"] < 0 else ""
+        key = (row["panel_id"], row["char_index"], solo)
+        inst = groups.setdefault(key, {
+            "key": f"{row['panel_id']}{INSTANCE_KEY_SEP}{row['char_index'] if not solo else solo}",
+            "panel_id": row["panel_id"], "series_id": row["series_id"], "char_index": row["char_index"],
+            "face": b"", "body": b"", "face_id": "", "body_id": ""})
+        if inst[row["type"]]:
+            # two faces (or bodies) share a char_index: keep the first, make the other its own instance
+            key = (row["panel_id"], row["char_index"], row["instance_id"])
+            inst = groups.setdefault(key, {**inst, "key": f"{inst['key']}{INSTANCE_KEY_SEP}{row['instance_id']}",
+                                           "face": b"", "body": b"", "face_id": "", "body_id": ""})
+        inst[row["type"]] = row["image"]
+        inst[f"{row['type']}_id"] = row["instance_id"]
+    return sorted(groups.values(), key=lambda r: r["key"])
+
+
+def _pair_file(item: dict[str, Any]) -> list[dict[str, Any]]:
+    return pair_rows(_read_table(item["path"]))
+
+
+def character_instances(crops_root: str):
+    """Ray Dataset of character instances (one row each), read shard file by shard file."""
+    import ray
+
+    files = committed_crop_files(crops_root)
+    # fractional CPUs: on a small node, whole-CPU read tasks would starve beside the train workers
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files))) \
+        .flat_map(_pair_file, num_cpus=0.25)
+
+
+def count_character_instances(crops_root: str) -> int:
+    """Number of character instances, from the ids alone (no image bytes are read)."""
+    total = 0
+    for path in committed_crop_files(crops_root):
+        table = _read_table(path, ["instance_id", "panel_id", "series_id", "type", "char_index"])
+        total += len(pair_rows(table.append_column("image", pa.array([b"x"] * table.num_rows, pa.binary()))))
+    return total
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    return Image.open(_io.BytesIO(data)).convert("RGB")
+
+
+def to_uint8_chw(image: torch.Tensor | Image.Image) -> np.ndarray:
+    """A PIL image, a uint8 tensor, or an augment pipeline's output (float, mean 0.5 std 0.5) → uint8 CHW.
+
+    Samples travel through Ray Data as uint8 (4x smaller than float) and are normalised on the device.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    if image.dtype.is_floating_point:
+        image = (image * 0.5 + 0.5).mul_(255.0).round_().clamp_(0, 255)
+    return image.to(torch.uint8).numpy()
+
+
+class SSLViews:
+    """Ray Data UDF: decode a batch of character instances into SSL views (uint8, CHW).
+
+    Output columns: face_a, face_b, face_weak (N,3,F,F); body_a, body_b, body_weak (N,3,B,B);
+    has_face, has_body (N,) bool. A missing modality is all zeros with its flag False: the training step
+    drops those rows before the forward pass, so they are never seen as images.
+    """
+
+    def __init__(self, face_size: int, body_size: int) -> None:
+        from reid.data import augment
+
+        self.face_size, self.body_size = face_size, body_size
+        self.strong_face = augment.ssl_strong(face_size, "face")
+        self.strong_body = augment.ssl_strong(body_size, "body")
+        self.weak_face = augment.weak_face(face_size)
+        self.weak_body = augment.weak_body(body_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["key"])
+        out = {f"{m}_{v}": np.zeros((n, 3, s, s), np.uint8)
+               for m, s in (("face", self.face_size), ("body", self.body_size)) for v in ("a", "b", "weak")}
+        out["has_face"] = np.zeros(n, bool)
+        out["has_body"] = np.zeros(n, bool)
+        for i in range(n):
+            for modality, strong, weak in (("face", self.strong_face, self.weak_face),
+                                           ("body", self.strong_body, self.weak_body)):
+                data = batch[modality][i]
+                if not data:
+                    continue
+                image = decode_rgb(data)
+                out[f"{modality}_a"][i] = to_uint8_chw(strong(image))
+                out[f"{modality}_b"][i] = to_uint8_chw(strong(image))
+                out[f"{modality}_weak"][i] = to_uint8_chw(weak(image))
+                out[f"has_{modality}"][i] = True
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def _udf(cls: type, *args: Any) -> Any:
+    """One instance of a decode/augment UDF per worker process (built once, reused across tasks)."""
+    return cls(*args)
+
+
+def _ssl_views(batch: dict[str, np.ndarray], face_size: int, body_size: int) -> dict[str, np.ndarray]:
+    return _udf(SSLViews, face_size, body_size)(batch)
+
+
+def ssl_dataset(crops_root: str, face_size: int, body_size: int, num_cpus: float = 0.5):
+    """Ray Dataset of augmented SSL samples (see :class:`SSLViews`).
+
+    Decoding runs in tasks with fractional CPUs, not an actor pool: tasks release their CPUs between
+    batches, so the pipeline cannot starve the training workers on a small node.
+    """
+    train = character_instances(crops_root).filter(lambda row: not is_validation_key(row["key"]), num_cpus=0.25)
+    return train.map_batches(_ssl_views, fn_kwargs={"face_size": face_size, "body_size": body_size},
+                             batch_size=32, num_cpus=num_cpus)
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,3,H,W) → float, mean 0.5 std 0.5 per channel (the paper's normalisation)."""
+    return images.float().div_(255.0).sub_(0.5).div_(0.5)
+
+
+# -- labelled sequences -----------------------------------------------------------------------------
+
+def sequence_rows(sequences: list[Sequence], pages_per_shard: int) -> list[dict[str, Any]]:
+    """Plain rows for a Ray Dataset: one per sequence, instances listed with their charId label."""
+    rows = []
+    for seq in sequences:
+        faces, bodies, labels = [], [], []
+        for label, character in enumerate(seq.characters):
+            for inst in character.instances:
+                faces.append(inst.face or "")
+                bodies.append(inst.body or "")
+                labels.append(label)
+        if not labels:
+            continue
+        shards = sorted({shard_id(p.series, p.page, pages_per_shard) for p in seq.panels})
+        rows.append({"seq_id": seq.seq_id, "series_id": seq.series_id, "face_ids": faces, "body_ids": bodies,
+                     "labels": labels, "shards": shards})
+    return rows
+
+
+class SequenceCrops:
+    """Ray Data UDF: fetch and decode every crop of a batch of sequences (reading only their shards).
+
+    Output per sequence: face (K,3,F,F) / body (K,3,B,B) uint8, face_mask / body_mask (K,), labels (K,).
+    A crop that the crop job could not produce is masked out; an instance with neither is dropped.
+    """
+
+    def __init__(self, crops_root: str, face_size: int, body_size: int, augment_train: bool) -> None:
+        from reid.data import augment
+
+        self.crops_root = crops_root
+        if augment_train:
+            self.face_tf = augment.weak_face(face_size)
+            self.body_tf = augment.weak_body(body_size)
+        else:
+            self.face_tf = augment.eval_transform(face_size, "face")
+            self.body_tf = augment.eval_transform(body_size, "body")
+        self.face_size, self.body_size = face_size, body_size
+
+    def _fetch(self, shards: set[str], ids: set[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for shard in sorted(shards):
+            path = io.join(self.crops_root, "data", f"{shard}.parquet")
+            if not io.exists(path):
+                continue
+            table = _read_table(path, ["instance_id", "image"])
+            table = table.filter(pc.is_in(table["instance_id"], value_set=pa.array(sorted(ids))))
+            found.update(zip(table["instance_id"].to_pylist(), table["image"].to_pylist(), strict=True))
+        return found
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        ids = {i for col in ("face_ids", "body_ids") for ids_ in batch[col] for i in ids_ if i}
+        crops = self._fetch({s for shards in batch["shards"] for s in shards}, ids)
+        out: dict[str, list] = defaultdict(list)
+        for seq_id, series_id, face_ids, body_ids, labels in zip(batch["seq_id"], batch["series_id"],
+                                                                 batch["face_ids"], batch["body_ids"],
+                                                                 batch["labels"], strict=True):
+            faces, bodies, fmask, bmask, kept = [], [], [], [], []
+            for face_id, body_id, label in zip(face_ids, body_ids, labels, strict=True):
+                has_face, has_body = face_id in crops, body_id in crops
+                if not (has_face or has_body):
+                    continue
+                faces.append(self._image(crops.get(face_id), self.face_tf, self.face_size))
+                bodies.append(self._image(crops.get(body_id), self.body_tf, self.body_size))
+                fmask.append(has_face)
+                bmask.append(has_body)
+                kept.append(label)
+            out["seq_id"].append(seq_id)
+            out["series_id"].append(series_id)
+            out["face"].append(np.stack(faces) if faces else np.zeros((0, 3, self.face_size, self.face_size), np.uint8))
+            out["body"].append(np.stack(bodies) if bodies else np.zeros((0, 3, self.body_size, self.body_size),
+                                                                        np.uint8))
+            out["face_mask"].append(np.asarray(fmask, bool))
+            out["body_mask"].append(np.asarray(bmask, bool))
+            out["labels"].append(np.asarray(kept, np.int64))
+        return dict(out)
+
+    @staticmethod
+    def _image(data: bytes | None, transform, size: int) -> np.ndarray:
+        if not data:
+            return np.zeros((3, size, size), np.uint8)
+        return to_uint8_chw(transform(decode_rgb(data)))
+
+
+def sequence_dataset(crops_root: str, sequences: list[Sequence], face_size: int, body_size: int,
+                     augment_train: bool, num_cpus: float = 0.5):
+    """Ray Dataset with one row per labelled sequence (see :class:`SequenceCrops`)."""
+    import ray
+
+    rows = sequence_rows(sequences, crop_job_params(crops_root)["pages_per_shard"])
+    if not rows:
+        raise DataFormatError(crops_root, "no labelled sequence has any instance")
+    return ray.data.from_items(rows, override_num_blocks=min(len(rows), 16)).map_batches(
+        _sequence_crops, fn_kwargs={"crops_root": crops_root, "face_size": face_size, "body_size": body_size,
+                                    "augment_train": augment_train},
+        batch_size=8, num_cpus=num_cpus)
+
+
+def _sequence_crops(batch: dict[str, np.ndarray], crops_root: str, face_size: int, body_size: int,
+                    augment_train: bool) -> dict[str, Any]:
+    return _udf(SequenceCrops, crops_root, face_size, body_size, augment_train)(batch)
+
+
+def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of sequence rows → one flat batch of instances with global labels and sequence ids.
+
+    Labels become unique across the batch's sequences (a charId is only meaningful inside its sequence).
+    """
+    faces, bodies, fmask, bmask, labels, seq_index, series = [], [], [], [], [], [], []
+    next_label = first_label
+    for s, (face, body, fm, bm, lab, ser) in enumerate(zip(batch["face"], batch["body"], batch["face_mask"],
+                                                           batch["body_mask"], batch["labels"],
+                                                           batch["series_id"], strict=True)):
+        if len(lab) == 0:
+            continue
+        faces.append(torch.as_tensor(np.asarray(face)))
+        bodies.append(torch.as_tensor(np.asarray(body)))
+        fmask.append(torch.as_tensor(np.asarray(fm, bool)))
+        bmask.append(torch.as_tensor(np.asarray(bm, bool)))
+        lab = torch.as_tensor(np.asarray(lab, np.int64))
+        labels.append(lab + next_label)
+        next_label += int(lab.max()) + 1
+        seq_index.append(torch.full((len(lab),), s, dtype=torch.int64))
+        series.append(torch.full((len(lab),), int(ser), dtype=torch.int64))
+    if not labels:
+        return {}
+    return {"face": torch.cat(faces), "body": torch.cat(bodies), "face_mask": torch.cat(fmask),
+            "body_mask": torch.cat(bmask), "labels": torch.cat(labels), "sequence": torch.cat(seq_index),
+            "series": torch.cat(series)}

@@ -1,0 +1,274 @@
+"""Stage 2: semi-supervised fine-tuning of the Re-ID net on labelled sequences, on Ray Train.
+
+Batches are whole sequences; positives and negatives come from inside a sequence plus "other series"
+negatives (DESIGN §2). Validation MAP@R is computed every epoch on rank 0, the best checkpoint is kept,
+and the driver evaluates it on the test split, exports it (TorchScript) and logs everything to MLflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from reid import config, io
+from reid.data import formats
+from reid.errors import CheckpointError, ConfigError
+from reid.models import ModelConfig, ReIDNet
+from reid.train import common
+from reid.train.data import collate_sequences, normalize_uint8
+
+log = logging.getLogger(__name__)
+ARCHITECTURE_KEYS = ("arch", "face_size", "body_size", "embed_dim", "ssl_checkpoint")
+SELECT_METRIC = "val_mean_average_precision_at_r"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tune the Re-ID net (face+body fusion → 256-d) with a contrastive loss, on Ray Train."""
+
+    crops: str = field(default="runs/demo/crops", metadata={"help": "output folder of jobs/crop.py"})
+    sequences: str = field(default="runs/demo/corpus/data/comics_seq",
+                           metadata={"help": "folder of <split>_sequences.json"})
+    ssl_checkpoint: str | None = field(default=None, metadata={"help": "model.pt of a pretrain run "
+                                                                        "(none = random init, a baseline)"})
+    storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path"})
+    name: str = field(default="finetune", metadata={"help": "run name: same name = resume; MLflow run key"})
+    arch: str = field(default="resnet50", metadata={"help": "backbone when no --ssl-checkpoint is given"})
+    face_size: int = 96
+    body_size: int = 128
+    embed_dim: int = 256
+    freeze_ssl: bool = field(default=True, metadata={"help": "train only the fusion Linear (the paper)"})
+    epochs: int = 20
+    sequences_per_batch: int = field(default=8, metadata={"help": "whole sequences per global batch"})
+    lr: float = 7.5e-4
+    weight_decay: float = 0.05
+    lr_gamma: float = 0.95
+    pos_margin: float = 0.0
+    neg_margin: float = 1.0
+    miner: str | None = field(default=None, metadata={"help": "none or pair_margin"})
+    workers: int = 2
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    data_cpus: float = 0.5
+    bf16: bool = True
+    max_failures: int = 2
+    seed: int = 0
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    mlflow_uri: str | None = None
+    experiment: str = "comic-reid"
+    fault_epoch: int = -1
+
+    def __post_init__(self) -> None:
+        config.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        config.check(self.sequences_per_batch >= self.workers,
+                     f"sequences_per_batch ({self.sequences_per_batch}) must be >= workers ({self.workers})")
+        config.check(self.lr > 0, "lr must be > 0")
+        config.check(0 < self.lr_gamma <= 1, "lr_gamma must be in (0, 1]")
+        config.check(self.neg_margin > self.pos_margin >= 0,
+                     f"need neg_margin > pos_margin >= 0, got {self.neg_margin}, {self.pos_margin}")
+        config.check(self.miner in (None, "pair_margin"), f"miner must be none or pair_margin, got {self.miner}")
+
+
+def build_model(cfg: FinetuneConfig) -> ReIDNet:
+    if cfg.ssl_checkpoint:
+        net = ReIDNet.from_ssl_checkpoint(cfg.ssl_checkpoint, embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl)
+        if (net.config.face_size, net.config.body_size) != (cfg.face_size, cfg.body_size):
+            raise CheckpointError(f"{cfg.ssl_checkpoint} was trained at face/body {net.config.face_size}/"
+                                  f"{net.config.body_size} px; this run asks for {cfg.face_size}/{cfg.body_size}")
+        return net
+    return ReIDNet(ModelConfig(arch=cfg.arch, face_size=cfg.face_size, body_size=cfg.body_size,
+                               embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl))
+
+
+@torch.no_grad()
+def embed_batches(model: ReIDNet, batches, device: torch.device) -> dict[str, np.ndarray]:
+    """Embed collated sequence batches → embeddings, labels (unique per sequence and charId), sequence ids."""
+    model.eval()
+    embs, labels, seqs = [], [], []
+    next_label, next_seq = 0, 0
+    for raw in batches:
+        batch = collate_sequences(raw, first_label=next_label)
+        if not batch:
+            continue
+        emb = model(normalize_uint8(batch["face"].to(device)), normalize_uint8(batch["body"].to(device)),
+                    batch["face_mask"].to(device), batch["body_mask"].to(device))
+        embs.append(emb.float().cpu())
+        labels.append(batch["labels"])
+        seqs.append(batch["sequence"] + next_seq)
+        next_label = int(batch["labels"].max()) + 1
+        next_seq += int(batch["sequence"].max()) + 1
+    if not embs:
+        return {"embeddings": np.zeros((0, model.config.embed_dim), np.float32), "labels": np.zeros(0, np.int64),
+                "sequences": np.zeros(0, np.int64)}
+    return {"embeddings": torch.cat(embs).numpy(), "labels": torch.cat(labels).numpy(),
+            "sequences": torch.cat(seqs).numpy()}
+
+
+def evaluate(model: ReIDNet, batches, device: torch.device, prefix: str) -> dict[str, float]:
+    from reid.eval.metrics import retrieval_metrics
+
+    out = embed_batches(model, batches, device)
+    if len(out["labels"]) == 0:
+        return {}
+    metrics = retrieval_metrics(out["embeddings"], out["labels"], out["sequences"])
+    return {f"{prefix}_{k}": float(v) for k, v in metrics.items()}
+
+
+def finetune_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function."""
+    import ray.train
+
+    from reid.losses import SequencePairLoss
+
+    cfg = config.from_dict(FinetuneConfig, loop_config["cfg"])
+    rt = common.runtime()
+    torch.manual_seed(cfg.seed + rt.rank)
+    model = build_model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+    start_epoch, step, best = 0, 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        start_epoch, step, best = common.load_state(checkpoint, model, optimizer, scheduler, loop_config["cfg"],
+                                                    ARCHITECTURE_KEYS)
+    net = common.prepare_for_device(model, rt.device, channels_last=False, sync_bn=False,
+                                    world_size=rt.world_size, compile_model=False)
+    loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner)
+    tracker = None
+    if rt.rank == 0:
+        from reid.tracking import Tracker
+
+        tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "finetune"},
+                          parent_run_id=loop_config.get("parent_run_id"))
+        tracker.log_params(loop_config["cfg"])
+        if checkpoint:
+            tracker.set_tags({"reid.resumed_at_epoch": start_epoch})
+    per_worker = cfg.sequences_per_batch // rt.world_size
+    train_shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.epochs):
+        common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
+        net.train()
+        total, batches, samples, start = 0.0, 0, 0, time.time()
+        for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
+                                            local_shuffle_buffer_size=per_worker * 4,
+                                            local_shuffle_seed=cfg.seed * 1000 + epoch):
+            batch = collate_sequences(raw)
+            emb = net(normalize_uint8(batch["face"].to(rt.device)), normalize_uint8(batch["body"].to(rt.device)),
+                      batch["face_mask"].to(rt.device), batch["body_mask"].to(rt.device))
+            loss = loss_fn(emb.float(), batch["labels"].to(rt.device), batch["sequence"].to(rt.device),
+                           batch["series"].to(rt.device))
+            common.check_finite(loss, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            batches += 1
+            samples += len(batch["labels"])
+            total += loss.item()
+        scheduler.step()
+        elapsed = time.time() - start
+        metrics: dict[str, float] = {"epoch": epoch, "loss": total / max(1, batches), "batches": batches,
+                                     "samples_per_s": samples * rt.world_size / max(elapsed, 1e-9),
+                                     "lr": scheduler.get_last_lr()[0]}
+        if rt.rank == 0:
+            val = ray.train.get_dataset_shard("val")
+            metrics.update(evaluate(common.unwrap(net), val.iter_batches(batch_size=8, batch_format="numpy"),
+                                    rt.device, "val"))
+            score = metrics.get(SELECT_METRIC, float("nan"))
+            if not np.isnan(score) and (best is None or score > best):
+                best = score
+            metrics["best_" + SELECT_METRIC] = best if best is not None else float("nan")
+        metrics.setdefault(SELECT_METRIC, float("nan"))
+        if tracker:
+            tracker.log_metrics(metrics, step=epoch)
+        save = functools.partial(common.save_state, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 epoch=epoch, step=step, best=best, run_config=loop_config["cfg"],
+                                 model_extra={"stage": "finetune", "epoch": epoch, "name": cfg.name})
+        common.report_epoch(metrics, rt.rank, save)
+    if tracker:
+        tracker.close()
+
+
+def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_config=None) -> dict[str, Any]:
+    """Driver: datasets, TorchTrainer, then test evaluation, export and MLflow logging of the best model.
+
+    Returns {"best_model": path, "exported": path, "test": metrics, "result": ray Result}.
+    """
+    import ray
+    from ray.train import CheckpointConfig, DataConfig
+    from ray.train.torch import TorchTrainer
+
+    from reid.raycluster import init_ray
+    from reid.train.data import sequence_dataset
+
+    if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
+        raise CheckpointError(f"{cfg.ssl_checkpoint}: SSL checkpoint not found")
+    build_model(cfg)  # fail fast on a bad checkpoint, before any Ray work
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    if cfg.gpu and not ray.cluster_resources().get("GPU"):
+        raise ConfigError("--gpu was given but the Ray cluster has no GPU")
+    splits = {s: formats.read_split(cfg.sequences, s) for s in ("train", "validation", "test")}
+    if len(splits["train"]) < cfg.sequences_per_batch:
+        raise ConfigError(f"{cfg.sequences}: {len(splits['train'])} train sequences, fewer than one batch "
+                          f"({cfg.sequences_per_batch})")
+    datasets = {
+        "train": sequence_dataset(cfg.crops, splits["train"], cfg.face_size, cfg.body_size, True, cfg.data_cpus),
+        "val": sequence_dataset(cfg.crops, splits["validation"], cfg.face_size, cfg.body_size, False,
+                                cfg.data_cpus),
+    }
+    loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id,
+                   "marker_dir": io.join(cfg.storage, cfg.name)}
+    run_config = run_config or common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
+    run_config.checkpoint_config = CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECT_METRIC,
+                                                    checkpoint_score_order="max")
+    trainer = TorchTrainer(finetune_loop, train_loop_config=loop_config, datasets=datasets,
+                           dataset_config=DataConfig(datasets_to_split=["train"]),
+                           scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
+                           run_config=run_config)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return finish(cfg, result, splits["test"], parent_run_id)
+
+
+def finish(cfg: FinetuneConfig, result, test_sequences, parent_run_id: str | None) -> dict[str, Any]:
+    """Best checkpoint → test metrics, TorchScript export, MLflow artifacts."""
+    from reid.models.checkpoint import load_model_checkpoint
+    from reid.models.export import export_torchscript
+    from reid.tracking import Tracker
+    from reid.train.data import sequence_dataset
+
+    best = _best_checkpoint(result)
+    best_model = common.publish_model(best.path, cfg.storage, cfg.name)
+    out_dir = io.join(cfg.storage, cfg.name, "final")
+    model, _, _ = load_model_checkpoint(best_model)
+    test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus)
+    test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
+    exported = io.join(out_dir, "reid_net.torchscript.pt")
+    export_torchscript(model, exported)
+    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id)
+    tracker.log_metrics(test, step=cfg.epochs)
+    if not io.is_uri(best_model):
+        tracker.log_artifact(best_model, "model")
+        tracker.log_artifact(exported, "model")
+    tracker.set_tags({"reid.best_checkpoint": best.path})
+    tracker.close()
+    log.info("finetune: test %s; best model %s", test, best_model)
+    return {"best_model": best_model, "exported": exported, "test": test, "result": result}
+
+
+def _best_checkpoint(result):
+    try:
+        best = result.get_best_checkpoint(SELECT_METRIC, "max")
+    except (RuntimeError, ValueError, KeyError):
+        best = None
+    return best or result.checkpoint
+

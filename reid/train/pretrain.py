@@ -1,0 +1,259 @@
+"""Stage 1: identity-aware self-supervised pretraining on Ray Train (DDP over N workers).
+
+Loss = NT-Xent(face views) + NT-Xent(body views) + NT-Xent(weak face ↔ weak body of one instance),
+negatives gathered across workers. Re-running with the same ``name`` and ``storage`` resumes from the
+latest checkpoint (the interrupted epoch restarts; Ray Data does not restore a mid-epoch position).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reid import config, io
+from reid.errors import ConfigError
+from reid.models import ModelConfig, SSLNet
+from reid.train import common
+from reid.train.data import is_validation_key, normalize_uint8
+
+log = logging.getLogger(__name__)
+ARCHITECTURE_KEYS = ("arch", "face_size", "body_size", "proj_hidden_dim", "proj_dim")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Identity-aware SSL pretraining (the paper's defaults) as a Ray Train TorchTrainer."""
+
+    crops: str = field(default="runs/demo/crops", metadata={"help": "output folder of jobs/crop.py"})
+    storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path (checkpoints)"})
+    name: str = field(default="pretrain", metadata={"help": "run name: same name = resume; MLflow run key"})
+    arch: str = "resnet50"
+    face_size: int = 96
+    body_size: int = 128
+    proj_hidden_dim: int | None = None
+    proj_dim: int = 128
+    backbone_weights: str | None = field(default=None, metadata={"help": "local torchvision state dict"})
+    epochs: int = 100
+    batch_size: int = field(default=320, metadata={"help": "global batch (split over workers)"})
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_epochs: int = 0
+    temperature: float = 0.07
+    face_weight: float = 1.0
+    body_weight: float = 1.0
+    identity_weight: float = field(default=1.0, metadata={"help": "weight of the face<->body term (0 = off)"})
+    use_faces: bool = field(default=True, metadata={"help": "train on face crops (ablations)"})
+    use_bodies: bool = field(default=True, metadata={"help": "train on body crops (ablations)"})
+    grad_clip: float = 0.5
+    workers: int = 2
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    data_cpus: float = field(default=0.5, metadata={"help": "CPUs per Ray Data decode/augment actor"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU"})
+    channels_last: bool = True
+    sync_bn: bool = False
+    compile: bool = False
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts (FailureConfig)"})
+    seed: int = 0
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    mlflow_uri: str | None = None
+    experiment: str = "comic-reid"
+    fault_epoch: int = field(default=-1, metadata={"help": "fault injection for tests: rank 0 dies once "
+                                                           "at this epoch"})
+
+    def __post_init__(self) -> None:
+        config.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        config.check(self.batch_size >= 2 * self.workers,
+                     f"batch_size {self.batch_size} too small for {self.workers} workers")
+        config.check(self.lr > 0 and self.temperature > 0, "lr and temperature must be > 0")
+        config.check(self.use_faces or self.use_bodies, "use_faces and use_bodies cannot both be off")
+        config.check(min(self.face_weight, self.body_weight, self.identity_weight) >= 0, "weights must be >= 0")
+        self.model_config()  # validates arch and sizes
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(arch=self.arch, face_size=self.face_size, body_size=self.body_size,
+                           proj_hidden_dim=self.proj_hidden_dim, proj_dim=self.proj_dim,
+                           backbone_weights=self.backbone_weights)
+
+
+class FaceBodyEmbedder(nn.Module):
+    """One forward for both modalities, so DDP sees one forward per backward."""
+
+    def __init__(self, ssl_net: SSLNet) -> None:
+        super().__init__()
+        self.ssl = ssl_net
+
+    def forward(self, faces: torch.Tensor, bodies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_face = self.ssl(faces) if faces.shape[0] else faces.new_zeros((0, self.ssl.config.proj_dim))
+        z_body = self.ssl(bodies) if bodies.shape[0] else bodies.new_zeros((0, self.ssl.config.proj_dim))
+        return z_face, z_body
+
+
+def _split_views(batch: dict[str, torch.Tensor], cfg: PretrainConfig, device: torch.device):
+    """Present faces' (a, b, weak) and bodies' (a, b, weak) stacked for one forward each."""
+    has_face = batch["has_face"].bool() & cfg.use_faces
+    has_body = batch["has_body"].bool() & cfg.use_bodies
+    pair = has_face & has_body
+    faces = torch.cat([batch["face_a"][has_face], batch["face_b"][has_face], batch["face_weak"][pair]])
+    bodies = torch.cat([batch["body_a"][has_body], batch["body_b"][has_body], batch["body_weak"][pair]])
+    return (normalize_uint8(faces.to(device)), normalize_uint8(bodies.to(device)),
+            int(has_face.sum()), int(has_body.sum()), int(pair.sum()))
+
+
+def pretrain_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function (ordinary PyTorch plus report/get_checkpoint/get_dataset_shard)."""
+    import ray.train
+
+    from reid.losses import IdentityAwareSSLLoss
+
+    cfg = config.from_dict(PretrainConfig, loop_config["cfg"])
+    rt = common.runtime()
+    torch.manual_seed(cfg.seed + rt.rank)
+    model = SSLNet(cfg.model_config())
+    per_worker = cfg.batch_size // rt.world_size
+    steps_per_epoch = max(1, loop_config["train_instances"] // cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, common.cosine_lambda(
+        cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch))
+    start_epoch, step, best = 0, 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        start_epoch, step, best = common.load_state(checkpoint, model, optimizer, scheduler, loop_config["cfg"],
+                                                    ARCHITECTURE_KEYS)
+    net = common.prepare_for_device(FaceBodyEmbedder(model), rt.device, cfg.channels_last, cfg.sync_bn,
+                                    rt.world_size, cfg.compile)
+    loss_fn = IdentityAwareSSLLoss(cfg.temperature, cfg.face_weight if cfg.use_faces else 0.0,
+                                   cfg.body_weight if cfg.use_bodies else 0.0,
+                                   cfg.identity_weight if cfg.use_faces and cfg.use_bodies else 0.0,
+                                   gather_distributed=rt.world_size > 1)
+    tracker = _tracker(cfg, loop_config) if rt.rank == 0 else None
+    if tracker and checkpoint:
+        tracker.set_tags({"reid.resumed_at_epoch": start_epoch})
+        tracker.log_metrics({"restart_epoch": float(start_epoch)}, step=int(time.time()))
+    flops_per_sample = None
+    train_shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.epochs):
+        common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
+        net.train()
+        sums, samples, start = {"loss": 0.0, "face": 0.0, "body": 0.0, "identity": 0.0}, 0, time.time()
+        batches = 0
+        for batch in train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device="cpu",
+                                                    local_shuffle_buffer_size=per_worker * 4,
+                                                    local_shuffle_seed=cfg.seed * 1000 + epoch):
+            faces, bodies, nf, nb, npair = _split_views(batch, cfg, rt.device)
+            if flops_per_sample is None and rt.device.type == "cuda" and nf and nb:
+                flops_per_sample = common.train_flops_per_sample(common.unwrap(net), (faces[:2], bodies[:2]))
+            with common.autocast(rt.device, cfg.bf16):
+                z_face, z_body = net(faces, bodies)
+            z_face, z_body = z_face.float(), z_body.float()
+            total, terms = loss_fn(z_face[:nf], z_face[nf:2 * nf], z_body[:nb], z_body[nb:2 * nb],
+                                   z_face[2 * nf:], z_body[2 * nb:])
+            common.check_finite(total, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            batches += 1
+            samples += batch["has_face"].shape[0]
+            sums["loss"] += total.item()
+            for k, v in terms.items():
+                sums[k] += float(v.item())
+        elapsed = time.time() - start
+        metrics = {k: v / max(1, batches) for k, v in sums.items()}
+        metrics.update(epoch=epoch, samples_per_s=samples * rt.world_size / max(elapsed, 1e-9),
+                       lr=scheduler.get_last_lr()[0], batches=batches)
+        if flops_per_sample and common.peak_flops(rt.device):
+            metrics["mfu"] = flops_per_sample * samples / elapsed / common.peak_flops(rt.device)
+        if rt.rank == 0 and loop_config["val"]:
+            metrics["val_face_body_p1"] = face_body_precision_at_1(model, loop_config["val"], cfg, rt.device)
+        if tracker:
+            tracker.log_metrics(metrics, step=epoch)
+        save = functools.partial(common.save_state, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 epoch=epoch, step=step, best=best, run_config=loop_config["cfg"],
+                                 model_extra={"stage": "pretrain", "epoch": epoch, "name": cfg.name})
+        common.report_epoch(metrics, rt.rank, save)
+    if tracker:
+        tracker.close()
+
+
+def _tracker(cfg: PretrainConfig, loop_config: dict[str, Any]):
+    from reid.tracking import Tracker
+
+    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "pretrain"},
+                      parent_run_id=loop_config.get("parent_run_id"))
+    tracker.log_params({**loop_config["cfg"], "train_instances": loop_config["train_instances"]})
+    return tracker
+
+
+@torch.no_grad()
+def face_body_precision_at_1(model: SSLNet, val: dict[str, np.ndarray], cfg: PretrainConfig,
+                             device: torch.device) -> float:
+    """Held-out instances: how often a face's nearest body (cosine, SSL features) is its own body."""
+    model.eval()
+    faces = normalize_uint8(torch.as_tensor(val["face"]).to(device))
+    bodies = normalize_uint8(torch.as_tensor(val["body"]).to(device))
+    if faces.shape[0] < 2:
+        return float("nan")
+    zf = torch.cat([F.normalize(model.features(f), dim=1) for f in faces.split(256)])
+    zb = torch.cat([F.normalize(model.features(b), dim=1) for b in bodies.split(256)])
+    nearest = (zf @ zb.T).argmax(dim=1)
+    return float((nearest == torch.arange(len(zf), device=device)).float().mean())
+
+
+def _validation_arrays(crops: str, cfg: PretrainConfig, limit: int = 512) -> dict[str, np.ndarray] | None:
+    """Eval-transformed face/body pairs of the held-out instances (small: sent to rank 0 in the config)."""
+    from reid.data import augment
+    from reid.train.data import character_instances, decode_rgb, to_uint8_chw
+
+    face_tf = augment.eval_transform(cfg.face_size, "face")
+    body_tf = augment.eval_transform(cfg.body_size, "body")
+    faces, bodies = [], []
+    rows = character_instances(crops).filter(lambda r: bool(r["face"]) and bool(r["body"])
+                                             and is_validation_key(r["key"])).take(limit)
+    for row in rows:
+        faces.append(to_uint8_chw(face_tf(decode_rgb(row["face"]))))
+        bodies.append(to_uint8_chw(body_tf(decode_rgb(row["body"]))))
+    if len(faces) < 2:
+        return None
+    return {"face": np.stack(faces), "body": np.stack(bodies)}
+
+
+def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_config=None):
+    """Driver: build the datasets and the TorchTrainer, fit, and return (result, model checkpoint path)."""
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    from reid.raycluster import init_ray
+    from reid.train.data import count_character_instances, ssl_dataset
+
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    if cfg.gpu and not ray.cluster_resources().get("GPU"):
+        raise ConfigError("--gpu was given but the Ray cluster has no GPU")
+    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus)
+    train_instances = count_character_instances(cfg.crops)
+    if train_instances < cfg.batch_size:
+        raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "
+                          f"({cfg.batch_size}); lower --batch-size")
+    loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
+                   "val": _validation_arrays(cfg.crops, cfg), "parent_run_id": parent_run_id,
+                   "marker_dir": io.join(cfg.storage, cfg.name)}
+    trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
+                           scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
+                           run_config=run_config or common.trainer_run_config(cfg.name, cfg.storage,
+                                                                             cfg.max_failures))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result, common.publish_model(result.checkpoint.path, cfg.storage, cfg.name)
+
