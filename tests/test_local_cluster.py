@@ -1,0 +1,227 @@
+"""reid.testing.cluster and cluster/local.sh: a real head + 2 worker nodes (`ray start`) + MLflow on 127.0.0.1.
+
+One cluster serves the module; the tests run in file order (the last ones kill a node and stop it all).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from reid.testing.cluster import (
+    ENV_FILE,
+    STATE_FILE,
+    LocalCluster,
+    LocalClusterConfig,
+    LocalClusterError,
+    free_ports,
+    process_alive,
+    read_process,
+    worker_resource,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SH = REPO / "cluster" / "local.sh"
+RAY = str(Path(sys.executable).parent / "ray")  # the project's Ray, as the cluster runs it
+
+JOB_SCRIPT = """
+    import sys
+
+    import mlflow
+    import ray
+
+    ray.init()
+    alive = [node for node in ray.nodes() if node["Alive"]]
+
+    @ray.remote(num_cpus=0)
+    def node_id() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    placed = {name: ray.get(node_id.options(resources={name: 1}).remote()) for name in ("worker_a", "worker_b")}
+    mlflow.set_experiment(sys.argv[1])
+    with mlflow.start_run():
+        mlflow.log_metric("alive_nodes", len(alive))
+        mlflow.log_params(placed)
+"""
+
+
+def _run(
+    command: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _local_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return _run([str(LOCAL_SH), *args], timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    gcs, dashboard, client, mlflow = free_ports(4)
+    config = LocalClusterConfig(
+        state_dir=str(tmp_path_factory.mktemp("local-cluster")),
+        gcs_port=gcs,
+        dashboard_port=dashboard,
+        client_server_port=client,
+        mlflow_port=mlflow,
+        object_store_mb=200,
+        health_check_period_ms=1000,
+        health_check_failure_threshold=3,
+    )
+    local_cluster = LocalCluster(config)
+    try:
+        started = time.monotonic()
+        local_cluster.start()
+        print(f"cluster up in {time.monotonic() - started:.1f} s")
+        yield local_cluster
+    finally:
+        local_cluster.stop()
+
+
+def _ray_nodes(cluster: LocalCluster) -> list[dict]:
+    listed = _run(
+        [RAY, "list", "nodes", "--address", cluster.dashboard_url, "--format", "json"],
+        env=cluster.subprocess_env(),
+    )
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)
+
+
+def _node_with(nodes: list[dict], resource: str) -> str:
+    (node_id,) = [node["node_id"] for node in nodes if resource in node["resources_total"]]
+    return node_id
+
+
+def test_down_without_a_cluster_is_a_clean_no_op(tmp_path: Path) -> None:
+    state_dir = tmp_path / "never-started"
+    result = _local_sh("down", "--state-dir", str(state_dir))
+    assert result.returncode == 0, result.stderr
+    assert "nothing to stop" in result.stdout
+    assert not state_dir.exists()
+    status = _local_sh("status", "--state-dir", str(state_dir))
+    assert status.returncode == 1 and "no local cluster" in status.stdout
+
+
+def test_failed_up_leaves_nothing_running(tmp_path: Path) -> None:
+    gcs, dashboard, client, mlflow = free_ports(4)
+    impossible = LocalClusterConfig(
+        state_dir=str(tmp_path / "state"),
+        gcs_port=gcs,
+        dashboard_port=dashboard,
+        client_server_port=client,
+        mlflow_port=mlflow,
+        object_store_mb=100_000_000,  # 100 TB: the head's `ray start` fails after MLflow was launched
+    )
+    failing = LocalCluster(impossible)
+    with pytest.raises(LocalClusterError, match="ray start` for head exited"):
+        failing.start()
+    assert not failing.processes()
+    assert not (tmp_path / "state" / STATE_FILE).exists()
+
+
+def test_three_nodes_alive_with_their_own_resources(cluster: LocalCluster) -> None:
+    nodes = _ray_nodes(cluster)
+    assert [node["state"] for node in nodes] == ["ALIVE"] * 3
+    assert sum(node["is_head_node"] for node in nodes) == 1
+    workers = {_node_with(nodes, worker_resource(i)) for i in range(2)}
+    assert len(workers) == 2, "each worker node offers its own custom resource"
+    assert all(node["resources_total"]["CPU"] == 1 for node in nodes)
+
+
+def test_env_file_and_token(cluster: LocalCluster) -> None:
+    env_text = (cluster.state_dir / ENV_FILE).read_text()
+    assert f"export RAY_ADDRESS={cluster.dashboard_url}" in env_text
+    assert "export RAY_AUTH_MODE=token" in env_text
+    assert f"export MLFLOW_TRACKING_URI={cluster.mlflow_uri}" in env_text
+    assert cluster.token_path.stat().st_mode & 0o077 == 0, "token readable by its owner only"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{cluster.dashboard_url}/api/v0/nodes", timeout=10)
+    assert refused.value.code == 401, "the job server must demand the token"
+
+
+def test_job_submit_reaches_every_worker_and_mlflow(cluster: LocalCluster, tmp_path: Path) -> None:
+    working_dir = tmp_path / "job"
+    working_dir.mkdir()
+    (working_dir / "job.py").write_text(textwrap.dedent(JOB_SCRIPT))
+    submission_id = f"reid-smoke-{cluster.cluster_id}"
+    submitted = _run(
+        [
+            RAY, "job", "submit", "--address", cluster.dashboard_url, "--submission-id", submission_id,
+            "--working-dir", str(working_dir), "--", "python", "job.py", "cluster-smoke",
+        ],
+        env=cluster.subprocess_env(),
+        timeout=180,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert cluster.job_status(submission_id) == "SUCCEEDED"
+
+    client = MlflowClient(tracking_uri=cluster.mlflow_uri)
+    experiment = client.get_experiment_by_name("cluster-smoke")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.metrics["alive_nodes"] == 3
+    nodes = _ray_nodes(cluster)
+    assert run.data.params == {r: _node_with(nodes, r) for r in ("worker_a", "worker_b")}
+
+
+def test_mlflow_restart_keeps_runs(cluster: LocalCluster) -> None:
+    """What an MLflow-outage fault test does: stop the server, start it again on the same store."""
+    assert cluster.mlflow is not None
+    client = MlflowClient(tracking_uri=cluster.mlflow_uri)
+    (before,) = client.search_runs([client.get_experiment_by_name("cluster-smoke").experiment_id])
+    cluster.mlflow.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{cluster.mlflow_uri}/health", timeout=5)
+    cluster.mlflow.start()
+    assert client.get_run(before.info.run_id).data.metrics == before.data.metrics
+
+
+def test_up_refuses_while_running(cluster: LocalCluster) -> None:
+    with pytest.raises(LocalClusterError, match="already running"):
+        LocalCluster(cluster.config).start()
+    result = _local_sh("up", "--state-dir", str(cluster.state_dir))
+    assert result.returncode == 2 and "already running" in result.stderr
+    status = _local_sh("status", "--state-dir", str(cluster.state_dir))
+    assert status.returncode == 0 and "3 alive nodes" in status.stdout, status.stdout
+
+
+def test_kill_worker_takes_down_exactly_that_node(cluster: LocalCluster) -> None:
+    before = {_node_with(_ray_nodes(cluster), worker_resource(i)): i for i in range(2)}
+    survivor_raylet = cluster.worker_raylet_pid(0)
+    killed = cluster.kill_worker(1)
+    assert killed != survivor_raylet
+    deadline = time.monotonic() + 10
+    while read_process(killed) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_process(killed) is None
+    nodes = cluster.wait_for_nodes(alive=2, timeout_s=90)
+    dead = [node["node_id"] for node in nodes if node["state"] == "DEAD"]
+    assert [before[node_id] for node_id in dead] == [1]
+    assert read_process(survivor_raylet) is not None
+
+
+def test_down_stops_exactly_what_up_started(cluster: LocalCluster) -> None:
+    processes = cluster.processes()
+    names = {p.name for p in processes}
+    assert {"gcs_server", "raylet"} <= names
+    assert cluster.mlflow is not None and cluster.mlflow.pid in {p.pid for p in processes}
+    started = time.monotonic()
+    result = _local_sh("down", "--state-dir", str(cluster.state_dir))
+    print(f"down in {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0, result.stderr
+    assert not [p for p in processes if process_alive(p)]
+    assert not cluster.processes()
+    assert not (cluster.state_dir / STATE_FILE).exists() and not (cluster.state_dir / ENV_FILE).exists()
+    again = _local_sh("down", "--state-dir", str(cluster.state_dir))
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
