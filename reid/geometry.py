@@ -26,6 +26,7 @@ def face_crop_box(x0: float, y0: float, x1: float, y1: float, width: int, height
     """Face box scaled by ``scale`` about its centre, squared to its longer side, clipped, truncated."""
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise EmptyBoxError(f"box ({x0}, {y0}, {x1}, {y1}) has non-finite coordinates")
+    _clip(x0, y0, x1, y1, width, height)  # a face box wholly off the page is an error, even if its ×1.2 is not
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     half = max(x1 - x0, y1 - y0) * scale / 2.0
     return _clip(cx - half, cy - half, cx + half, cy + half, width, height)

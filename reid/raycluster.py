@@ -33,8 +33,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
             port = free_port()
             os.environ["RAY_GCS_SERVER_PORT"] = str(port)
             os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-            ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
-                     _node_ip_address="127.0.0.1")
+            try:
+                ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
+                         _node_ip_address="127.0.0.1")
+            finally:
+                del os.environ["RAY_GCS_SERVER_PORT"]  # only for this start; `ray start` elsewhere must not see it
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = 0  # never drop blocks silently (DESIGN §5)
     if quiet_data:

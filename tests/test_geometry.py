@@ -35,3 +35,9 @@ def test_off_page_and_empty_are_errors(fn):
         fn(-50, 10, -20, 30, 100, 100)
     with pytest.raises(EmptyBoxError):
         fn(10, 10, 10, 10, 100, 100)
+
+
+def test_face_box_off_page_is_an_error_even_if_its_enlargement_touches_the_page():
+    # y 247..279 on a 245-high page: wholly off; scaled x1.2 it would reach y 243.8
+    with pytest.raises(EmptyBoxError, match="no pixels inside the 241x245 page"):
+        face_crop_box(163, 247, 195, 279, 241, 245)

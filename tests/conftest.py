@@ -1,0 +1,66 @@
+"""Shared fixtures: one local Ray per test session, a tiny synthetic corpus and its crops."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) for every `ray` test; its own GCS port and RAY_ADDRESS."""
+    import ray
+
+    from reid.raycluster import init_ray
+
+    saved = os.environ.get("RAY_ADDRESS")
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = saved
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A tiny COMICS-format corpus (2 series) with injected faults: corrupt, missing, off-page."""
+    from reid.data.synthetic import generate_corpus, preset_config
+
+    out = tmp_path_factory.mktemp("corpus")
+    generate_corpus(str(out), preset_config("tiny", pages=5, seed=2, corrupt_images=1, missing_images=1,
+                                            offpage_partial=1, offpage_whole=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def tiny_crops(ray_session, tiny_corpus, tmp_path_factory, mlflow_uri) -> Path:
+    from reid.crop import CropConfig, run_crop
+
+    out = tmp_path_factory.mktemp("crops")
+    run_crop(CropConfig(comics_root=str(tiny_corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
+                        name="fixture-crop"))
+    return out
+
+
+@pytest.fixture()
+def job_env() -> dict[str, str]:
+    """Environment for running a job script in a subprocess with the project's Python."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable

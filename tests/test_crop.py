@@ -1,0 +1,134 @@
+"""The crop job on a real local Ray: outputs, errors, geometry, exactly-once after a kill, fail-fast."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from reid.crop import CROP_SCHEMA, CropConfig, crop_relpath, read_crops, run_crop
+from reid.data.formats import read_instances
+from reid.errors import ConfigError, DataFormatError
+from reid.geometry import face_crop_box
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _all_ids(out) -> list[str]:
+    crops = read_crops(str(out), ["instance_id"]).column("instance_id").to_pylist()
+    errors = pq.read_table(str(out / "errors")).column("id").to_pylist()
+    return crops + errors
+
+
+def test_every_box_is_a_crop_or_an_error(tiny_corpus, tiny_crops):
+    instances = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv"))
+    ids = _all_ids(tiny_crops)
+    assert len(ids) == len(set(ids)) == len(instances)
+    assert set(ids) == set(instances["instance_id"])
+    success = json.loads((tiny_crops / "_SUCCESS").read_text())
+    assert success["rows"] + success["error_rows"] == success["input_rows"] == len(instances)
+    assert read_crops(str(tiny_crops)).schema.equals(CROP_SCHEMA)
+
+
+def test_faults_are_recorded_with_reasons(tiny_corpus, tiny_crops):
+    faults = json.loads((tiny_corpus / "faults.json").read_text())
+    errors = pq.read_table(str(tiny_crops / "errors")).to_pandas()
+    reasons = dict(zip(errors["id"], errors["reason"], strict=True))
+    instances = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv"))
+    by_panel = instances.groupby("panel_id")["instance_id"].apply(list)
+    for fault in faults["missing_images"]:
+        for iid in by_panel[fault["panel_id"]]:
+            assert reasons[iid] == "panel image not found"
+    for fault in faults["corrupt_images"]:
+        for iid in by_panel[fault["panel_id"]]:
+            assert reasons[iid].startswith("cannot decode image")
+    for fault in faults["offpage_whole"]:
+        assert "no pixels inside" in reasons[fault["instance_id"]]
+    for fault in faults["offpage_partial"]:  # clipped, not an error
+        assert fault["instance_id"] not in reasons
+
+
+def test_crops_match_geometry_and_seed_layout(tiny_corpus, tiny_crops):
+    crops = read_crops(str(tiny_crops)).to_pandas()
+    instances = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv")).set_index("instance_id")
+    face = crops[crops["type"] == "face"].iloc[0]
+    row = instances.loc[face["instance_id"]]
+    page = Image.open(tiny_corpus / f"raw_panel_images/{row.series_id}/{row.page}_{row.panel}.jpg")
+    expected = face_crop_box(row.x_0, row.y_0, row.x1, row.y_1, *page.size)
+    assert tuple(face["box"]) == expected
+    image = Image.open(io.BytesIO(face["image"]))
+    assert image.size == (expected[2] - expected[0], expected[3] - expected[1])
+    for _, crop in crops.iterrows():
+        path = tiny_crops / crop_relpath(crop["type"], crop["series_id"], crop["page"], crop["panel"], crop["index"])
+        assert path.read_bytes() == crop["image"]
+    body = crops[crops["type"] == "body"].iloc[0]
+    assert "/bodies/" in crop_relpath("body", body["series_id"], body["page"], body["panel"], body["index"])
+
+
+def test_counts_logged_to_mlflow(tiny_crops, mlflow_uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    runs = mlflow.search_runs(experiment_names=["comic-reid"], filter_string="tags.`reid.run_key` = 'fixture-crop'")
+    assert len(runs) == 1
+    success = json.loads((tiny_crops / "_SUCCESS").read_text())
+    assert runs.iloc[0]["metrics.crops"] == success["rows"]
+    assert runs.iloc[0]["metrics.errors"] == success["error_rows"]
+
+
+@pytest.mark.fault
+def test_killed_job_resumes_exactly_once(tiny_corpus, tmp_path, ray_session, job_env, mlflow_uri):
+    out = tmp_path / "crops"
+    args = [sys.executable, str(REPO / "jobs/crop.py"), "--comics-root", str(tiny_corpus), "--out", str(out),
+            "--pages-per-shard", "1", "--mlflow-uri", mlflow_uri, "--name", "crop-kill"]
+    first = subprocess.run([*args, "--fail-after-shards", "3"], env=job_env, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 3, first.stderr[-2000:]
+    assert not (out / "_SUCCESS").exists()
+    committed_before = len(list((out / "_manifest").glob("*.json")))
+    assert 3 <= committed_before < 10
+    second = subprocess.run(args, env=job_env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["shards_this_run"] == success["shards"] - committed_before
+    ids = _all_ids(out)
+    expected = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv"))["instance_id"]
+    assert len(ids) == len(set(ids)) == len(expected) and set(ids) == set(expected)
+    # a third run has nothing left to do and changes nothing
+    third = subprocess.run(args, env=job_env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and sorted(_all_ids(out)) == sorted(ids)
+
+
+def test_malformed_csv_fails_fast(tiny_corpus, tmp_path, job_env):
+    corpus = tmp_path / "corpus"
+    (corpus / "data/ssl").mkdir(parents=True)
+    frame = pd.read_csv(tiny_corpus / "data/ssl/merged_face_body.csv", dtype=str)
+    frame.loc[5, "x1"] = "-"
+    frame.to_csv(corpus / "data/ssl/merged_face_body.csv", index=False)
+    result = subprocess.run([sys.executable, str(REPO / "jobs/crop.py"), "--comics-root", str(corpus),
+                             "--out", str(tmp_path / "out")], env=job_env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "merged_face_body.csv, line 7: column 'x1' must be a number" in result.stderr
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def test_bad_config_and_changed_arguments_refused(tiny_corpus, tiny_crops, tmp_path):
+    with pytest.raises(ConfigError, match="pages_per_shard must be >= 1"):
+        CropConfig(pages_per_shard=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_crops, copy)
+    with pytest.raises(ConfigError, match="differs in \\['face_scale'\\]"):
+        run_crop(CropConfig(comics_root=str(tiny_corpus), out=str(copy), pages_per_shard=2, face_scale=1.5))
+    with pytest.raises(DataFormatError, match="incomplete"):
+        read_crops(str(tmp_path))
