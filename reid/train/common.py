@@ -125,7 +125,7 @@ def report_epoch(metrics: dict[str, float], rank: int, save: Callable[[str], Non
 
 
 def maybe_inject_fault(fault_epoch: int, epoch: int, marker_dir: str, rank: int) -> None:
-    """Fault injection through config (Ray's own tests do this): kill this worker once at ``fault_epoch``.
+    """Fault injection through config (as Ray's own tests do): kill this worker once, mid-epoch ``fault_epoch``.
 
     A marker file makes it happen once per run, so the restarted worker group gets past it.
     """

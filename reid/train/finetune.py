@@ -154,7 +154,6 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
     per_worker = cfg.sequences_per_batch // rt.world_size
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
-        common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
         net.train()
         total, batches, samples, start = 0.0, 0, 0, time.time()
         for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
@@ -171,6 +170,8 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             step += 1
             batches += 1
+            if batches == 1:  # mid-epoch, as a real failure would be
+                common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
             samples += len(batch["labels"])
             total += loss.item()
         scheduler.step()

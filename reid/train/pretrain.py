@@ -142,7 +142,6 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
     flops_per_sample = None
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
-        common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
         net.train()
         sums, samples, start = {"loss": 0.0, "face": 0.0, "body": 0.0, "identity": 0.0}, 0, time.time()
         batches = 0
@@ -165,6 +164,8 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
             scheduler.step()
             step += 1
             batches += 1
+            if batches == 1:  # mid-epoch, as a real failure would be
+                common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
             samples += batch["has_face"].shape[0]
             sums["loss"] += total.item()
             for k, v in terms.items():

@@ -1,0 +1,145 @@
+"""Pretrain and fine-tune as 2-worker DDP (gloo) Ray Train runs on a tiny corpus: learning, resume, faults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from reid.config import replace
+from reid.errors import CheckpointError, ConfigError
+from reid.models.checkpoint import load_model_checkpoint
+from reid.models.export import example_inputs
+from reid.train.finetune import FinetuneConfig, run_finetune
+from reid.train.pretrain import PretrainConfig, run_pretrain
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"arch": "resnet18", "face_size": 32, "body_size": 48, "batch_size": 16, "workers": 2,
+        "cpus_per_worker": 0.5, "data_cpus": 0.25}
+
+
+def _history(uri: str, run_key: str, metric: str) -> list[tuple[int, float]]:
+    client = mlflow.tracking.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("comic-reid").experiment_id],
+                                filter_string=f"tags.`reid.run_key` = '{run_key}'")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
+
+
+@pytest.fixture(scope="module")
+def pretrain_cfg(tiny_crops, tmp_path_factory, mlflow_uri) -> PretrainConfig:
+    return PretrainConfig(crops=str(tiny_crops), storage=str(tmp_path_factory.mktemp("train")), name="pt",
+                          epochs=4, lr=1e-3, mlflow_uri=mlflow_uri, **TINY)
+
+
+@pytest.fixture(scope="module")
+def pretrained(pretrain_cfg, ray_session):
+    return run_pretrain(pretrain_cfg)
+
+
+def test_pretrain_ddp_learns_and_logs(pretrained, pretrain_cfg, mlflow_uri):
+    result, model_path = pretrained
+    losses = _history(mlflow_uri, "pt", "loss")
+    assert [step for step, _ in losses] == [0, 1, 2, 3]
+    assert losses[-1][1] < losses[0][1], losses
+    assert all(k in result.metrics for k in ("face", "body", "identity", "samples_per_s"))
+    model, cfg, extra = load_model_checkpoint(model_path, expected_kind="ssl")
+    assert cfg.arch == "resnet18" and extra["epoch"] == 3
+
+
+def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, pretrain_cfg, mlflow_uri):
+    result, _ = run_pretrain(replace(pretrain_cfg, epochs=6))
+    assert result.metrics["epoch"] == 5
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "state.pt"), weights_only=True)
+    steps_per_epoch = state["global_step"] // 6
+    assert state["epoch"] == 5 and steps_per_epoch >= 1
+    adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {state["global_step"]}  # optimizer state carried over from the first 4 epochs
+    assert [step for step, _ in _history(mlflow_uri, "pt", "loss")] == [0, 1, 2, 3, 4, 5]  # each epoch once
+
+
+def test_changed_architecture_refuses_to_resume(pretrained, pretrain_cfg):
+    with pytest.raises(Exception, match="cannot resume"):
+        run_pretrain(replace(pretrain_cfg, epochs=7, proj_dim=64, max_failures=0))
+
+
+@pytest.mark.fault
+def test_worker_death_restarts_from_checkpoint(pretrain_cfg, mlflow_uri):
+    cfg = replace(pretrain_cfg, name="pt-fault", epochs=3, fault_epoch=1, max_failures=1)
+    result, _ = run_pretrain(cfg)
+    assert result.metrics["epoch"] == 2
+    assert Path(cfg.storage, "pt-fault", "_fault_injected_epoch1").exists()
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("comic-reid").experiment_id],
+                                filter_string="tags.`reid.run_key` = 'pt-fault'")
+    assert run.data.tags["reid.resumed_at_epoch"] == "1"
+    assert [s for s, _ in _history(mlflow_uri, "pt-fault", "loss")] == [0, 1, 2]
+
+
+def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri):
+    _, ssl_model = pretrained
+    cfg = FinetuneConfig(crops=pretrain_cfg.crops, sequences=str(tiny_corpus / "data/comics_seq"),
+                         ssl_checkpoint=ssl_model, storage=pretrain_cfg.storage, name="ft", face_size=32,
+                         body_size=48, epochs=2, sequences_per_batch=4, workers=2, cpus_per_worker=0.5,
+                         data_cpus=0.25, mlflow_uri=mlflow_uri)
+    out = run_finetune(cfg)
+    assert 0.0 <= out["test"]["test_mean_average_precision_at_r"] <= 1.0
+    assert [s for s, _ in _history(mlflow_uri, "ft", "val_mean_average_precision_at_r")] == [0, 1]
+    assert _history(mlflow_uri, "ft", "test_precision_at_1")
+    model, model_cfg, _ = load_model_checkpoint(out["best_model"], expected_kind="reid")
+    assert model_cfg.embed_dim == 256
+    scripted = torch.jit.load(out["exported"])
+    inputs = example_inputs(model, 3)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(scripted(*inputs), model(*inputs), atol=1e-4)
+
+
+def test_finetune_fails_fast_on_bad_inputs(tiny_crops, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        run_finetune(FinetuneConfig(crops=str(tiny_crops), ssl_checkpoint=str(tmp_path / "missing.pt")))
+    with pytest.raises(ConfigError, match="neg_margin > pos_margin"):
+        FinetuneConfig(pos_margin=1.0, neg_margin=0.5)
+    with pytest.raises(ConfigError, match="batch_size 2 too small"):
+        PretrainConfig(batch_size=2, workers=2)
+
+
+def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path):
+    """`ray job submit` to a head started with `ray start` (by the test), logging to an MLflow server."""
+    from reid.testing.cluster import LocalCluster, LocalClusterConfig
+
+    with LocalCluster(LocalClusterConfig(state_dir=str(tmp_path / "cluster"), num_workers=0, head_num_cpus=2,
+                                         **_ports())) as cluster:
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--working-dir", str(REPO), "--",
+               sys.executable, "jobs/pretrain.py", "--crops", str(tiny_crops), "--storage", str(tmp_path / "train"),
+               "--name", "submitted", "--epochs", "1", "--arch", "resnet18", "--face-size", "32",
+               "--body-size", "48", "--batch-size", "16", "--workers", "2", "--cpus-per-worker", "0.5",
+               "--data-cpus", "0.25"]
+        done = subprocess.run(cmd, env=cluster.subprocess_env(), capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "SSL model:" in done.stdout
+        runs = _search(cluster.mlflow_uri)
+        assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+        assert runs.iloc[0]["metrics.loss"] > 0
+
+
+def _search(uri: str):
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(experiment_names=["comic-reid"],
+                                  filter_string="tags.`reid.run_key` = 'submitted'")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _ports() -> dict[str, int]:
+    from reid.testing.cluster import free_ports
+
+    gcs, dash, client, ml = free_ports(4)
+    return {"gcs_port": gcs, "dashboard_port": dash, "client_server_port": client, "mlflow_port": ml}
