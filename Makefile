@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/python jobs/demo.py --out $(DEMO_OUT)
+	$(BIN)/python jobs/pipeline.py --out $(DEMO_OUT)
 
 lint: venv
 	$(BIN)/ruff check .

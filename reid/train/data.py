@@ -295,8 +295,8 @@ def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, 
                                                            batch["series_id"], strict=True)):
         if len(lab) == 0:
             continue
-        faces.append(torch.as_tensor(np.asarray(face)))
-        bodies.append(torch.as_tensor(np.asarray(body)))
+        faces.append(torch.tensor(np.asarray(face)))
+        bodies.append(torch.tensor(np.asarray(body)))
         fmask.append(torch.as_tensor(np.asarray(fm, bool)))
         bmask.append(torch.as_tensor(np.asarray(bm, bool)))
         lab = torch.as_tensor(np.asarray(lab, np.int64))

@@ -1,0 +1,155 @@
+"""The whole pipeline: synthetic corpus → crop → pretrain → finetune → label (+ report).
+
+Each stage is one ``jobs/<stage>.py`` command line. ``run_pipeline`` either runs those command lines in
+this process on an embedded local Ray (``make demo``), or submits each with ``ray job submit`` to the
+cluster that ``RAY_ADDRESS`` names (``--submit``; ``cluster/run_pipeline.sh``), waiting for each before
+the next. The same argument lists serve both, so the demo exercises exactly what a cluster runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reid import config
+from reid.errors import ConfigError, ReidError
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("corpus", "crop", "pretrain", "finetune", "label")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Run every stage end to end on a synthetic COMICS-format corpus (demo-sized model by default)."""
+
+    out: str = field(default="runs/demo", metadata={"help": "everything goes under this folder"})
+    preset: str = field(default="demo", metadata={"help": "synthetic corpus preset: tiny | demo | bench"})
+    series: int | None = field(default=None, metadata={"help": "override the preset's number of series"})
+    pages: int | None = field(default=None, metadata={"help": "override the preset's pages per series"})
+    seed: int = 0
+    arch: str = field(default="resnet18", metadata={"help": "demo backbone (the paper: resnet50)"})
+    face_size: int = field(default=64, metadata={"help": "demo face size (the paper: 96)"})
+    body_size: int = field(default=96, metadata={"help": "demo body size (the paper: 128)"})
+    pretrain_epochs: int = 8
+    batch_size: int = 64
+    finetune_epochs: int = 6
+    sequences_per_batch: int = 8
+    workers: int = 2
+    cpus_per_worker: float = 0.5
+    data_cpus: float = 0.5
+    gpu: bool = False
+    stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
+    submit: bool = field(default=False, metadata={"help": "submit each stage with `ray job submit` to "
+                                                          "$RAY_ADDRESS instead of running it here"})
+    ray_address: str | None = field(default=None, metadata={"help": "with --submit: job server address "
+                                                                   "(default: $RAY_ADDRESS)"})
+    ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the embedded local Ray"})
+    mlflow_uri: str | None = field(default=None, metadata={"help": "default: sqlite:///<out>/mlflow.db, or the "
+                                                                  "cluster's MLFLOW_TRACKING_URI with --submit"})
+    name_prefix: str = field(default="demo", metadata={"help": "prefix of the Train run names / MLflow run keys"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stage_list) - set(STAGES)
+        config.check(not unknown, f"unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
+        config.check(self.preset in ("tiny", "demo", "bench"), f"preset must be tiny, demo or bench: {self.preset}")
+
+    @property
+    def stage_list(self) -> list[str]:
+        return [s.strip() for s in self.stages.split(",") if s.strip()]
+
+
+def paths(cfg: PipelineConfig) -> dict[str, str]:
+    out = os.path.abspath(cfg.out)
+    return {"out": out, "corpus": f"{out}/corpus", "crops": f"{out}/crops", "train": f"{out}/train",
+            "labels": f"{out}/labels", "mlflow_db": f"{out}/mlflow.db",
+            "ssl_model": f"{out}/train/{cfg.name_prefix}-pretrain/final/model.pt",
+            "reid_model": f"{out}/train/{cfg.name_prefix}-finetune/final/model.pt"}
+
+
+def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
+    """The command line (after ``python``) of every stage."""
+    p = paths(cfg)
+    common = ["--ray-num-cpus", str(cfg.ray_num_cpus)] if cfg.ray_num_cpus and not cfg.submit else []
+    mlflow = ["--mlflow-uri", cfg.mlflow_uri] if cfg.mlflow_uri else []
+    model = ["--face-size", str(cfg.face_size), "--body-size", str(cfg.body_size)]
+    train = ["--workers", str(cfg.workers), "--cpus-per-worker", str(cfg.cpus_per_worker),
+             "--data-cpus", str(cfg.data_cpus), "--storage", p["train"], *(["--gpu"] if cfg.gpu else [])]
+    corpus = ["-m", "reid.data.synthetic", "--out", p["corpus"], "--preset", cfg.preset, "--seed", str(cfg.seed)]
+    corpus += ["--series", str(cfg.series)] if cfg.series else []
+    corpus += ["--pages", str(cfg.pages)] if cfg.pages else []
+    return {
+        "corpus": corpus,
+        "crop": ["jobs/crop.py", "--comics-root", p["corpus"], "--out", p["crops"], "--pages-per-shard", "4",
+                 "--name", f"{cfg.name_prefix}-crop", *mlflow, *common],
+        "pretrain": ["jobs/pretrain.py", "--crops", p["crops"], "--name", f"{cfg.name_prefix}-pretrain",
+                     "--arch", cfg.arch, *model, "--epochs", str(cfg.pretrain_epochs), "--batch-size",
+                     str(cfg.batch_size), *train, *mlflow, *common],
+        "finetune": ["jobs/finetune.py", "--crops", p["crops"], "--sequences", f"{p['corpus']}/data/comics_seq",
+                     "--ssl-checkpoint", p["ssl_model"], "--name", f"{cfg.name_prefix}-finetune", *model,
+                     "--epochs", str(cfg.finetune_epochs), "--sequences-per-batch", str(cfg.sequences_per_batch),
+                     *train, *mlflow, *common],
+        "label": ["jobs/label.py", "--model", p["reid_model"], "--crops", p["crops"], "--out", p["labels"],
+                  "--comics-root", p["corpus"], "--ground-truth", f"{p['corpus']}/ground_truth.csv",
+                  "--name", f"{cfg.name_prefix}-label", *mlflow, *common],
+    }
+
+
+def _run_here(stage: str, argv: list[str]) -> None:
+    """Run one stage's command line in this process (embedded Ray), exactly as its job script would."""
+    import runpy
+
+    if argv[0] == "-m":
+        module, args = argv[1], argv[2:]
+        saved = sys.argv
+        sys.argv = [module, *args]
+        try:
+            runpy.run_module(module, run_name="__main__")
+        finally:
+            sys.argv = saved
+        return
+    script = REPO / argv[0]
+    namespace = runpy.run_path(str(script), run_name=f"reid_job_{stage}")
+    namespace["main"](argv[1:])
+
+
+def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ConfigError("--submit needs a cluster: set RAY_ADDRESS (e.g. `source runs/local-cluster/env`) "
+                          "or pass --ray-address")
+    cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
+           "--submission-id", f"{cfg.name_prefix}-{stage}-{int(time.time())}", "--", sys.executable, *argv]
+    log.info("submitting %s: %s", stage, " ".join(cmd))
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    done = subprocess.run(cmd, cwd=REPO, env=env)
+    if done.returncode != 0:
+        raise ReidError(f"stage {stage} failed (ray job submit exited {done.returncode}); see the job's logs above "
+                        "or `ray job logs <submission id>`")
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
+    """Run the selected stages in order; returns the paths of the outputs."""
+    p = paths(cfg)
+    os.makedirs(p["out"], exist_ok=True)
+    if not cfg.mlflow_uri and not cfg.submit:
+        cfg = config.replace(cfg, mlflow_uri=f"sqlite:///{p['mlflow_db']}")
+    commands = stage_commands(cfg)
+    for stage in cfg.stage_list:
+        if stage == "corpus" and os.path.exists(f"{p['corpus']}/summary.json"):
+            log.info("=== stage corpus: %s exists (generation is deterministic), skipping", p["corpus"])
+            continue
+        start = time.time()
+        log.info("=== stage %s", stage)
+        if cfg.submit:
+            _submit(stage, commands[stage], cfg)
+        else:
+            _run_here(stage, commands[stage])
+        log.info("=== stage %s done in %.0f s", stage, time.time() - start)
+    return p
