@@ -78,13 +78,14 @@ def shard_id(series_id: int, page: int, pages_per_shard: int) -> str:
     return f"{series_id}-{page // pages_per_shard:05d}"
 
 
-def plan_shards(cfg: CropConfig) -> tuple[list[str], int]:
+def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int]:
     """Validate the instance CSV (streaming) and write it, split by shard, under ``<out>/_plan``.
 
-    Returns (sorted shard ids, number of input rows). Memory stays flat: one CSV chunk at a time.
+    Returns (sorted shard ids, number of input rows, number of pages). One CSV chunk in memory at a time.
     """
     plan_root = io.join(cfg.out, "_plan")
     shards: set[str] = set()
+    pages: set[tuple[int, int]] = set()
     rows = 0
     seen_ids: set[str] = set()
     for chunk_no, chunk in enumerate(formats.iter_instances(cfg.instances_path)):
@@ -93,6 +94,7 @@ def plan_shards(cfg: CropConfig) -> tuple[list[str], int]:
             raise DataFormatError(cfg.instances_path, f"instance {dup.iloc[0]!r} appears twice")
         seen_ids.update(chunk["instance_id"])
         rows += len(chunk)
+        pages.update(zip(chunk["series_id"].tolist(), chunk["page"].tolist(), strict=True))
         chunk["shard"] = [shard_id(s, p, cfg.pages_per_shard) for s, p in zip(chunk["series_id"], chunk["page"],
                                                                                 strict=True)]
         for shard, part in chunk.groupby("shard", sort=False):
@@ -100,7 +102,7 @@ def plan_shards(cfg: CropConfig) -> tuple[list[str], int]:
             table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
             io.write_bytes_atomic(io.join(plan_root, str(shard), f"{chunk_no:06d}.parquet"),
                                   table_to_parquet_bytes(table))
-    return sorted(shards), rows
+    return sorted(shards), rows, len(pages)
 
 
 def _read_plan(cfg: CropConfig, shard: str) -> pa.Table:
@@ -174,20 +176,20 @@ def run_crop(cfg: CropConfig) -> dict:
     from tqdm import tqdm
 
     from reid.raycluster import init_ray
-    from reid.tracking import Tracker
+    from reid.tracking import open_tracker
 
     output = ShardedOutput(cfg.out, "instance_id")
     output.bind_job({"comics_root": cfg.comics_root, "instances": cfg.instances_path,
                      "face_scale": cfg.face_scale, "pages_per_shard": cfg.pages_per_shard,
                      "jpeg_quality": cfg.jpeg_quality})
     start = time.time()
-    shards, input_rows = plan_shards(cfg)
+    tracker = open_tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "crop"},
+                           spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
+    shards, input_rows, pages = plan_shards(cfg)
     done = output.committed()
     pending = [s for s in shards if s not in done]
-    log.info("crop: %d shards (%d already committed), %d boxes", len(shards), len(done), input_rows)
-    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "crop"},
-                      spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
-    tracker.log_params({**config.to_dict(cfg), "shards": len(shards), "input_rows": input_rows})
+    log.info("crop: %d shards (%d already committed), %d boxes on %d pages", len(shards), len(done), input_rows,
+             pages)
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     committed_now = 0
     crops = errors = 0
@@ -209,20 +211,13 @@ def run_crop(cfg: CropConfig) -> dict:
     elapsed = time.time() - start
     totals = output.finalize(shards, expected_input_rows=input_rows,
                              extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": committed_now})
-    pages = len(_distinct_panels(output))
     metrics = {"boxes": totals["input_rows"], "crops": totals["rows"], "errors": totals["error_rows"],
-               "panels": pages, "seconds": elapsed, "crops_per_s": crops / elapsed if elapsed else 0.0}
+               "pages": pages, "seconds": elapsed, "crops_per_s": crops / elapsed if elapsed else 0.0}
+    tracker = tracker.result()
+    tracker.log_params({**config.to_dict(cfg), "shards": len(shards), "input_rows": input_rows})
     tracker.log_metrics(metrics, step=0)
     tracker.close()
     return totals
-
-
-def _distinct_panels(output: ShardedOutput) -> set[str]:
-    panels: set[str] = set()
-    for path in output.data_files():
-        fs, p = io.resolve(path)
-        panels.update(pq.read_table(p, filesystem=fs, columns=["panel_id"]).column("panel_id").to_pylist())
-    return panels
 
 
 def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:

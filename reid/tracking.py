@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,15 @@ class Tracker:
                     "`python -m reid.tracking replay %s`)", self.uri, len(unlogged), self.spool_path,
                     self.spool_path)
         return unlogged
+
+
+def open_tracker(*args: Any, **kwargs: Any) -> Future[Tracker]:
+    """A :class:`Tracker` opened in a background thread (importing MLflow and opening its store takes
+    seconds); call ``.result()`` when the job has something to log."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open")
+    future = executor.submit(Tracker, *args, **kwargs)
+    executor.shutdown(wait=False)
+    return future
 
 
 def replay(spool_path: str, uri: str | None = None) -> int:

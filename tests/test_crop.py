@@ -84,6 +84,7 @@ def test_counts_logged_to_mlflow(tiny_crops, mlflow_uri):
     success = json.loads((tiny_crops / "_SUCCESS").read_text())
     assert runs.iloc[0]["metrics.crops"] == success["rows"]
     assert runs.iloc[0]["metrics.errors"] == success["error_rows"]
+    assert runs.iloc[0]["metrics.pages"] == 10  # 2 series x 5 pages
 
 
 @pytest.mark.fault

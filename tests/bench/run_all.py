@@ -1,0 +1,16 @@
+"""Run every benchmark in tests/bench (make bench). Each prints its own ratios against a same-run baseline."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+if __name__ == "__main__":
+    failed = []
+    for script in sorted(HERE.glob("bench_*.py")):
+        print(f"\n===== {script.name}", flush=True)
+        if subprocess.run([sys.executable, str(script)], cwd=HERE.parents[1]).returncode != 0:
+            failed.append(script.name)
+    if failed:
+        sys.exit(f"failed: {failed}")
