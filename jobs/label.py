@@ -1,0 +1,29 @@
+"""Label every character instance of a cropped corpus with window and series identities, on Ray Data.
+
+    python jobs/label.py --model CKPT --crops CROPS --out LABELS [--sequences test_sequences.json]
+    ray job submit --working-dir . -- python jobs/label.py --model CKPT --crops CROPS --out LABELS
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo (or its --working-dir copy)
+
+from reid.cli import run_main  # noqa: E402
+from reid.config import parse_config  # noqa: E402
+from reid.label import LabelConfig, run_label  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(LabelConfig, argv, description=__doc__)
+    out = run_label(cfg)
+    totals = out["totals"]
+    print(f"labels: {totals['rows']} labelled, {totals['error_rows']} unassigned (see {cfg.out}/errors/), "
+          f"output in {cfg.out}")
+    if out["report"]:
+        print(f"report: {out['report']}")
+    print(f"MLflow run {out['run_id']}: mlflow ui --backend-store-uri {out['tracking_uri']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,295 @@
+"""Benchmark of the label job (not run in CI). Prints ratios against baselines measured in the same run.
+
+    python tests/bench/bench_label.py                       # full job on Ray at 1x and 4x corpus size
+    python tests/bench/bench_label.py --mode inner --device cuda --arch resnet50 --face-size 96 --body-size 128
+
+``--mode job``: builds synthetic corpora of 1x and ``--scale``x the series (same pages per series), crops them,
+then runs ``jobs/label.py`` in a subprocess (its own local Ray, so the process tree holds every Ray worker)
+and reports wall time, the embedding pass's instances/s and the peak memory (PSS of the whole process tree)
+of both sizes, plus the bare model-forward throughput on pre-decoded tensors of the same character
+instances (the ceiling). Targets: job / forward >= 0.8, wall(4x) / wall(1x) <= 4.4.
+
+``--mode inner`` (no Ray, no MLflow; runs on a bare GPU machine): the actor's inner loop on the same crops,
+decoding in ``--decode-workers`` processes (the CPU tasks of the job) while the device embeds, against the
+bare forward on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from reid.models import ModelConfig, ReIDNet, save_model_checkpoint  # noqa: E402
+from tests.bench.common import BENCH_ROOT, corpus  # noqa: E402
+
+# -- memory of a process tree (Linux /proc) -------------------------------------------------------------------
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pss_mib(root: int) -> float:
+    tree, todo, total = _children(), [root], 0
+    while todo:
+        pid = todo.pop()
+        total += _pss_kib(pid)
+        todo += tree.get(pid, [])
+    return total / 1024
+
+
+class PeakMemory(threading.Thread):
+    """Samples the PSS of a process tree every ``interval`` s; ``peak_mib`` is the largest sum seen."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak_mib = pid, interval, 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak_mib = max(self.peak_mib, tree_pss_mib(self.pid))
+            self.stop.wait(self.interval)
+
+
+# -- inputs -----------------------------------------------------------------------------------------------------
+
+def make_crops(out: Path, series: int, pages: int, seed: int, use_ray: bool) -> Path:
+    """The benchmarks' cached synthetic corpus and its crops (Ray Data crop job, or in-process without Ray)."""
+    from reid.crop import CropConfig, crop_shard, plan_shards, run_crop
+    from reid.shards import ShardedOutput
+
+    crops = out / "crops"
+    if (crops / "_SUCCESS").exists():
+        return crops
+    comics_root = corpus(series, pages, seed, workers=min(8, os.cpu_count() or 1))
+    cfg = CropConfig(comics_root=str(comics_root), out=str(crops), pages_per_shard=4, write_files=False,
+                     mlflow_uri=f"sqlite:///{out}/mlflow.db", name=f"bench-crop-{series}")
+    if use_ray:
+        run_crop(cfg)
+    else:
+        shards, rows = plan_shards(cfg)[:2]
+        with ProcessPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(crop_shard, [cfg] * len(shards), shards))
+        ShardedOutput(str(crops), "instance_id").finalize(shards, rows)
+    return crops
+
+
+def save_model(path: Path, args) -> Path:
+    torch.manual_seed(0)
+    save_model_checkpoint(ReIDNet(ModelConfig(arch=args.arch, face_size=args.face_size,
+                                              body_size=args.body_size)), str(path))
+    return path
+
+
+def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(face_mask, body_mask) of every character instance of a crops output, and its number of boxes."""
+    import pyarrow.parquet as pq
+
+    from reid.train.data import pair_rows
+
+    faces, bodies, boxes = [], [], 0
+    for path in sorted((crops / "data").glob("*.parquet")):
+        table = pq.read_table(path)
+        boxes += table.num_rows
+        for char in pair_rows(table):
+            faces.append(bool(char["face"]))
+            bodies.append(bool(char["body"]))
+    return np.asarray(faces), np.asarray(bodies), boxes
+
+
+def bare_forward_rate(model_path: Path, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int,
+                      device: str, repeats: int = 2) -> float:
+    """Character instances/s of the model alone on pre-decoded uint8 tensors (normalised on the device)."""
+    from reid.label_window import CharacterEmbedder
+    from reid.models import load_model_checkpoint
+
+    model, cfg, _ = load_model_checkpoint(str(model_path))
+    embed = CharacterEmbedder(model, device, batch_size)
+    rng = np.random.default_rng(0)
+    n = len(face_mask)
+    face = rng.integers(0, 256, (n, 3, cfg.face_size, cfg.face_size), dtype=np.uint8)
+    body = rng.integers(0, 256, (n, 3, cfg.body_size, cfg.body_size), dtype=np.uint8)
+    embed.embed_uint8(face[:batch_size], body[:batch_size], face_mask[:batch_size], body_mask[:batch_size])
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        embed.embed_uint8(face, body, face_mask, body_mask)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# -- mode job ---------------------------------------------------------------------------------------------------
+
+def run_job(crops: Path, model_path: Path, out: Path, args) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(REPO / "jobs/label.py"), "--model", str(model_path), "--crops", str(crops),
+           "--out", str(out), "--ray-num-cpus", str(args.cpus), "--num-cpus-per-actor", str(args.cpus_per_actor),
+           "--num-cpus-per-task", str(args.cpus_per_actor), "--batch-size", str(args.batch_size),
+           "--report-windows", "0", "--mlflow-uri", f"sqlite:///{out.parent}/mlflow.db", "--name", out.name]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = PeakMemory(proc.pid)
+    sampler.start()
+    log, _ = proc.communicate(timeout=3600)
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"label job failed ({proc.returncode}):\n{log[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"wall_s": wall, "embed_s": metrics["embed_seconds"], "rows": metrics["rows"] + metrics["unassigned"],
+            "boxes_per_s": metrics["instances_per_s"], "steady_boxes_per_s": metrics.get("steady_instances_per_s", 0),
+            "peak_mib": sampler.peak_mib}
+
+
+def mode_job(args) -> None:
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    model_path = save_model(root / "model.pt", args)
+    import ray
+
+    from reid.raycluster import init_ray
+
+    sizes = {1: args.series, args.scale: args.series * args.scale}
+    crops = {}
+    init_ray(num_cpus=args.cpus)
+    for scale, series in sizes.items():
+        crops[scale] = make_crops(root / f"x{scale}", series, args.pages, args.seed, use_ray=True)
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)
+    torch.set_num_threads(args.cpus)
+    results = {}
+    for scale in sizes:
+        face_mask, body_mask, boxes = character_masks(crops[scale])
+        forward = bare_forward_rate(model_path, face_mask, body_mask, args.batch_size, "cpu")
+        job = run_job(crops[scale], model_path, root / f"x{scale}" / f"labels-{int(time.time())}", args)
+        boxes_per_char = boxes / len(face_mask)
+        results[scale] = {**job, "characters": len(face_mask), "boxes": boxes,
+                          "forward_boxes_per_s": forward * boxes_per_char}
+    print(json.dumps(results, indent=1))
+    big, small = results[args.scale], results[1]
+    for scale, r in results.items():
+        print(f"{scale}x: {r['boxes']} boxes ({r['characters']} character instances); wall {r['wall_s']:.1f} s; "
+              f"embed pass {r['embed_s']:.1f} s = {r['boxes_per_s']:.0f} boxes/s (steady {r['steady_boxes_per_s']:.0f})"
+              f"; bare forward {r['forward_boxes_per_s']:.0f} boxes/s; job/forward = "
+              f"{r['boxes_per_s'] / r['forward_boxes_per_s']:.2f} (steady "
+              f"{r['steady_boxes_per_s'] / r['forward_boxes_per_s']:.2f}); peak PSS {r['peak_mib']:.0f} MiB")
+    print(f"{args.scale}x / 1x: wall {big['wall_s'] / small['wall_s']:.2f} (target <= {1.1 * args.scale:.1f}),"
+          f" embed pass {big['embed_s'] / small['embed_s']:.2f}, peak memory {big['peak_mib'] / small['peak_mib']:.2f}"
+          f" for {big['boxes'] / small['boxes']:.2f}x the boxes")
+
+
+# -- mode inner -------------------------------------------------------------------------------------------------
+
+def _prepare(args_tuple):
+    from reid.label import LabelConfig, prepare_shard
+
+    crops, shard, face_size, body_size = args_tuple
+    cfg = LabelConfig(model="unused", crops=crops, out="unused")
+    return prepare_shard(cfg, {"shard": shard, "windows": []}, face_size, body_size, pages_per_shard=4)
+
+
+def mode_inner(args) -> None:
+    from reid.label_window import CharacterEmbedder
+    from reid.models import load_model_checkpoint
+    from reid.shards import ShardedOutput
+
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    model_path = save_model(root / "model.pt", args)
+    start = time.perf_counter()
+    crops = make_crops(root / f"inner-{args.series}", args.series, args.pages, args.seed, use_ray=False)
+    print(f"corpus + crops: {time.perf_counter() - start:.1f} s")
+    face_mask, body_mask, boxes = character_masks(crops)
+    forward = bare_forward_rate(model_path, face_mask, body_mask, args.batch_size, args.device)
+    model, cfg, _ = load_model_checkpoint(str(model_path))
+    embed = CharacterEmbedder(model, args.device, args.batch_size)
+    shards = sorted(ShardedOutput(str(crops), "instance_id").committed())
+    work = [(str(crops), s, cfg.face_size, cfg.body_size) for s in shards]
+    results = {}
+    embed.embed_uint8(**_prepare(work[0]).images)  # warm-up
+    for workers in sorted({1, args.decode_workers}):
+        # spawn: a forked child of a process that holds CUDA / OpenMP state can hang; one torch thread per
+        # worker, as Ray gives a 1-CPU task (OMP_NUM_THREADS=1): else 16 threads per tiny resize oversubscribe
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            list(pool.map(_prepare, work[:workers]))  # start and import in every worker first
+            _sync(args.device)
+            start, n = time.perf_counter(), 0
+            for prepared in pool.map(_prepare, work, chunksize=1):
+                embed.embed_uint8(**prepared.images)
+                n += len(prepared.characters)
+            _sync(args.device)
+            results[workers] = n / (time.perf_counter() - start)
+    print(f"device {args.device}, {args.arch} {cfg.face_size}/{cfg.body_size} px, batch {args.batch_size}: "
+          f"{len(face_mask)} character instances ({boxes} boxes) in {len(shards)} shards")
+    print(f"bare forward on pre-decoded tensors: {forward:.0f} characters/s")
+    for workers, rate in results.items():
+        print(f"decode in {workers} process(es) + embed: {rate:.0f} characters/s = {rate / forward:.2f} x forward")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("job", "inner"), default="job")
+    parser.add_argument("--out", default=str(BENCH_ROOT / "label"))
+    parser.add_argument("--series", type=int, default=4, help="series of the 1x corpus")
+    parser.add_argument("--pages", type=int, default=6, help="pages per series")
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--face-size", type=int, default=32)
+    parser.add_argument("--body-size", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (job mode)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--device", default="cpu", help="inner mode: cpu or cuda")
+    parser.add_argument("--decode-workers", type=int, default=4, help="inner mode: decoding processes")
+    args = parser.parse_args()
+    mode_job(args) if args.mode == "job" else mode_inner(args)
+
+
+if __name__ == "__main__":
+    main()
