@@ -183,8 +183,26 @@ def scaling_config(workers: int, gpu: bool, cpus_per_worker: float):
     return ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources)
 
 
+def spool_dir(storage: str, name: str) -> str | None:
+    """Where a run's unlogged MLflow operations are saved: ``<storage>/<name>`` (absolute; on a cluster the
+    shared storage, next to the checkpoints) rather than a worker's Ray session dir. None for URI storage."""
+    return None if io.is_uri(storage) else io.join(os.path.abspath(storage), name)
+
+
 def publish_model(checkpoint_path: str, storage: str, name: str) -> str:
     """Copy a checkpoint's ``model.pt`` to the stable ``<storage>/<name>/final/model.pt``; returns that path."""
     target = io.join(storage, name, "final", "model.pt")
     io.write_bytes_atomic(target, io.read_bytes(io.join(checkpoint_path, "model.pt")))
     return target
+
+
+def data_config(datasets_to_split: list[str] | str = "all"):
+    """Ray Train's DataConfig with explicit execution options (the default one triggers a Ray deprecation)."""
+    import ray
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    current = ray.data.DataContext.get_current().execution_options
+    options = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=current.preserve_order,
+                               verbose_progress=current.verbose_progress)
+    return DataConfig(datasets_to_split=datasets_to_split, execution_options=options)

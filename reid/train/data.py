@@ -297,9 +297,9 @@ def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, 
             continue
         faces.append(torch.tensor(np.asarray(face)))
         bodies.append(torch.tensor(np.asarray(body)))
-        fmask.append(torch.as_tensor(np.asarray(fm, bool)))
-        bmask.append(torch.as_tensor(np.asarray(bm, bool)))
-        lab = torch.as_tensor(np.asarray(lab, np.int64))
+        fmask.append(torch.tensor(np.asarray(fm, bool)))
+        bmask.append(torch.tensor(np.asarray(bm, bool)))
+        lab = torch.tensor(np.asarray(lab, np.int64))
         labels.append(lab + next_label)
         next_label += int(lab.max()) + 1
         seq_index.append(torch.full((len(lab),), s, dtype=torch.int64))

@@ -147,7 +147,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
         from reid.tracking import Tracker
 
         tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "finetune"},
-                          parent_run_id=loop_config.get("parent_run_id"))
+                          parent_run_id=loop_config.get("parent_run_id"), spool_dir=loop_config.get("spool_dir"))
         tracker.log_params(loop_config["cfg"])
         if checkpoint:
             tracker.set_tags({"reid.resumed_at_epoch": start_epoch})
@@ -204,7 +204,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     Returns {"best_model": path, "exported": path, "test": metrics, "result": ray Result}.
     """
     import ray
-    from ray.train import CheckpointConfig, DataConfig
+    from ray.train import CheckpointConfig
     from ray.train.torch import TorchTrainer
 
     from reid.raycluster import init_ray
@@ -226,12 +226,12 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
                                 cfg.data_cpus),
     }
     loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id,
-                   "marker_dir": io.join(cfg.storage, cfg.name)}
+                   "marker_dir": io.join(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
     run_config = run_config or common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
     run_config.checkpoint_config = CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECT_METRIC,
                                                     checkpoint_score_order="max")
     trainer = TorchTrainer(finetune_loop, train_loop_config=loop_config, datasets=datasets,
-                           dataset_config=DataConfig(datasets_to_split=["train"]),
+                           dataset_config=common.data_config(["train"]),
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config)
     result = trainer.fit()
@@ -255,7 +255,8 @@ def finish(cfg: FinetuneConfig, result, test_sequences, parent_run_id: str | Non
     test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
     exported = io.join(out_dir, "reid_net.torchscript.pt")
     export_torchscript(model, exported)
-    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id)
+    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
+                      spool_dir=common.spool_dir(cfg.storage, cfg.name))
     tracker.log_metrics(test, step=cfg.epochs)
     if not io.is_uri(best_model):
         tracker.log_artifact(best_model, "model")

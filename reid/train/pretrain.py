@@ -176,6 +176,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
                        lr=scheduler.get_last_lr()[0], batches=batches)
         if flops_per_sample and common.peak_flops(rt.device):
             metrics["mfu"] = flops_per_sample * samples / elapsed / common.peak_flops(rt.device)
+        metrics["val_face_body_p1"] = float("nan")  # always present: Tune searches on it
         if rt.rank == 0 and loop_config["val"]:
             metrics["val_face_body_p1"] = face_body_precision_at_1(model, loop_config["val"], cfg, rt.device)
         if tracker:
@@ -192,7 +193,7 @@ def _tracker(cfg: PretrainConfig, loop_config: dict[str, Any]):
     from reid.tracking import Tracker
 
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "pretrain"},
-                      parent_run_id=loop_config.get("parent_run_id"))
+                      parent_run_id=loop_config.get("parent_run_id"), spool_dir=loop_config.get("spool_dir"))
     tracker.log_params({**loop_config["cfg"], "train_instances": loop_config["train_instances"]})
     return tracker
 
@@ -248,8 +249,9 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
                           f"({cfg.batch_size}); lower --batch-size")
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
                    "val": _validation_arrays(cfg.crops, cfg), "parent_run_id": parent_run_id,
-                   "marker_dir": io.join(cfg.storage, cfg.name)}
+                   "marker_dir": io.join(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
     trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
+                           dataset_config=common.data_config(),
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config or common.trainer_run_config(cfg.name, cfg.storage,
                                                                              cfg.max_failures))

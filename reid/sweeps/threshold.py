@@ -1,0 +1,256 @@
+"""Calibrate the assigner: the distance threshold and linkage that best cluster the validation windows.
+
+Embeddings of the validation split are computed once (Ray Data reads the crops; one model on the driver),
+then a grid of threshold × linkage is scored with the labeling job's own assigner
+(:func:`reid.assign.assign_window`) against the charIds, within each window (labels are relative to a
+sequence, DESIGN §2). No Tune: the grid costs seconds. Among grid points tied on the objective, the middle
+of the widest run of tied thresholds is chosen (the farthest from where the score drops).
+
+Outputs under ``<storage>/<name>/``: ``best.yaml`` (``model``, ``threshold``, ``linkage``, ``metric``:
+``jobs/label.py --config best.yaml`` takes it unchanged), ``summary.csv``/``summary.md`` (every grid
+point) and ``distances.png`` (positive/negative pair distance histograms with the chosen threshold).
+MLflow: a parent run, and a child run per linkage with the scores at each threshold (step = grid index).
+"""
+
+from __future__ import annotations
+
+import io as _io
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reid import config, io
+from reid.assign import LINKAGES, METRICS, assign_window
+from reid.eval.metrics import clustering_scores
+from reid.sweeps.summary import markdown_table, write_summary
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("AMI", "ARI", "bcubed_f1")
+SCORES = ("AMI", "ARI", "bcubed_f1", "bcubed_precision", "bcubed_recall")
+
+
+@dataclass(frozen=True)
+class ThresholdSweepConfig:
+    """Grid search of the assigner's threshold and linkage on the validation windows of a Re-ID model."""
+
+    model: str = field(default="runs/train/finetune/final/model.pt",
+                       metadata={"help": "Re-ID checkpoint (model.pt of jobs/finetune.py)"})
+    crops: str = field(default="runs/demo/crops", metadata={"help": "output folder of jobs/crop.py"})
+    sequences: str = field(default="runs/demo/corpus/data/comics_seq",
+                           metadata={"help": "folder of <split>_sequences.json"})
+    split: str = field(default="validation", metadata={"help": "labelled split to calibrate on"})
+    storage: str = "runs/train"
+    name: str = field(default="threshold-sweep", metadata={"help": "sweep name: output folder and MLflow run key"})
+    threshold_min: float = 0.1
+    threshold_max: float = 1.9
+    threshold_steps: int = field(default=37, metadata={"help": "grid points from min to max (inclusive)"})
+    linkages: tuple[str, ...] = field(default=LINKAGES, metadata={"help": "comma-separated linkages to try"})
+    metric: str = field(default="euclidean", metadata={"help": "assigner distance (not searched)"})
+    objective: str = field(default="AMI", metadata={"help": "score to maximise: AMI, ARI or bcubed_f1"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per embedding batch"})
+    data_cpus: float = 0.5
+    gpu: bool = False
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    mlflow_uri: str | None = None
+    experiment: str = "comic-reid"
+
+    def __post_init__(self) -> None:
+        config.check(0 < self.threshold_min <= self.threshold_max,
+                     f"need 0 < threshold_min <= threshold_max, got {self.threshold_min}, {self.threshold_max}")
+        config.check(self.threshold_steps >= 1, f"threshold_steps must be >= 1, got {self.threshold_steps}")
+        config.check(len(self.linkages) >= 1 and set(self.linkages) <= set(LINKAGES),
+                     f"linkages must be among {LINKAGES}, got {self.linkages}")
+        config.check(self.metric in METRICS, f"metric must be one of {METRICS}, got {self.metric}")
+        config.check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective}")
+        config.check(self.batch_size >= 1, "batch_size must be >= 1")
+
+    def thresholds(self) -> np.ndarray:
+        return np.linspace(self.threshold_min, self.threshold_max, self.threshold_steps)
+
+
+def _group_rows(groups: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(groups == g) for g in np.unique(groups)]
+
+
+def grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, thresholds: np.ndarray,
+                linkages: tuple[str, ...], metric: str = "euclidean") -> list[dict[str, Any]]:
+    """Clustering scores of the assigner at every (linkage, threshold), within groups (windows).
+
+    embeddings (N, D); labels (N,) true identities; groups (N,) window of each row. Returns one row per
+    grid point: linkage, threshold, ARI, AMI, B-cubed precision/recall/F1 (means over windows), clusters
+    (predicted identities, summed over windows).
+    """
+    windows = _group_rows(np.asarray(groups))
+    rows = []
+    for linkage in linkages:
+        for threshold in thresholds:
+            pred = np.zeros(len(labels), dtype=np.int64)
+            clusters = 0
+            for idx in windows:
+                pred[idx] = assign_window(embeddings[idx], float(threshold), metric, linkage)
+                clusters += int(pred[idx].max()) + 1
+            scores = clustering_scores(pred, labels, groups)
+            rows.append({"linkage": linkage, "threshold": round(float(threshold), 6),
+                         **{k: float(scores[k]) for k in SCORES}, "clusters": clusters})
+    return rows
+
+
+def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> dict[str, Any]:
+    """The grid row with the best ``objective``; among ties, the middle of the widest run of consecutive
+    thresholds (one linkage) at that score. Earlier linkages win ties of equal width."""
+    finite = [r for r in rows if math.isfinite(r[objective])]
+    if not finite:
+        raise ValueError(f"no grid point has a finite {objective}")
+    best = max(r[objective] for r in finite)
+    runs: list[list[dict[str, Any]]] = []
+    for linkage in dict.fromkeys(r["linkage"] for r in rows):
+        current: list[dict[str, Any]] = []
+        for row in sorted((r for r in rows if r["linkage"] == linkage), key=lambda r: r["threshold"]):
+            if math.isfinite(row[objective]) and math.isclose(row[objective], best, rel_tol=1e-9, abs_tol=1e-12):
+                current.append(row)
+            elif current:
+                runs.append(current)
+                current = []
+        if current:
+            runs.append(current)
+    widest = max(runs, key=len)
+    return widest[(len(widest) - 1) // 2]
+
+
+def pair_distances(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                   metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """Distances of all pairs inside one window, split into (same identity, different identity).
+
+    Rows are L2-normalised first, as the assigner does; ``metric`` is euclidean or cosine (1 - cos).
+    """
+    points = np.asarray(embeddings, dtype=np.float64)
+    points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    positive, negative = [], []
+    for idx in _group_rows(np.asarray(groups)):
+        cosine = np.clip(points[idx] @ points[idx].T, -1.0, 1.0)
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0)) if metric == "euclidean" else 1.0 - cosine
+        upper = np.triu_indices(len(idx), k=1)
+        same = labels[idx][:, None] == labels[idx][None, :]
+        positive.append(dist[upper][same[upper]])
+        negative.append(dist[upper][~same[upper]])
+    empty = np.zeros(0)
+    return (np.concatenate(positive) if positive else empty), (np.concatenate(negative) if negative else empty)
+
+
+def distance_histogram_png(positive: np.ndarray, negative: np.ndarray, threshold: float, title: str) -> bytes:
+    """PNG of the positive/negative pair distance histograms with the chosen threshold as a vertical line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    high = 1.1 * max(threshold, float(positive.max(initial=0)), float(negative.max(initial=0)))
+    bins = np.linspace(0.0, high, 41)
+    ax.hist(negative, bins=bins, alpha=0.6, color="tab:red", density=True,
+            label=f"different identity ({len(negative)} pairs)")
+    ax.hist(positive, bins=bins, alpha=0.6, color="tab:blue", density=True,
+            label=f"same identity ({len(positive)} pairs)")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("distance between unit-norm embeddings (within a window)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = _io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:
+    """Embeddings, labels (unique per window and charId) and window ids of the split's instances."""
+    import torch
+
+    from reid.data import formats
+    from reid.models.checkpoint import load_model_checkpoint
+    from reid.raycluster import init_ray
+    from reid.train.data import sequence_dataset
+    from reid.train.finetune import embed_batches
+
+    model, model_config, _ = load_model_checkpoint(cfg.model, expected_kind="reid")
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    device = torch.device("cuda" if cfg.gpu and torch.cuda.is_available() else "cpu")
+    sequences = formats.read_split(cfg.sequences, cfg.split)
+    dataset = sequence_dataset(cfg.crops, sequences, model_config.face_size, model_config.body_size, False,
+                               cfg.data_cpus)
+    return embed_batches(model.to(device), dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
+                         device)
+
+
+def label_config_values(cfg: ThresholdSweepConfig, best: dict[str, Any]) -> dict[str, Any]:
+    """The chosen assigner settings as ``jobs/label.py`` config keys (validated against LabelConfig)."""
+    from reid.label import LabelConfig
+
+    values = {"model": cfg.model, "threshold": float(best["threshold"]), "linkage": best["linkage"],
+              "metric": cfg.metric}
+    config.from_dict(LabelConfig, values, source="threshold sweep best config")
+    return values
+
+
+def run_threshold_sweep(cfg: ThresholdSweepConfig) -> dict[str, Any]:
+    """Embed the split once, score the grid, write best.yaml, the summary and the histogram; track in MLflow.
+
+    Returns {"best": row, "best_config": path, "histogram": path, "summary": {...}, "rows": [...],
+    "parent_run_id": id}.
+    """
+    import yaml
+
+    from reid.errors import DataFormatError
+
+    values = embed_split(cfg)
+    embeddings, labels, windows = values["embeddings"], values["labels"], values["sequences"]
+    if len(labels) < 2:
+        raise DataFormatError(cfg.sequences, f"split {cfg.split} has {len(labels)} embedded instance(s); "
+                                             "need at least 2")
+    rows = grid_scores(embeddings, labels, windows, cfg.thresholds(), cfg.linkages, cfg.metric)
+    best = choose_threshold(rows, cfg.objective)
+    folder = io.join(cfg.storage, cfg.name)
+    best_config = io.join(folder, "best.yaml")
+    io.write_text_atomic(best_config, yaml.safe_dump(label_config_values(cfg, best), sort_keys=False))
+    positive, negative = pair_distances(embeddings, labels, windows, cfg.metric)
+    histogram = io.join(folder, "distances.png")
+    io.write_bytes_atomic(histogram, distance_histogram_png(
+        positive, negative, best["threshold"],
+        f"{cfg.split}: {cfg.objective} {best[cfg.objective]:.3f} at {best['linkage']} {best['threshold']:.3g}"))
+    summary = write_summary(rows, folder, f"threshold sweep {cfg.name}: {cfg.objective} per linkage and threshold "
+                                          f"({len(np.unique(windows))} {cfg.split} windows, {len(labels)} instances)")
+    parent_run_id = _track(cfg, rows, best, [best_config, histogram, summary["csv"], summary["md"]])
+    per_linkage = [choose_threshold([r for r in rows if r["linkage"] == k], cfg.objective) for k in cfg.linkages]
+    return {"best": best, "best_config": best_config, "histogram": histogram, "summary": summary, "rows": rows,
+            "best_per_linkage": markdown_table(per_linkage), "parent_run_id": parent_run_id,
+            "pairs": (len(positive), len(negative))}
+
+
+def _track(cfg: ThresholdSweepConfig, rows: list[dict[str, Any]], best: dict[str, Any],
+           artifacts: list[str]) -> str | None:
+    from reid.tracking import Tracker
+
+    folder = io.join(cfg.storage, cfg.name)
+    spool = None if io.is_uri(folder) else folder
+    parent = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "sweep_threshold"},
+                     spool_dir=spool)
+    parent.log_params(config.to_dict(cfg))
+    for linkage in cfg.linkages:
+        child = Tracker(cfg.mlflow_uri, f"{cfg.name}-{linkage}", cfg.experiment, parent_run_id=parent.run_id,
+                        tags={"reid.stage": "sweep_threshold"}, spool_dir=spool)
+        child.log_params({"linkage": linkage, "metric": cfg.metric})
+        for step, row in enumerate(r for r in rows if r["linkage"] == linkage):
+            child.log_metrics({k: row[k] for k in ("threshold", *SCORES, "clusters")}, step=step)
+        child.close()
+    parent.log_metrics({"best_threshold": best["threshold"], **{f"best_{k}": best[k] for k in SCORES}}, step=0)
+    parent.set_tags({"reid.best_linkage": best["linkage"], "reid.model": cfg.model})
+    for path in artifacts:
+        if not io.is_uri(path):
+            parent.log_artifact(path, "sweep")
+    parent.close()
+    return parent.run_id
