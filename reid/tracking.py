@@ -58,7 +58,8 @@ class Tracker:
         self.run_name = run_name or run_key
         self.tags = dict(tags or {})
         self.parent_run_id = parent_run_id
-        self.spool_path = os.path.join(spool_dir or ".", f"mlflow_unlogged_{run_key}.jsonl")
+        # absolute: the warning must say where the file is (a Ray worker runs in a session temp dir)
+        self.spool_path = os.path.abspath(os.path.join(spool_dir or ".", f"mlflow_unlogged_{run_key}.jsonl"))
         self.run_id: str | None = None
         self._pending: list[tuple[str, tuple, dict]] = []
         self._logged_steps: dict[str, int] = {}
