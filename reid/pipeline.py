@@ -124,14 +124,19 @@ def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
     if not address:
         raise ConfigError("--submit needs a cluster: set RAY_ADDRESS (e.g. `source runs/local-cluster/env`) "
                           "or pass --ray-address")
+    submission_id = f"{cfg.name_prefix}-{stage}-{int(time.time())}"
     cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
-           "--submission-id", f"{cfg.name_prefix}-{stage}-{int(time.time())}", "--", sys.executable, *argv]
+           "--submission-id", submission_id, "--", sys.executable, *argv]
     log.info("submitting %s: %s", stage, " ".join(cmd))
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     done = subprocess.run(cmd, cwd=REPO, env=env)
-    if done.returncode != 0:
-        raise ReidError(f"stage {stage} failed (ray job submit exited {done.returncode}); see the job's logs above "
-                        "or `ray job logs <submission id>`")
+    # `ray job submit` exits 0 for a job stopped from elsewhere: only SUCCEEDED lets the next stage run
+    status = subprocess.run([ray_bin, "job", "status", "--address", address, submission_id], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    if done.returncode != 0 or "SUCCEEDED" not in status.stdout:
+        raise ReidError(f"stage {stage} did not succeed (ray job submit exited {done.returncode}; "
+                        f"{status.stdout.strip().splitlines()[-1] if status.stdout.strip() else 'no status'}); "
+                        f"see `ray job logs {submission_id}`")
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:

@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
-import tempfile
 import warnings
 
 import mlflow
@@ -162,29 +160,23 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def _worker_logs(session_dir: str) -> dict[str, int]:
+    return {p: os.path.getsize(p) for p in glob.glob(os.path.join(session_dir, "logs", "worker-*"))}
+
+
 @pytest.fixture(scope="module")
-def ray_env():
-    """One isolated local Ray (own temp dir, ports, 2 CPUs, dashboard on: Tune-around-Train needs it), and a
-    record of the driver's Ray log warnings."""
+def ray_env(ray_session):
+    """The session's local Ray (its own GCS port and RAY_ADDRESS, 2 CPUs, dashboard on: Tune-around-Train needs
+    it), a record of the driver's Ray log warnings, and where the worker logs stood before the sweeps."""
     import ray
 
-    from reid.raycluster import free_port
-
-    temp_dir = tempfile.mkdtemp(prefix="rsw", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    port = free_port()
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
     records = _Records()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_GCS_SERVER_PORT", str(port))
-        mp.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
-        logging.getLogger("ray").addHandler(records)
-        ray.init(address="local", num_cpus=2, _temp_dir=temp_dir, include_dashboard=True,
-                 dashboard_host="127.0.0.1", dashboard_port=free_port(), _node_ip_address="127.0.0.1")
-        try:
-            yield {"temp_dir": temp_dir, "records": records}
-        finally:
-            ray.shutdown()
-            logging.getLogger("ray").removeHandler(records)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    logging.getLogger("ray").addHandler(records)
+    try:
+        yield {"session_dir": session_dir, "log_offsets": _worker_logs(session_dir), "records": records}
+    finally:
+        logging.getLogger("ray").removeHandler(records)
 
 
 @pytest.fixture(scope="module")
@@ -374,8 +366,9 @@ def test_no_ray_deprecation_warnings(ray_env, pretrain_sweep, finetune_sweep):
     messages = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
                 if _is_tune_or_train_deprecation(w)]
     messages += [m for m in ray_env["records"].messages if "deprecat" in m.lower()]
-    for path in glob.glob(os.path.join(ray_env["temp_dir"], "session_*", "logs", "worker-*")):
-        messages += [line for line in pathlib.Path(path).read_text(errors="ignore").splitlines()
-                     if "deprecat" in line.lower()]
+    for path in _worker_logs(ray_env["session_dir"]):  # only what was written since the sweeps began
+        with open(path, errors="ignore") as log:
+            log.seek(ray_env["log_offsets"].get(path, 0))
+            messages += [line for line in log.read().splitlines() if "deprecat" in line.lower()]
     unknown = [m for m in messages if not any(k in m for k in KNOWN_DEPRECATIONS)]
     assert unknown == []

@@ -183,6 +183,11 @@ def scaling_config(workers: int, gpu: bool, cpus_per_worker: float):
     return ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources)
 
 
+def run_dir(storage: str, name: str) -> str:
+    """``<storage>/<name>``, absolute for a local path: every worker, on any node, must see the same folder."""
+    return io.join(storage if io.is_uri(storage) else os.path.abspath(storage), name)
+
+
 def spool_dir(storage: str, name: str) -> str | None:
     """Where a run's unlogged MLflow operations are saved: ``<storage>/<name>`` (absolute; on a cluster the
     shared storage, next to the checkpoints) rather than a worker's Ray session dir. None for URI storage."""

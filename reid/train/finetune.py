@@ -226,7 +226,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
                                 cfg.data_cpus),
     }
     loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id,
-                   "marker_dir": io.join(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
+                   "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
     run_config = run_config or common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
     run_config.checkpoint_config = CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECT_METRIC,
                                                     checkpoint_score_order="max")

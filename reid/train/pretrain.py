@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reid import config, io
+from reid import config
 from reid.errors import ConfigError
 from reid.models import ModelConfig, SSLNet
 from reid.train import common
@@ -249,7 +249,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
                           f"({cfg.batch_size}); lower --batch-size")
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
                    "val": _validation_arrays(cfg.crops, cfg), "parent_run_id": parent_run_id,
-                   "marker_dir": io.join(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
+                   "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
     trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
                            dataset_config=common.data_config(),
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
