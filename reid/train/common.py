@@ -7,6 +7,7 @@ model alone in :mod:`reid.models.checkpoint` format, loadable without Ray).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -124,16 +125,32 @@ def report_epoch(metrics: dict[str, float], rank: int, save: Callable[[str], Non
         ray.train.report(metrics, checkpoint=None)
 
 
+def registered_checkpoint_epochs(run_folder: str) -> set[int]:
+    """Epochs whose checkpoint Ray Train has registered (its ``checkpoint_manager_snapshot.json``)."""
+    snapshot = io.join(run_folder, "checkpoint_manager_snapshot.json")
+    try:
+        results = json.loads(io.read_text(snapshot)).get("checkpoint_results", [])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return {int(r["metrics"]["epoch"]) for r in results if "epoch" in r.get("metrics", {})}
+
+
 def maybe_inject_fault(fault_epoch: int, epoch: int, marker_dir: str, rank: int) -> None:
     """Fault injection through config (as Ray's own tests do): kill this worker once, mid-epoch ``fault_epoch``.
 
-    A marker file makes it happen once per run, so the restarted worker group gets past it.
+    A marker file makes it happen once per run, so the restarted worker group gets past it. The worker first
+    waits (up to a minute) until Ray Train has registered the previous epoch's checkpoint
+    (``checkpoint_manager_snapshot.json`` in the run folder): a report still in flight when a worker dies is
+    lost, and the test is about restoring from a checkpoint, not about that race.
     """
     if fault_epoch < 0 or epoch != fault_epoch or rank != 0:
         return
     marker = io.join(marker_dir, f"_fault_injected_epoch{epoch}")
     if io.exists(marker):
         return
+    deadline = time.time() + 60
+    while epoch > 0 and time.time() < deadline and (epoch - 1) not in registered_checkpoint_epochs(marker_dir):
+        time.sleep(0.5)
     io.write_text_atomic(marker, str(time.time()))
     log.error("fault injection: worker rank 0 exits at epoch %d", epoch)
     os._exit(1)
