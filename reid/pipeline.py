@@ -34,9 +34,9 @@ class PipelineConfig:
     pages: int | None = field(default=None, metadata={"help": "override the preset's pages per series"})
     seed: int = 0
     arch: str = field(default="resnet18", metadata={"help": "demo backbone (the paper: resnet50)"})
-    face_size: int = field(default=64, metadata={"help": "demo face size (the paper: 96)"})
-    body_size: int = field(default=96, metadata={"help": "demo body size (the paper: 128)"})
-    pretrain_epochs: int = 8
+    face_size: int = field(default=48, metadata={"help": "demo face size (the paper: 96)"})
+    body_size: int = field(default=64, metadata={"help": "demo body size (the paper: 128)"})
+    pretrain_epochs: int = 6
     batch_size: int = 64
     finetune_epochs: int = 6
     sequences_per_batch: int = 8
