@@ -130,12 +130,13 @@ def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
     log.info("submitting %s: %s", stage, " ".join(cmd))
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     done = subprocess.run(cmd, cwd=REPO, env=env)
-    # `ray job submit` exits 0 for a job stopped from elsewhere: only SUCCEEDED lets the next stage run
+    # `ray job submit` exits 0 for a job stopped from elsewhere: only a succeeded job lets the next stage run
     status = subprocess.run([ray_bin, "job", "status", "--address", address, submission_id], cwd=REPO, env=env,
                             capture_output=True, text=True)
-    if done.returncode != 0 or "SUCCEEDED" not in status.stdout:
-        raise ReidError(f"stage {stage} did not succeed (ray job submit exited {done.returncode}; "
-                        f"{status.stdout.strip().splitlines()[-1] if status.stdout.strip() else 'no status'}); "
+    reported = status.stdout + status.stderr  # the CLI logs the status line to either stream
+    if done.returncode != 0 or f"job '{submission_id}' succeeded" not in reported.lower():
+        last = [line for line in reported.splitlines() if submission_id in line][-1:] or ["no status"]
+        raise ReidError(f"stage {stage} did not succeed (ray job submit exited {done.returncode}; {last[0].strip()}); "
                         f"see `ray job logs {submission_id}`")
 
 
