@@ -57,6 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         object_store_mb=200, health_check_period_ms=1000, health_check_failure_threshold=3,
     )  # fmt: skip
     local_cluster = LocalCluster(config)
+    _CHILDREN_BEFORE.update(_children_of_this_process())  # e.g. the session's own local Ray, not ours to judge
     try:
         started = time.monotonic()
         local_cluster.start()
@@ -309,6 +310,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
+_CHILDREN_BEFORE: set[int] = set()
+
+
 def _children_of_this_process() -> list[int]:
     me = os.getpid()
     pids = (int(e) for e in os.listdir("/proc") if e.isdigit())
@@ -321,7 +325,8 @@ def test_cluster_down_leaves_nothing_running(cluster: LocalCluster) -> None:
     cluster.stop()
     assert not [p for p in processes if process_alive(p)]
     assert not owned_processes(cluster.cluster_id)[0], "a process still carries the cluster's tag"
-    assert not _children_of_this_process(), "a `ray job submit` or server left behind by the tests"
+    left = [pid for pid in _children_of_this_process() if pid not in _CHILDREN_BEFORE]
+    assert not left, "a `ray job submit` or server left behind by the tests"
     config = cluster.config
     for port in (config.gcs_port, config.dashboard_port, config.client_server_port, config.mlflow_port):
         assert _port_free(port), f"port {port} still in use"
