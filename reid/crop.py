@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -36,6 +37,7 @@ CROP_SCHEMA = pa.schema([
     ("height", pa.int32()), ("image", pa.binary()), ("shard", pa.string()),
 ])
 FACE_DIR, BODY_DIR = "comics_crops_large_faces", "comics_crops"
+FAULT_INJECTION_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class CropConfig:
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "decompression-bomb limit"})
     write_files: bool = field(default=True, metadata={"help": "also write the seed's per-crop JPEG layout"})
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "Ray CPUs per crop task"})
+    shards_per_task: int = field(default=4, metadata={"help": "most shards one Ray task crops (fewer when the job "
+                                                                "is small: >= 4 tasks per CPU)"})
     ray_address: str | None = field(default=None, metadata={"help": "Ray cluster (default: RAY_ADDRESS or local)"})
     ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of a locally started Ray"})
     mlflow_uri: str | None = field(default=None, metadata={"help": "tracking URI (default: MLFLOW_TRACKING_URI "
@@ -67,6 +71,7 @@ class CropConfig:
         config.check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         config.check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
         config.check(self.num_cpus_per_task > 0, "num_cpus_per_task must be > 0")
+        config.check(self.shards_per_task >= 1, f"shards_per_task must be >= 1, got {self.shards_per_task}")
 
     @property
     def instances_path(self) -> str:
@@ -166,8 +171,18 @@ def _error(box: dict, shard: str, source: str, reason: str) -> dict[str, str]:
 
 def _crop_batch(batch: dict, cfg: CropConfig) -> dict:
     summaries = [crop_shard(cfg, str(s)) for s in batch["shard"]]
+    if cfg.fail_after_shards:
+        # Fault injection: Ray Data runs ahead of the driver's loop; slow the tasks down so that the driver's exit
+        # after N results lands mid-way, with shards still uncommitted.
+        time.sleep(FAULT_INJECTION_PAUSE_S)
     return {key: [getattr(s, key) for s in summaries]
             for key in ("shard", "input_rows", "rows", "error_rows", "checksum", "skipped")}
+
+
+def shards_per_ray_task(cfg: CropConfig, pending: int, cpus: float) -> int:
+    """Shards per Ray task: up to ``shards_per_task`` (fewer, larger tasks cost less scheduling), but at least
+    four tasks per CPU so the work stays balanced and the progress bar moves."""
+    return max(1, min(cfg.shards_per_task, pending // max(1, int(4 * cpus))))
 
 
 def run_crop(cfg: CropConfig) -> dict:
@@ -175,7 +190,7 @@ def run_crop(cfg: CropConfig) -> dict:
     import ray
     from tqdm import tqdm
 
-    from reid.raycluster import init_ray
+    from reid.raycluster import TASK_POOL_OVERRIDES, data_context, init_ray
     from reid.tracking import open_tracker
 
     output = ShardedOutput(cfg.out, "instance_id")
@@ -194,8 +209,12 @@ def run_crop(cfg: CropConfig) -> dict:
     committed_now = 0
     crops = errors = 0
     if pending:
-        ds = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(_crop_batch, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=cfg.num_cpus_per_task)
+        per_task = shards_per_ray_task(cfg, len(pending), ray.cluster_resources().get("CPU", 1))
+        with data_context(**TASK_POOL_OVERRIDES):
+            ds = ray.data.from_items([{"shard": s} for s in pending],
+                                     override_num_blocks=math.ceil(len(pending) / per_task))
+            ds = ds.map_batches(_crop_batch, fn_kwargs={"cfg": cfg}, batch_size=per_task,
+                                num_cpus=cfg.num_cpus_per_task)
         bar = tqdm(total=input_rows, initial=sum(s.input_rows for s in done.values()), unit="box",
                    desc="crop", smoothing=0.1)
         for row in ds.iter_rows():

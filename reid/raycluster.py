@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +44,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
     ctx.max_errored_blocks = 0  # never drop blocks silently (DESIGN §5)
     if quiet_data:
         ctx.enable_progress_bars = False  # our jobs show their own progress bar
+
+
+# Ray Data's per-operator resource reservation keeps part of the CPUs back for operators that may come later.
+# Our task-pool stages are one operator over a handful of CPUs: with the reservation on, the 128 crop tasks
+# of tests/bench/bench_crop.py ran almost one at a time (13.5 s vs 7.5 s off, and 6.5 s with 4 shards per
+# task); see docs/BENCHMARKS.md.
+TASK_POOL_OVERRIDES = {"op_resource_reservation_enabled": False}
+
+
+@contextmanager
+def data_context(**overrides: object) -> Iterator[None]:
+    """Ray Data settings for the datasets *created* inside the block (each Dataset copies the context then)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = {key: getattr(ctx, key) for key in overrides}
+    for key, value in overrides.items():
+        setattr(ctx, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(ctx, key, value)

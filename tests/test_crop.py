@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from reid.crop import CROP_SCHEMA, CropConfig, crop_relpath, read_crops, run_crop
+from reid.crop import CROP_SCHEMA, CropConfig, crop_relpath, read_crops, run_crop, shards_per_ray_task
 from reid.data.formats import read_instances
 from reid.errors import ConfigError, DataFormatError
 from reid.geometry import face_crop_box
+from reid.raycluster import TASK_POOL_OVERRIDES, data_context
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,3 +134,24 @@ def test_bad_config_and_changed_arguments_refused(tiny_corpus, tiny_crops, tmp_p
         run_crop(CropConfig(comics_root=str(tiny_corpus), out=str(copy), pages_per_shard=2, face_scale=1.5))
     with pytest.raises(DataFormatError, match="incomplete"):
         read_crops(str(tmp_path))
+
+
+def test_shards_per_task_keeps_four_tasks_per_cpu():
+    cfg = CropConfig(shards_per_task=4)
+    assert shards_per_ray_task(cfg, pending=128, cpus=2) == 4  # large job: 32 tasks of 4 shards
+    assert shards_per_ray_task(cfg, pending=20, cpus=2) == 2  # 10 tasks
+    assert shards_per_ray_task(cfg, pending=10, cpus=2) == 1  # small job (the kill test): one shard per task
+    assert shards_per_ray_task(CropConfig(shards_per_task=1), pending=1000, cpus=2) == 1
+    with pytest.raises(ConfigError, match="shards_per_task must be >= 1"):
+        CropConfig(shards_per_task=0)
+
+
+@pytest.mark.ray
+def test_task_pool_datasets_run_without_resource_reservation(ray_session):
+    ctx = ray_session.data.DataContext.get_current()
+    before = ctx.op_resource_reservation_enabled
+    with data_context(**TASK_POOL_OVERRIDES):
+        ds = ray_session.data.range(4)
+    assert ds.context.op_resource_reservation_enabled is False  # the dataset keeps the setting ...
+    assert ctx.op_resource_reservation_enabled == before  # ... and the process-wide context is restored
+    assert ds.count() == 4
