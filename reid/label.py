@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import time
@@ -111,6 +112,8 @@ class LabelConfig:
     num_cpus_per_actor: float = field(default=1.0, metadata={"help": "Ray CPUs per embedding actor"})
     num_gpus_per_actor: float | None = field(default=None, metadata={"help": "GPUs per actor (default: 1 "
                                                                              "when the cluster has GPUs)"})
+    torch_threads: int = field(default=0, metadata={"help": "threads of an actor's forward pass (0: its CPUs "
+                                                            "rounded up; Ray would give it floor(CPUs))"})
     max_actors: int = field(default=0, metadata={"help": "actor pool size (0: one per GPU, else per CPUs)"})
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "Ray CPUs per decoding or linking task"})
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "decode limit of a crop"})
@@ -139,6 +142,7 @@ class LabelConfig:
         config.check(self.num_cpus_per_actor > 0 and self.num_cpus_per_task > 0, "CPUs per actor/task must be > 0")
         config.check(self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, "num_gpus_per_actor >= 0")
         config.check(self.max_actors >= 0, "max_actors must be >= 0")
+        config.check(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         for name in ("report_windows", "report_series", "report_members", "fail_after_shards"):
             config.check(getattr(self, name) >= 0, f"{name} must be >= 0")
 
@@ -420,6 +424,12 @@ def _prepare_batch(batch: dict[str, Any], cfg: LabelConfig, face_size: int, body
     return {"shard": [str(s) for s in batch["shard"]], "payload": payloads}
 
 
+def actor_threads(cfg: LabelConfig) -> int:
+    """Torch threads of an embedding actor: ``torch_threads``, else its logical CPUs rounded up (an actor given
+    1.75 CPUs next to 0.25-CPU decoding tasks should use both cores, not Ray's floor of 1)."""
+    return cfg.torch_threads or max(1, math.ceil(cfg.num_cpus_per_actor))
+
+
 class ShardLabeler:
     """Ray Data actor (GPU when the cluster has one): loads the model once, embeds prepared work units,
     clusters their windows and commits them."""
@@ -433,6 +443,7 @@ class ShardLabeler:
         self.model_id = model_id
         model, _ = load_reid_model(self.cfg, expected_sha256=model_id["model_sha256"])
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.set_num_threads(actor_threads(self.cfg))
         self.embedder = CharacterEmbedder(model, device, self.cfg.batch_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -628,7 +639,9 @@ def run_series_pass(cfg: LabelConfig, shards: list[str]) -> int:
     if not todo:
         return 0
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-    ds = ds.map_batches(_finish_batch, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=cfg.num_cpus_per_task)
+    # linking is CPU-bound: at least one CPU per task, so small decoding tasks (--num-cpus-per-task 0.25) do not
+    # turn into 4 linking workers per core, each holding its own imports (+1.8 GB at 16 series in bench_label)
+    ds = ds.map_batches(_finish_batch, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=max(1.0, cfg.num_cpus_per_task))
     return sum(1 for row in ds.iter_rows() if not row["skipped"])
 
 

@@ -76,6 +76,15 @@ class CropPreprocessor:
         return self.tail[kind](images)
 
 
+PAD_MULTIPLE = 8
+
+
+def _pad_rows(x: np.ndarray, pad: int, value: object = 0) -> np.ndarray:
+    if not pad:
+        return x
+    return np.concatenate([x, np.full((pad, *x.shape[1:]), value, x.dtype)])
+
+
 class CharacterEmbedder:
     """Embeds character instances with a Re-ID net: face (F px) and body (B px) crops → (N, embed_dim).
 
@@ -90,6 +99,14 @@ class CharacterEmbedder:
         self.batch_size = batch_size
         self.preprocess = CropPreprocessor(model.config.face_size, model.config.body_size)
 
+    def padded_size(self, n: int) -> int:
+        """Rows a chunk of ``n`` is padded to: the next multiple of :data:`PAD_MULTIPLE`, at most the batch size.
+
+        Work units give every size from 1 to ``batch_size``; each new input shape costs the CPU backend new
+        kernels and memory it keeps (RSS of a labeling actor grew 1.2 → 3.5 GB over 40 distinct batch sizes),
+        and a GPU new autotuning. Eval mode makes rows independent, so padding changes no embedding."""
+        return n if n >= self.batch_size else min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, self.batch_size)
+
     @torch.inference_mode()
     def embed_uint8(self, face: np.ndarray, body: np.ndarray, face_mask: np.ndarray, body_mask: np.ndarray
                     ) -> np.ndarray:
@@ -98,12 +115,16 @@ class CharacterEmbedder:
         chunks = []
         for i in range(0, len(face_mask), self.batch_size):
             part = slice(i, i + self.batch_size)
-            f, b = (torch.from_numpy(np.ascontiguousarray(x[part])).to(self.device, non_blocking=True)
+            n = len(face_mask[part])
+            pad = self.padded_size(n) - n
+            f, b = (torch.from_numpy(_pad_rows(np.ascontiguousarray(x[part]), pad)).to(self.device,
+                                                                                        non_blocking=True)
                     for x in (face, body))
+            fm = _pad_rows(np.asarray(face_mask[part], bool), pad, True)  # a padding row is a black "face"
+            bm = _pad_rows(np.asarray(body_mask[part], bool), pad, False)
             out = self.model(self.preprocess.normalize(f, "face"), self.preprocess.normalize(b, "body"),
-                             torch.from_numpy(face_mask[part]).to(self.device),
-                             torch.from_numpy(body_mask[part]).to(self.device))
-            chunks.append(out.float().cpu().numpy())
+                             torch.from_numpy(fm).to(self.device), torch.from_numpy(bm).to(self.device))
+            chunks.append(out[:n].float().cpu().numpy())
         if not chunks:
             return np.zeros((0, self.model.config.embed_dim), np.float32)
         return np.concatenate(chunks)

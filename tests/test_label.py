@@ -178,6 +178,27 @@ def test_sliding_windows():
         "1_0_0+1_0_1+1_0_2+1_0_3", "1_0_8+1_0_9", "1_2_0+1_2_1"]
 
 
+def test_embedder_pads_chunks_to_few_shapes_without_changing_embeddings():
+    torch.manual_seed(0)
+    model = ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)).eval()
+    embed = CharacterEmbedder(model, "cpu", batch_size=12)
+    assert [embed.padded_size(n) for n in (1, 8, 9, 11, 12)] == [8, 8, 12, 12, 12]
+    rng = np.random.default_rng(0)
+    n = 13  # chunks of 12 and 1: the second is padded to 8 rows
+    face = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    body = rng.integers(0, 256, (n, 3, 48, 48), dtype=np.uint8)
+    face_mask, body_mask = rng.random(n) < 0.7, np.ones(n, bool)
+    face_mask[-1], body_mask[-2], face_mask[-2] = False, False, True  # body-only, face-only rows
+    got = embed.embed_uint8(face, body, face_mask, body_mask)
+    with torch.inference_mode():  # one row at a time, no padding
+        want = np.concatenate([model(embed.preprocess.normalize(torch.from_numpy(face[i:i + 1]), "face"),
+                                     embed.preprocess.normalize(torch.from_numpy(body[i:i + 1]), "body"),
+                                     torch.from_numpy(face_mask[i:i + 1]), torch.from_numpy(body_mask[i:i + 1])
+                                     ).numpy() for i in range(n)])
+    assert got.shape == (n, model.config.embed_dim)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.fault
 def test_killed_job_resumes_with_every_instance_once(resumed, crops):
     out, committed_before, result = resumed
