@@ -167,13 +167,19 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
             if batches == 1:  # mid-epoch, as a real failure would be
                 common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
             samples += batch["has_face"].shape[0]
+            if batches == 1:  # steady-state rate: from the end of the epoch's first step (Ray Data's start-up)
+                first_step_end, first_samples = time.time(), samples
             sums["loss"] += total.item()
             for k, v in terms.items():
                 sums[k] += float(v.item())
-        elapsed = time.time() - start
+        end = time.time()
+        elapsed = end - start
         metrics = {k: v / max(1, batches) for k, v in sums.items()}
         metrics.update(epoch=epoch, samples_per_s=samples * rt.world_size / max(elapsed, 1e-9),
                        lr=scheduler.get_last_lr()[0], batches=batches)
+        if batches > 1:
+            metrics["steady_samples_per_s"] = ((samples - first_samples) * rt.world_size
+                                               / max(end - first_step_end, 1e-9))
         if flops_per_sample and common.peak_flops(rt.device):
             metrics["mfu"] = flops_per_sample * samples / elapsed / common.peak_flops(rt.device)
         metrics["val_face_body_p1"] = float("nan")  # always present: Tune searches on it

@@ -1,8 +1,9 @@
 """Training throughput: one Ray Train worker (Ray Data ingest, DDP wrapper, reporting) vs a bare PyTorch loop.
 
 Same model (SSLNet), same batch, same torch threads, same crops; the bare loop decodes and augments in-process
-with the same UDF, the Ray worker gets its batches from Ray Data. Samples/s of the second epoch (the first pays
-start-up) against the bare loop's steady state. Prints the ratio (target >= 0.9).
+with the same UDF, the Ray worker gets its batches from Ray Data. Steady state on both sides: the bare loop after
+two warm-up steps, the Ray worker over its second epoch after that epoch's first step (``steady_samples_per_s``;
+the first step of an epoch waits for Ray Data to start). The whole-epoch ratio is printed too. Target >= 0.9.
 
     python tests/bench/bench_train.py [--arch resnet18 --face-size 64 --body-size 96 --batch-size 32]
 """
@@ -78,11 +79,12 @@ def main() -> None:
     rows = character_instances(str(crops)).take(args.batch_size * 4)
     bare = bare_loop(cfg, rows, args.steps)
     result, _ = run_pretrain(cfg)
-    ray_rate = result.metrics["samples_per_s"]
+    epoch_rate, steady_rate = result.metrics["samples_per_s"], result.metrics["steady_samples_per_s"]
     print(f"model {args.arch} face {args.face_size} body {args.body_size} batch {args.batch_size}, 1 thread")
-    print(f"  bare PyTorch loop : {bare:7.1f} samples/s")
-    print(f"  Ray Train worker  : {ray_rate:7.1f} samples/s (epoch 2, {result.metrics['batches']} batches)")
-    print(f"ratio ray/bare = {ray_rate / bare:.2f}  (target >= 0.9)")
+    print(f"  bare PyTorch loop : {bare:7.1f} samples/s (after 2 warm-up steps)")
+    print(f"  Ray Train worker  : {steady_rate:7.1f} samples/s steady (epoch 2 after its first step), "
+          f"{epoch_rate:.1f} over the whole epoch ({result.metrics['batches']} batches)")
+    print(f"ratio ray/bare = {steady_rate / bare:.2f} steady (target >= 0.9); {epoch_rate / bare:.2f} whole epoch")
 
 
 if __name__ == "__main__":
