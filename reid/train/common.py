@@ -125,6 +125,21 @@ def report_epoch(metrics: dict[str, float], rank: int, save: Callable[[str], Non
         ray.train.report(metrics, checkpoint=None)
 
 
+def end_epoch(metrics: dict[str, float], rank: int, tracker: Any, *, model: nn.Module,
+              optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int, best: float | None,
+              run_config: dict[str, Any], stage: str, name: str) -> None:
+    """The end of an epoch in every training loop: rank 0 logs the metrics to MLflow (its tracker; None on other
+    ranks), then every rank reports them to Ray Train, rank 0 with the checkpoint of this epoch."""
+    if tracker:
+        tracker.log_metrics(metrics, step=epoch)
+
+    def save(folder: str) -> None:
+        save_state(folder, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step, best=best,
+                   run_config=run_config, model_extra={"stage": stage, "epoch": epoch, "name": name})
+
+    report_epoch(metrics, rank, save)
+
+
 def registered_checkpoint_epochs(run_folder: str) -> set[int]:
     """Epochs whose checkpoint Ray Train has registered (its ``checkpoint_manager_snapshot.json``)."""
     snapshot = io.join(run_folder, "checkpoint_manager_snapshot.json")

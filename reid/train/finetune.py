@@ -7,7 +7,6 @@ and the driver evaluates it on the test split, exports it (TorchScript) and logs
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -188,12 +187,9 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
                 best = score
             metrics["best_" + SELECT_METRIC] = best if best is not None else float("nan")
         metrics.setdefault(SELECT_METRIC, float("nan"))
-        if tracker:
-            tracker.log_metrics(metrics, step=epoch)
-        save = functools.partial(common.save_state, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 epoch=epoch, step=step, best=best, run_config=loop_config["cfg"],
-                                 model_extra={"stage": "finetune", "epoch": epoch, "name": cfg.name})
-        common.report_epoch(metrics, rt.rank, save)
+        common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
+                         epoch=epoch, step=step, best=best, run_config=loop_config["cfg"], stage="finetune",
+                         name=cfg.name)
     if tracker:
         tracker.close()
 

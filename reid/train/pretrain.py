@@ -7,7 +7,6 @@ latest checkpoint (the interrupted epoch restarts; Ray Data does not restore a m
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -185,12 +184,9 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
         metrics["val_face_body_p1"] = float("nan")  # always present: Tune searches on it
         if rt.rank == 0 and loop_config["val"]:
             metrics["val_face_body_p1"] = face_body_precision_at_1(model, loop_config["val"], cfg, rt.device)
-        if tracker:
-            tracker.log_metrics(metrics, step=epoch)
-        save = functools.partial(common.save_state, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 epoch=epoch, step=step, best=best, run_config=loop_config["cfg"],
-                                 model_extra={"stage": "pretrain", "epoch": epoch, "name": cfg.name})
-        common.report_epoch(metrics, rt.rank, save)
+        common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
+                         epoch=epoch, step=step, best=best, run_config=loop_config["cfg"], stage="pretrain",
+                         name=cfg.name)
     if tracker:
         tracker.close()
 
