@@ -26,7 +26,7 @@ from reid.data import formats
 from reid.errors import DataFormatError
 from reid.geometry import EmptyBoxError, crop_box
 from reid.images import DEFAULT_MAX_PIXELS, decode_image, encode_jpeg
-from reid.shards import ShardedOutput, ShardSummary, error_table, table_to_parquet_bytes
+from reid.shards import ShardedOutput, ShardSummary, error_table, summaries_batch, table_to_parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ def _crop_batch(batch: dict, cfg: CropConfig) -> dict:
         # Fault injection: Ray Data runs ahead of the driver's loop; slow the tasks down so that the driver's exit
         # after N results lands mid-way, with shards still uncommitted.
         time.sleep(FAULT_INJECTION_PAUSE_S)
-    return {key: [getattr(s, key) for s in summaries]
-            for key in ("shard", "input_rows", "rows", "error_rows", "checksum", "skipped")}
+    return summaries_batch(summaries)
 
 
 def shards_per_ray_task(cfg: CropConfig, pending: int, cpus: float) -> int:

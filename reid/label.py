@@ -59,7 +59,14 @@ from reid.data import formats
 from reid.data.ids import parse_instance_id, parse_panel_id
 from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.images import DEFAULT_MAX_PIXELS, decode_image
-from reid.shards import ERROR_SCHEMA, ShardedOutput, ShardSummary, error_table, table_to_parquet_bytes
+from reid.shards import (
+    ERROR_SCHEMA,
+    ShardedOutput,
+    ShardSummary,
+    error_table,
+    summaries_batch,
+    table_to_parquet_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -455,12 +462,7 @@ class ShardLabeler:
             prepared: PreparedShard = pickle.loads(payload)  # made by _prepare_batch of this same job
             embeddings = self.embedder.embed_uint8(**prepared.images)
             summaries.append(commit_shard(self.cfg, prepared, embeddings, self.model_id))
-        return _summary_batch(summaries)
-
-
-def _summary_batch(summaries: list[ShardSummary]) -> dict[str, list]:
-    return {key: [getattr(s, key) for s in summaries]
-            for key in ("shard", "input_rows", "rows", "error_rows", "checksum", "skipped")}
+        return summaries_batch(summaries)
 
 
 # -- pass 2: series identities -----------------------------------------------------------------------------
@@ -505,7 +507,7 @@ def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:
 
 def _finish_batch(batch: dict[str, Any], cfg: LabelConfig) -> dict[str, list]:
     summaries = [s for shards in batch["shards"] for s in finish_series(cfg, [str(x) for x in shards])]
-    return _summary_batch(summaries)
+    return summaries_batch(summaries)
 
 
 # -- driver --------------------------------------------------------------------------------------------------

@@ -72,6 +72,12 @@ class ShardSummary:
                 "error_rows": self.error_rows, "checksum": self.checksum}
 
 
+def summaries_batch(summaries: list[ShardSummary]) -> dict[str, list]:
+    """Shard summaries as one Ray Data batch (a column per field): what every stage's shard task returns."""
+    return {key: [getattr(s, key) for s in summaries]
+            for key in ("shard", "input_rows", "rows", "error_rows", "checksum", "skipped")}
+
+
 class ShardedOutput:
     """The committed state of one job's sharded output folder. Cheap to construct and to pickle."""
 
