@@ -116,12 +116,15 @@ class LabelConfig:
     body_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     embed_dim: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     batch_size: int = field(default=128, metadata={"help": "character instances per forward pass"})
-    num_cpus_per_actor: float = field(default=1.0, metadata={"help": "Ray CPUs per embedding actor"})
+    num_cpus_per_actor: float = field(default=1.0, metadata={"help": "Ray CPUs per embedding actor (equal to "
+                                                                     "--num-cpus-per-task on CPUs: decoding "
+                                                                     "then runs inside the actors)"})
     num_gpus_per_actor: float | None = field(default=None, metadata={"help": "GPUs per actor (default: 1 "
                                                                              "when the cluster has GPUs)"})
     torch_threads: int = field(default=0, metadata={"help": "threads of an actor's forward pass (0: its CPUs "
                                                             "rounded up; Ray would give it floor(CPUs))"})
-    max_actors: int = field(default=0, metadata={"help": "actor pool size (0: one per GPU, else per CPUs)"})
+    max_actors: int = field(default=0, metadata={"help": "actor pool size (0: one per GPU, else as many as "
+                                                         "the CPUs hold)"})
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "Ray CPUs per decoding or linking task"})
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "decode limit of a crop"})
     save_embeddings: bool = field(default=False, metadata={"help": "keep every instance's embedding "
@@ -567,15 +570,24 @@ def job_identity(cfg: LabelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
             "model_sha256": inputs["model_sha256"]}
 
 
-def _pool_size(cfg: LabelConfig, gpus_per_actor: float, items: int) -> int:
-    import ray
+def decoding_fused(cfg: LabelConfig, gpus_per_actor: float) -> bool:
+    """Whether Ray Data runs the decoding step inside the embedding actors: it fuses a task-pool map into the
+    actor-pool map after it when both ask for the same resources (``are_remote_args_compatible``). That is
+    the CPU-only default (1 CPU each): every actor decodes its unit then embeds it, one process per CPU, which
+    measured faster on CPUs than an actor with several threads beside decoding tasks (docs/BENCHMARKS.md)."""
+    return not gpus_per_actor and cfg.num_cpus_per_task == cfg.num_cpus_per_actor
 
+
+def pool_size(cfg: LabelConfig, gpus_per_actor: float, items: int, resources: dict[str, float]) -> int:
+    """Embedding actors for a cluster with ``resources`` (``ray.cluster_resources()``): ``max_actors``, else one
+    per ``gpus_per_actor`` GPUs, else as many CPU actors as fit, less one decoding task's CPUs when the
+    decoding runs apart (so the actors never hold every CPU the decoding tasks need), never more than units."""
     if cfg.max_actors:
         return cfg.max_actors
-    resources = ray.cluster_resources()
     if gpus_per_actor:
         return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
-    return max(1, min(items, int(resources.get("CPU", 1) // max(cfg.num_cpus_per_actor, 1.0))))
+    cpus = resources.get("CPU", 1) - (0 if decoding_fused(cfg, gpus_per_actor) else cfg.num_cpus_per_task)
+    return max(1, min(items, int(cpus // max(cfg.num_cpus_per_actor, 1.0))))
 
 
 def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: dict[str, str],
@@ -592,6 +604,7 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
     gpus = cfg.num_gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    actors = pool_size(cfg, gpus, len(pending), ray.cluster_resources())
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"cfg": cfg, "face_size": model_cfg["face_size"],
                                                    "body_size": model_cfg["body_size"],
@@ -599,8 +612,8 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
                         batch_size=1, num_cpus=cfg.num_cpus_per_task)
     ds = ds.map_batches(ShardLabeler, fn_constructor_kwargs={"cfg": config.to_dict(cfg), "model_id": model_id},
                         batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None,
-                        compute=ray.data.ActorPoolStrategy(min_size=1,
-                                                           max_size=_pool_size(cfg, gpus, len(pending))))
+                        # all actors start at once: scaling up one by one left a CPU idle for the first ~7 s
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))
     start = last_logged = time.time()
     bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="shard", desc="label", smoothing=0.1)
     first: tuple[float, float] | None = None  # (time, boxes) at the first result: after the actors' start

@@ -1,11 +1,10 @@
-"""The assigner against scipy's hierarchical clustering as an independent reference."""
+"""The assigner (scipy's hierarchy) against scikit-learn's AgglomerativeClustering as an independent reference."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist
+from sklearn.cluster import AgglomerativeClustering
 
 from reid.assign import assign_window, link_windows
 
@@ -16,10 +15,10 @@ def canonical(labels) -> list[int]:
     return [seen.setdefault(x, len(seen)) for x in np.asarray(labels).tolist()]
 
 
-def scipy_clusters(points: np.ndarray, threshold: float, metric: str, method: str) -> np.ndarray:
+def sklearn_clusters(points: np.ndarray, threshold: float, metric: str, method: str) -> np.ndarray:
     unit = points / np.linalg.norm(points, axis=1, keepdims=True)
-    tree = linkage(pdist(unit, metric=metric), method=method)
-    return fcluster(tree, t=threshold, criterion="distance")
+    return AgglomerativeClustering(n_clusters=None, distance_threshold=threshold, metric=metric,
+                                   linkage=method).fit_predict(unit)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -32,16 +31,23 @@ def scipy_clusters(points: np.ndarray, threshold: float, metric: str, method: st
         ("euclidean", "single", 0.6),
     ],
 )
-def test_matches_scipy(seed: int, metric: str, method: str, threshold: float) -> None:
+def test_matches_sklearn(seed: int, metric: str, method: str, threshold: float) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(4, 8))
     points = np.repeat(centres, 5, axis=0) + rng.normal(scale=0.35, size=(20, 8))
     rng.shuffle(points)
     got = assign_window(points, threshold=threshold, metric=metric, linkage=method)
-    want = scipy_clusters(points, threshold, metric, method)
+    want = sklearn_clusters(points, threshold, metric, method)
     assert canonical(got) == canonical(want)
     assert 1 < len(set(got.tolist())) < 20  # the threshold actually cuts the tree
     assert got.tolist() == canonical(got)  # labels are numbered in order of first appearance
+
+
+def test_threshold_is_strict_like_sklearn() -> None:
+    square = np.array([[1.0, 0.0], [0.0, 1.0]])  # cosine distance exactly 1.0
+    assert assign_window(square, threshold=1.0, metric="cosine").tolist() == [0, 1]
+    assert canonical(sklearn_clusters(square, 1.0, "cosine", "average")) == [0, 1]
+    assert assign_window(square, threshold=1.0 + 1e-9, metric="cosine").tolist() == [0, 0]
 
 
 def test_small_and_degenerate_windows() -> None:
@@ -59,7 +65,7 @@ def test_rejects_unknown_options() -> None:
         assign_window(np.ones((3, 2)), linkage="ward")
 
 
-def test_link_windows_matches_scipy_on_centroids() -> None:
+def test_link_windows_matches_sklearn_on_centroids() -> None:
     rng = np.random.default_rng(10)
     identities = rng.normal(size=(3, 16))
     rows = []  # (series, window, true identity)
@@ -86,7 +92,7 @@ def test_link_windows_matches_scipy_on_centroids() -> None:
         for key in keys:
             mean = unit[[i for i in members if (window_ids[i], window_labels[i]) == key]].mean(axis=0)
             centroids.append(mean / np.linalg.norm(mean))
-        reference = scipy_clusters(np.array(centroids), 0.82, "euclidean", "average")
+        reference = sklearn_clusters(np.array(centroids), 0.82, "euclidean", "average")
         want = [reference[keys.index((window_ids[i], window_labels[i]))] for i in members]
         assert canonical(got[members]) == canonical(want)
         assert canonical(got[members]) == canonical(truth[members])  # well separated: the truth is found

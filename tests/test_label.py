@@ -28,7 +28,7 @@ from reid.data.augment import eval_transform
 from reid.data.formats import read_instances, read_sequences
 from reid.data.ids import parse_instance_id
 from reid.errors import CheckpointError, ConfigError, DataFormatError
-from reid.label import LabelConfig, read_labels, run_label, sliding_windows
+from reid.label import LabelConfig, decoding_fused, pool_size, read_labels, run_label, sliding_windows
 from reid.label_window import CharacterEmbedder, CropPreprocessor, crop_boxes, label_window
 from reid.models import ModelConfig, ReIDNet, SSLNet, load_model_checkpoint, save_model_checkpoint
 from reid.train.data import decode_rgb, pair_rows
@@ -94,9 +94,9 @@ def thresholds(reference) -> tuple[float, float]:
 
 
 def _config(crops_root: Path, out: Path, model_path: Path, thresholds, mlflow_uri: str, **kw) -> LabelConfig:
+    kw = {"num_cpus_per_actor": 0.5, "num_cpus_per_task": 0.5, "max_actors": 2, **kw}
     return LabelConfig(model=str(model_path), crops=str(crops_root), out=str(out), threshold=thresholds[0],
-                       link_threshold=thresholds[1], num_cpus_per_actor=0.5, num_cpus_per_task=0.5, max_actors=2,
-                       batch_size=16, mlflow_uri=mlflow_uri, **kw)
+                       link_threshold=thresholds[1], batch_size=16, mlflow_uri=mlflow_uri, **kw)
 
 
 def _cli_args(cfg: LabelConfig) -> list[str]:
@@ -125,9 +125,14 @@ def resumed(ray_session, crops, model_path, thresholds, tmp_path_factory, mlflow
 
 @pytest.fixture(scope="module")
 def annotated(ray_session, crops, model_path, thresholds, tmp_path_factory, mlflow_uri, tiny_corpus):
-    """Exactly the annotated windows of the train split (overlapping), with evaluation and the report."""
+    """Exactly the annotated windows of the train split (overlapping), with evaluation and the report; the CPU
+    defaults (1 CPU per actor and per decoding task, pool sized by the job: decoding fused into the actors that
+    hold every CPU; the job would hang if Ray Data stopped fusing them)."""
     out = tmp_path_factory.mktemp("labels") / "annotated"
+    defaults = LabelConfig()
     cfg = _config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-seq",
+                  num_cpus_per_actor=defaults.num_cpus_per_actor, num_cpus_per_task=defaults.num_cpus_per_task,
+                  max_actors=0,
                   sequences=str(tiny_corpus / "data/comics_seq/train_sequences.json"),
                   ground_truth=str(tiny_corpus / "ground_truth.csv"), report_windows=4, report_series=2)
     return out, cfg, run_label(cfg)
@@ -176,6 +181,19 @@ def test_sliding_windows():
     # panels 4..7 have no instance: no window there; the last one ends at the last panel with instances
     assert sliding_windows(["1_0_0", "1_0_9", "1_2_1"], 4, 4) == [
         "1_0_0+1_0_1+1_0_2+1_0_3", "1_0_8+1_0_9", "1_2_0+1_2_1"]
+
+
+def test_pool_size_leaves_decoding_tasks_a_cpu_unless_fused():
+    cfg = LabelConfig(model="m.pt")  # CPU defaults: 1 CPU per actor and per decoding task
+    assert decoding_fused(cfg, 0) and not decoding_fused(cfg, 1.0)
+    assert pool_size(cfg, 0, 100, {"CPU": 2}) == 2  # fused: decoding runs inside the 2 actors
+    assert pool_size(cfg, 0, 1, {"CPU": 8}) == 1  # never more actors than work units
+    apart = LabelConfig(model="m.pt", num_cpus_per_actor=1.75, num_cpus_per_task=0.25)
+    assert not decoding_fused(apart, 0) and pool_size(apart, 0, 100, {"CPU": 2}) == 1
+    assert pool_size(LabelConfig(model="m.pt", num_cpus_per_task=0.5), 0, 100, {"CPU": 2}) == 1
+    assert pool_size(cfg, 1.0, 100, {"CPU": 16, "GPU": 4}) == 4  # one per GPU; decoding on the CPUs
+    assert pool_size(cfg, 0.5, 100, {"CPU": 16, "GPU": 2}) == 4
+    assert pool_size(LabelConfig(model="m.pt", max_actors=3), 0, 100, {"CPU": 2}) == 3
 
 
 def test_embedder_pads_chunks_to_few_shapes_without_changing_embeddings():
