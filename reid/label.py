@@ -636,6 +636,8 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
             os._exit(3)
     bar.close()
     counts["seconds"] = time.time() - start
+    if first:
+        counts["first_result_seconds"] = first[0] - start  # start-up: Ray Data, the actors' imports and model
     if first and counts["shards"] > 1 and time.time() > first[0]:
         counts["steady_instances_per_s"] = (counts["rows"] + counts["errors"] - first[1]) / (time.time() - first[0])
     return counts
@@ -692,7 +694,8 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     metrics = {"rows": totals["rows"], "unassigned": totals["error_rows"], "shards": totals["shards"],
                "seconds": elapsed, "shards_this_run": counts["shards"], "embed_seconds": counts["seconds"],
                "instances_per_s": (counts["rows"] + counts["errors"]) / counts["seconds"] if counts["seconds"]
-               else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0)}
+               else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0),
+               "first_result_seconds": counts.get("first_result_seconds", 0.0)}
     metrics.update(evaluate(cfg))
     io.write_text_atomic(io.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=1, sort_keys=True))
     report = None
