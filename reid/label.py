@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 
 from reid import config, io
 from reid.assign import LINKAGES, METRICS, link_windows
-from reid.crop import CROP_SCHEMA, shard_id
+from reid.crop import CROP_SCHEMA, FAULT_INJECTION_PAUSE_S, shard_id
 from reid.data import formats
 from reid.data.ids import parse_instance_id, parse_panel_id
 from reid.errors import CheckpointError, ConfigError, DataFormatError
@@ -139,7 +139,8 @@ class LabelConfig:
     experiment: str = "comic-reid"
     name: str = field(default="label", metadata={"help": "run name; the MLflow run key"})
     fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
-                                                                "(os._exit) after this many window shards"})
+                                                                "(os._exit) after this many window shards; "
+                                                                "actors pause 1 s before each commit"})
 
     def __post_init__(self) -> None:
         config.check(bool(self.model), "--model is required")
@@ -464,6 +465,10 @@ class ShardLabeler:
                 continue
             prepared: PreparedShard = pickle.loads(payload)  # made by _prepare_batch of this same job
             embeddings = self.embedder.embed_uint8(**prepared.images)
+            if self.cfg.fail_after_shards:
+                # Fault injection: the actors run ahead of the driver's loop (all of a tiny corpus could be
+                # committed before its exit lands); pausing before each commit leaves units uncommitted.
+                time.sleep(FAULT_INJECTION_PAUSE_S)
             summaries.append(commit_shard(self.cfg, prepared, embeddings, self.model_id))
         return summaries_batch(summaries)
 
