@@ -606,10 +606,11 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
     counts: dict[str, float] = {"shards": 0, "rows": 0, "errors": 0, "seconds": 0.0}
     if not pending:
         return counts
+    resources = ray.cluster_resources()
     gpus = cfg.num_gpus_per_actor
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    actors = pool_size(cfg, gpus, len(pending), ray.cluster_resources())
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    actors = pool_size(cfg, gpus, len(pending), resources)
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"cfg": cfg, "face_size": model_cfg["face_size"],
                                                    "body_size": model_cfg["body_size"],
