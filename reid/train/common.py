@@ -113,31 +113,22 @@ def load_state(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimiz
     return state["epoch"] + 1, state["global_step"], state["best"]
 
 
-def report_epoch(metrics: dict[str, float], rank: int, save: Callable[[str], None] | None) -> None:
-    """Every rank reports once per epoch; only rank 0 attaches the checkpoint (STYLE 13)."""
-    import ray.train
-
-    if rank == 0 and save is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            save(folder)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-    else:
-        ray.train.report(metrics, checkpoint=None)
-
-
 def end_epoch(metrics: dict[str, float], rank: int, tracker: Any, *, model: nn.Module,
               optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int, best: float | None,
               run_config: dict[str, Any], stage: str, name: str) -> None:
     """The end of an epoch in every training loop: rank 0 logs the metrics to MLflow (its tracker; None on other
-    ranks), then every rank reports them to Ray Train, rank 0 with the checkpoint of this epoch."""
+    ranks), then every rank reports them to Ray Train once; only rank 0 attaches the checkpoint (STYLE 13)."""
+    import ray.train
+
     if tracker:
         tracker.log_metrics(metrics, step=epoch)
-
-    def save(folder: str) -> None:
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as folder:
         save_state(folder, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step, best=best,
                    run_config=run_config, model_extra={"stage": stage, "epoch": epoch, "name": name})
-
-    report_epoch(metrics, rank, save)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def registered_checkpoint_epochs(run_folder: str) -> set[int]:

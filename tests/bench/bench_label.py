@@ -139,24 +139,27 @@ def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return np.asarray(faces), np.asarray(bodies), boxes
 
 
-def _random_inputs(cfg, face_mask: np.ndarray, body_mask: np.ndarray) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    n = len(face_mask)
-    return {"face": rng.integers(0, 256, (n, 3, cfg.face_size, cfg.face_size), dtype=np.uint8),
-            "body": rng.integers(0, 256, (n, 3, cfg.body_size, cfg.body_size), dtype=np.uint8),
-            "face_mask": face_mask, "body_mask": body_mask}
-
-
-def bare_forward_rate(model_path: Path, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int,
-                      device: str, repeats: int = 2) -> float:
-    """Character instances/s of the model alone on pre-decoded uint8 tensors (normalised on the device)."""
+def _warm_embedder(model_path: Path | str, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int,
+                   device: str):
+    """The model in a CharacterEmbedder, random pre-decoded uint8 inputs for these masks, one batch run."""
     from reid.label_window import CharacterEmbedder
     from reid.models import load_model_checkpoint
 
     model, cfg, _ = load_model_checkpoint(str(model_path))
     embed = CharacterEmbedder(model, device, batch_size)
-    inputs = _random_inputs(cfg, face_mask, body_mask)
+    rng = np.random.default_rng(0)
+    n = len(face_mask)
+    inputs = {"face": rng.integers(0, 256, (n, 3, cfg.face_size, cfg.face_size), dtype=np.uint8),
+              "body": rng.integers(0, 256, (n, 3, cfg.body_size, cfg.body_size), dtype=np.uint8),
+              "face_mask": face_mask, "body_mask": body_mask}
     embed.embed_uint8(**{k: v[:batch_size] for k, v in inputs.items()})
+    return embed, inputs
+
+
+def bare_forward_rate(model_path: Path, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int,
+                      device: str, repeats: int = 2) -> float:
+    """Character instances/s of the model alone on pre-decoded uint8 tensors (normalised on the device)."""
+    embed, inputs = _warm_embedder(model_path, face_mask, body_mask, batch_size, device)
     best = float("inf")
     for _ in range(repeats):
         _sync(device)
@@ -169,14 +172,8 @@ def bare_forward_rate(model_path: Path, face_mask: np.ndarray, body_mask: np.nda
 
 def _forward_part(model_path: str, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int, repeats: int,
                   barrier, results) -> None:
-    from reid.label_window import CharacterEmbedder
-    from reid.models import load_model_checkpoint
-
     torch.set_num_threads(1)
-    model, cfg, _ = load_model_checkpoint(model_path)
-    embed = CharacterEmbedder(model, "cpu", batch_size)
-    inputs = _random_inputs(cfg, face_mask, body_mask)
-    embed.embed_uint8(**{k: v[:batch_size] for k, v in inputs.items()})
+    embed, inputs = _warm_embedder(model_path, face_mask, body_mask, batch_size, "cpu")
     for _ in range(repeats):
         barrier.wait()
         start = time.perf_counter()
