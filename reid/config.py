@@ -122,7 +122,7 @@ def save_yaml(cfg: Any, path: str) -> None:
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` plus one ``--field-name`` flag per dataclass field."""
     parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,
                         help="YAML file of field: value (same names as these flags, with _); flags override it")
     for name, f in _fields(cls).items():

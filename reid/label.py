@@ -54,10 +54,11 @@ import pyarrow.parquet as pq
 
 from reid import config, io
 from reid.assign import LINKAGES, METRICS, link_windows
+from reid.calibration import PAPER_THRESHOLD
 from reid.crop import CROP_SCHEMA, FAULT_INJECTION_PAUSE_S, shard_id
 from reid.data import formats
 from reid.data.ids import parse_instance_id, parse_panel_id
-from reid.errors import CheckpointError, ConfigError, DataFormatError
+from reid.errors import CheckpointError, ConfigError, DataFormatError, ReidError
 from reid.images import DEFAULT_MAX_PIXELS, decode_image
 from reid.shards import (
     ERROR_SCHEMA,
@@ -80,7 +81,9 @@ LABEL_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("shard", pa.string()),
 ])
 CENTROID_SCHEMA = pa.schema([("series_id", pa.int64()), ("window_id", pa.string()), ("identity", pa.int64()),
-                             ("members", pa.int32()), ("centroid", pa.list_(pa.float32()))])
+                             ("members", pa.int32()), ("centroid", pa.list_(pa.float32())),
+                             # the character instances of the window identity and their panels (cannot-link)
+                             ("member_keys", pa.list_(pa.string())), ("member_panels", pa.list_(pa.string()))])
 EMBEDDING_SCHEMA = pa.schema([("char_key", pa.string()), ("face_id", pa.string()), ("body_id", pa.string()),
                               ("embedding", pa.list_(pa.float32()))])
 MODEL_FIELDS = ("arch", "face_size", "body_size", "embed_dim")
@@ -106,11 +109,14 @@ class LabelConfig:
     window_size: int = field(default=4, metadata={"help": "consecutive panels per window"})
     stride: int = field(default=4, metadata={"help": "panels between window starts (= window_size: each "
                                                      "panel in one window)"})
-    threshold: float = field(default=0.82, metadata={"help": "assigner distance threshold per window"})
+    threshold: float | None = field(default=None, metadata={"help": "assigner distance threshold per window "
+                                                                    "(default: the model's calibrated value, "
+                                                                    "else 0.82)"})
     metric: str = "euclidean"
     linkage: str = "average"
-    link_threshold: float = field(default=0.82, metadata={"help": "threshold linking window identities "
-                                                                  "across a series"})
+    link_threshold: float | None = field(default=None, metadata={"help": "threshold linking window identities "
+                                                                         "across a series (default: the model's "
+                                                                         "calibrated value, else 0.82)"})
     arch: str | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     face_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     body_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
@@ -146,7 +152,8 @@ class LabelConfig:
         config.check(bool(self.model), "--model is required")
         config.check(self.window_size >= 1, f"window_size must be >= 1, got {self.window_size}")
         config.check(self.stride >= 1, f"stride must be >= 1, got {self.stride}")
-        config.check(self.threshold > 0 and self.link_threshold > 0, "threshold and link_threshold must be > 0")
+        config.check(all(t is None or t > 0 for t in (self.threshold, self.link_threshold)),
+                     "threshold and link_threshold must be > 0")
         config.check(self.metric in METRICS, f"metric must be one of {METRICS}, got {self.metric!r}")
         config.check(self.linkage in LINKAGES, f"linkage must be one of {LINKAGES}, got {self.linkage!r}")
         config.check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -359,10 +366,15 @@ def label_rows(prepared: PreparedShard, embeddings: np.ndarray, cfg: LabelConfig
         members = [i for p in panels for i in by_panel.get(p, [])]
         if not members:
             continue
-        labels, centres, distances = cluster_window(embeddings[members], cfg.threshold, cfg.metric, cfg.linkage)
+        member_panels = [prepared.characters[i]["panel_id"] for i in members]
+        labels, centres, distances = cluster_window(embeddings[members], cfg.threshold, cfg.metric, cfg.linkage,
+                                                    panels=member_panels)
         series = prepared.characters[members[0]]["series_id"]
         centroids += [{"series_id": series, "window_id": window_id, "identity": k,
-                       "members": int((labels == k).sum()), "centroid": centres[k].tolist()}
+                       "members": int((labels == k).sum()), "centroid": centres[k].tolist(),
+                       "member_keys": [prepared.characters[i]["key"] for i, lab in zip(members, labels, strict=True)
+                                       if lab == k],
+                       "member_panels": [p for p, lab in zip(member_panels, labels, strict=True) if lab == k]}
                       for k in range(len(centres))]
         for i, label, distance in zip(members, labels, distances, strict=True):
             char = prepared.characters[i]
@@ -490,7 +502,10 @@ def link_series(cfg: LabelConfig, shards: list[str]) -> dict[tuple[str, int], in
     window_ids = np.asarray(centroids["window_id"].to_pylist(), object)
     labels = np.asarray(centroids["identity"].to_pylist(), np.int64)
     series = np.asarray(centroids["series_id"].to_pylist(), np.int64)
-    linked = link_windows(points, labels, window_ids, series, cfg.link_threshold, cfg.metric, cfg.linkage)
+    members = [dict(zip(panels, keys, strict=True)) for panels, keys in
+               zip(centroids["member_panels"].to_pylist(), centroids["member_keys"].to_pylist(), strict=True)]
+    linked = link_windows(points, labels, window_ids, series, cfg.link_threshold, cfg.metric, cfg.linkage,
+                          members=members)
     return {(w, int(k)): int(s) for w, k, s in zip(window_ids, labels, linked, strict=True)}
 
 
@@ -513,6 +528,34 @@ def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:
     return summaries
 
 
+def check_cannot_link(labels_root: str, shards: list[str] | None = None) -> dict[str, int]:
+    """The finish step's guarantee: no window identity and no series identity holds two different character
+    instances of one panel. A panel's rows all lie in one shard, so each shard is checked on its own.
+
+    Raises ReidError naming the first violations; returns {"checked_rows": N, "identities": ...} counts.
+    """
+    checked, violations = 0, []
+    wanted = set(shards) if shards is not None else None
+    for shard, rows in iter_labels(labels_root, ["panel_id", "char_key", "window_id", "identity", "series_id",
+                                                 "series_identity"], include_unassigned=False):
+        if wanted is not None and shard not in wanted:
+            continue
+        seen: dict[tuple, str] = {}
+        for r in rows.to_pylist():
+            checked += 1
+            for level, key in (("window", (r["window_id"], r["identity"])),
+                               ("series", (r["series_id"], r["series_identity"]))):
+                slot = (level, *key, r["panel_id"])
+                other = seen.setdefault(slot, r["char_key"])
+                if other != r["char_key"] and len(violations) < 20:
+                    violations.append(f"{level} identity {key} holds {other} and {r['char_key']} "
+                                      f"(shard {shard})")
+    if violations:
+        raise ReidError(f"{labels_root}: cannot-link violated, two characters of one panel share an identity: "
+                        + "; ".join(violations))
+    return {"cannot_link_checked_rows": checked}
+
+
 def _finish_batch(batch: dict[str, Any], cfg: LabelConfig) -> dict[str, list]:
     summaries = [s for shards in batch["shards"] for s in finish_series(cfg, [str(x) for x in shards])]
     return summaries_batch(summaries)
@@ -520,11 +563,12 @@ def _finish_batch(batch: dict[str, Any], cfg: LabelConfig) -> dict[str, list]:
 
 # -- driver --------------------------------------------------------------------------------------------------
 
-def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None):
-    """The Re-ID net of ``cfg.model`` and its sha256; raises CheckpointError on a bad path, a checkpoint that
-    is not a Re-ID model, a config that differs from the flags, or bytes that changed since the driver read
-    them."""
-    from reid.models.checkpoint import load_checkpoint_payload, model_from_payload
+def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None, with_extra: bool = False):
+    """The Re-ID net of ``cfg.model`` and its sha256 (and the checkpoint's ``extra`` with ``with_extra``);
+    raises CheckpointError on a bad path, a checkpoint that is not a Re-ID model, a config that differs from
+    the flags, or bytes that changed since the driver read them. The model is built from exactly the bytes
+    that were hashed (one read), so the sha256 always describes the weights in use."""
+    from reid.models.checkpoint import model_from_payload, payload_from_bytes
 
     try:
         data = io.read_bytes(cfg.model)
@@ -534,13 +578,30 @@ def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None):
     if expected_sha256 and sha256 != expected_sha256:
         raise CheckpointError(f"{cfg.model} changed while the job ran (sha256 {sha256[:12]} != "
                               f"{expected_sha256[:12]})")
-    payload = load_checkpoint_payload(cfg.model)
-    model, model_cfg, _ = model_from_payload(payload, cfg.model, expected_kind="reid")
+    model, model_cfg, extra = model_from_payload(payload_from_bytes(data, cfg.model), cfg.model,
+                                                 expected_kind="reid")
     mismatch = [f"{k}: checkpoint {getattr(model_cfg, k)!r} != flag {getattr(cfg, k)!r}" for k in MODEL_FIELDS
                 if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(model_cfg, k)]
     if mismatch:
         raise CheckpointError(f"{cfg.model}: the model does not match the requested config: {mismatch}")
-    return model, sha256
+    return (model, sha256, extra) if with_extra else (model, sha256)
+
+
+def resolve_thresholds(cfg: LabelConfig, extra: dict[str, Any]) -> tuple[LabelConfig, dict[str, str]]:
+    """Fill the thresholds the flags left unset from the checkpoint's calibration (fine-tuning chose them on
+    the validation sequences), else the paper's 0.82. Returns the config and where each value came from."""
+    calibration = extra.get("calibration") or {}
+    values, sources = {}, {}
+    for name, key in (("threshold", "threshold"), ("link_threshold", "link_threshold")):
+        if getattr(cfg, name) is not None:
+            values[name], sources[name] = getattr(cfg, name), "flag"
+        elif key in calibration:
+            values[name] = float(calibration[key])
+            sources[name] = f"checkpoint calibration ({calibration.get('source', 'validation sequences')})"
+        else:
+            values[name], sources[name] = PAPER_THRESHOLD, "default (the paper's value; the checkpoint has no " \
+                                                           "calibration)"
+    return config.replace(cfg, **values), sources
 
 
 def check_inputs(cfg: LabelConfig) -> dict[str, Any]:
@@ -555,12 +616,12 @@ def check_inputs(cfg: LabelConfig) -> dict[str, Any]:
     if cfg.instances and _normpath(cfg.instances) != _normpath(params.get("instances", "")):
         raise ConfigError(f"--instances {cfg.instances} is not the CSV the crops in {cfg.crops} were made from "
                           f"({params.get('instances')})")
-    model, sha256 = load_reid_model(cfg)
+    model, sha256, extra = load_reid_model(cfg, with_extra=True)
     if cfg.sequences:
         formats.read_sequences(cfg.sequences, panels_per_window=cfg.window_size)
     if cfg.ground_truth and not io.exists(cfg.ground_truth):
         raise DataFormatError(cfg.ground_truth, "ground truth file not found")
-    return {**params, "model_sha256": sha256, "model_config": model.config.to_dict()}
+    return {**params, "model_sha256": sha256, "model_config": model.config.to_dict(), "model_extra": extra}
 
 
 def _normpath(path: str) -> str:
@@ -674,6 +735,9 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     from reid.tracking import Tracker
 
     inputs = check_inputs(cfg)
+    cfg, threshold_sources = resolve_thresholds(cfg, inputs["model_extra"])
+    log.info("label: window threshold %.3g (%s), link threshold %.3g (%s)", cfg.threshold,
+             threshold_sources["threshold"], cfg.link_threshold, threshold_sources["link_threshold"])
     identity = job_identity(cfg, inputs)
     windows_out, final = ShardedOutput(windows_root(cfg.out), "row_id"), ShardedOutput(cfg.out, "row_id")
     windows_out.bind_job(identity)
@@ -685,7 +749,8 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "label"},
                       spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
     tracker.log_params({**config.to_dict(cfg), "model_sha256": inputs["model_sha256"], "shards": len(shards),
-                        **{f"model_{k}": v for k, v in inputs["model_config"].items()}})
+                        **{f"model_{k}": v for k, v in inputs["model_config"].items()},
+                        **{f"{k}_source": v for k, v in threshold_sources.items()}})
     model_id = {"model": cfg.model, "model_sha256": inputs["model_sha256"], "run_id": tracker.run_id or ""}
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     counts = run_windows_pass(cfg, items, model_id, inputs["model_config"], inputs["pages_per_shard"], tracker)
@@ -694,6 +759,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         else None
     windows_out.finalize(shards, expected_input_rows=expected)
     run_series_pass(cfg, shards)
+    checked = check_cannot_link(cfg.out, shards)  # before _SUCCESS: an output that breaks it is never complete
     elapsed = time.time() - start
     totals = final.finalize(shards, expected_input_rows=expected,
                             extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": counts["shards"]})
@@ -701,8 +767,10 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
                "seconds": elapsed, "shards_this_run": counts["shards"], "embed_seconds": counts["seconds"],
                "instances_per_s": (counts["rows"] + counts["errors"]) / counts["seconds"] if counts["seconds"]
                else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0),
-               "first_result_seconds": counts.get("first_result_seconds", 0.0)}
+               "first_result_seconds": counts.get("first_result_seconds", 0.0), **checked}
     metrics.update(evaluate(cfg))
+    metrics.update(threshold=cfg.threshold, link_threshold=cfg.link_threshold,
+                   **{f"{k}_source": v for k, v in threshold_sources.items()})
     io.write_text_atomic(io.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=1, sort_keys=True))
     report = None
     if cfg.report_windows:
@@ -711,7 +779,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         report = write_report(cfg.out, cfg.crops, cfg.comics_root or inputs.get("comics_root", ""),
                               io.join(cfg.out, "report"), cfg.report_windows, cfg.report_series,
                               cfg.report_members)
-    tracker.log_metrics(metrics, step=0)
+    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=0)
     if not io.is_uri(cfg.out):
         tracker.log_artifact(io.join(cfg.out, "metrics.json"))
         if report:
@@ -804,4 +872,20 @@ def evaluate_ground_truth(labels_root: str, ground_truth: str) -> dict[str, floa
         s = list(series_items.values())
         scores = clustering_scores([p for p, _, _ in s], [y for _, y, _ in s], [g for _, _, g in s])
         out.update({f"gt_series_{k}": float(v) for k, v in scores.items()})
+        out.update(identity_counts(s))
     return out
+
+
+def identity_counts(items: list[tuple[int, str, int]]) -> dict[str, float]:
+    """Predicted vs true identities per series, from (series identity, true identity, series) items:
+    ``gt_series_identities`` and ``gt_series_true_identities`` (means over series) and their ratio (the mean
+    over series of predicted / true: 1.0 = as many identities as characters)."""
+    predicted: dict[int, set] = defaultdict(set)
+    true: dict[int, set] = defaultdict(set)
+    for pred, label, series in items:
+        predicted[series].add(pred)
+        true[series].add(label)
+    series = sorted(true)
+    return {"gt_series_identities": float(np.mean([len(predicted[k]) for k in series])),
+            "gt_series_true_identities": float(np.mean([len(true[k]) for k in series])),
+            "gt_series_identity_ratio": float(np.mean([len(predicted[k]) / len(true[k]) for k in series]))}

@@ -135,15 +135,19 @@ class CharacterEmbedder:
 
 
 def cluster_window(embeddings: np.ndarray, threshold: float = 0.82, metric: str = "euclidean",
-                   linkage: str = "average") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   linkage: str = "average", panels: Sequence[str] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One window's embeddings (N, D) → identities (N,) int64 0..K-1, centres (K, D), distances (N,).
+
+    ``panels`` (N,), the panel of each character instance: two instances of one panel never share an
+    identity (cannot-link, :func:`reid.assign.assign_window`). None clusters without constraints.
 
     A centre is the mean of its members' unit embeddings, re-normalised (as :func:`reid.assign.link_windows`
     computes it); a distance is the Euclidean distance of a member's unit embedding to its centre.
     """
     points = np.asarray(embeddings, np.float64)
     points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    labels = assign_window(points, threshold, metric, linkage)
+    labels = assign_window(points, threshold, metric, linkage, panels=panels)
     k = int(labels.max()) + 1 if len(labels) else 0
     centres = np.zeros((k, points.shape[1]))
     np.add.at(centres, labels, points)
@@ -202,7 +206,8 @@ def label_window(model: torch.nn.Module, panels: Sequence[ImageLike], boxes: Seq
     ``panels``: the window's panel images (PIL or HxWx3 uint8 arrays); ``boxes``: dicts with ``panel``
     (index into ``panels``), ``type`` (face | body), ``char_index`` (a face and a body with the same
     non-negative value in one panel are one character and get one identity) and ``box`` (x0, y0, x1, y1 as
-    in the instance CSV) or a ready crop ``image``. A box with no pixels in its panel gets None.
+    in the instance CSV) or a ready crop ``image``. A box with no pixels in its panel gets None. Two
+    characters of one panel never get one identity (cannot-link).
     """
     crops = crop_boxes(panels, boxes, face_scale)
     characters = pair_boxes(boxes, [c is not None for c in crops])
@@ -212,7 +217,8 @@ def label_window(model: torch.nn.Module, panels: Sequence[ImageLike], boxes: Seq
     embed = CharacterEmbedder(model, device)
     embeddings = embed([crops[f] if f is not None else None for f, _ in characters],
                        [crops[b] if b is not None else None for _, b in characters])
-    labels, _, _ = cluster_window(embeddings, threshold, metric, linkage)
+    panel_of = [boxes[f if f is not None else b]["panel"] for f, b in characters]
+    labels, _, _ = cluster_window(embeddings, threshold, metric, linkage, panels=[str(p) for p in panel_of])
     for (f, b), label in zip(characters, labels, strict=True):
         for index in (f, b):
             if index is not None:

@@ -101,7 +101,12 @@ def _read_bytes(path: str) -> bytes:
 
 def load_checkpoint_payload(path: str) -> dict[str, Any]:
     """The raw checkpoint dict at ``path``, read with ``weights_only=True`` and its header validated."""
-    data = _read_bytes(path)
+    return payload_from_bytes(_read_bytes(path), path)
+
+
+def payload_from_bytes(data: bytes, path: str = "<bytes>") -> dict[str, Any]:
+    """The checkpoint dict in ``data`` (the bytes of one read: hash and load the same bytes); ``path`` names
+    it in errors."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types; all mean "not our checkpoint"

@@ -14,22 +14,27 @@ MLflow: a parent run, and a child run per linkage with the scores at each thresh
 
 from __future__ import annotations
 
-import io as _io
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from reid import config, io
-from reid.assign import LINKAGES, METRICS, assign_window
-from reid.eval.metrics import clustering_scores
+from reid.assign import LINKAGES, METRICS
+from reid.calibration import (
+    OBJECTIVES,
+    SCORES,
+    choose_threshold,
+    distance_histogram_png,
+    grid_scores,
+    pair_distances,
+)
 from reid.sweeps.summary import markdown_table, write_summary
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("AMI", "ARI", "bcubed_f1")
-SCORES = ("AMI", "ARI", "bcubed_f1", "bcubed_precision", "bcubed_recall")
+__all__ = ["OBJECTIVES", "SCORES", "ThresholdSweepConfig", "choose_threshold", "distance_histogram_png",
+           "grid_scores", "pair_distances", "run_threshold_sweep"]
 
 
 @dataclass(frozen=True)
@@ -70,101 +75,6 @@ class ThresholdSweepConfig:
 
     def thresholds(self) -> np.ndarray:
         return np.linspace(self.threshold_min, self.threshold_max, self.threshold_steps)
-
-
-def _group_rows(groups: np.ndarray) -> list[np.ndarray]:
-    return [np.flatnonzero(groups == g) for g in np.unique(groups)]
-
-
-def grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, thresholds: np.ndarray,
-                linkages: tuple[str, ...], metric: str = "euclidean") -> list[dict[str, Any]]:
-    """Clustering scores of the assigner at every (linkage, threshold), within groups (windows).
-
-    embeddings (N, D); labels (N,) true identities; groups (N,) window of each row. Returns one row per
-    grid point: linkage, threshold, ARI, AMI, B-cubed precision/recall/F1 (means over windows), clusters
-    (predicted identities, summed over windows).
-    """
-    windows = _group_rows(np.asarray(groups))
-    rows = []
-    for linkage in linkages:
-        for threshold in thresholds:
-            pred = np.zeros(len(labels), dtype=np.int64)
-            clusters = 0
-            for idx in windows:
-                pred[idx] = assign_window(embeddings[idx], float(threshold), metric, linkage)
-                clusters += int(pred[idx].max()) + 1
-            scores = clustering_scores(pred, labels, groups)
-            rows.append({"linkage": linkage, "threshold": round(float(threshold), 6),
-                         **{k: float(scores[k]) for k in SCORES}, "clusters": clusters})
-    return rows
-
-
-def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> dict[str, Any]:
-    """The grid row with the best ``objective``; among ties, the middle of the widest run of consecutive
-    thresholds (one linkage) at that score. Earlier linkages win ties of equal width."""
-    finite = [r for r in rows if math.isfinite(r[objective])]
-    if not finite:
-        raise ValueError(f"no grid point has a finite {objective}")
-    best = max(r[objective] for r in finite)
-    runs: list[list[dict[str, Any]]] = []
-    for linkage in dict.fromkeys(r["linkage"] for r in rows):
-        current: list[dict[str, Any]] = []
-        for row in sorted((r for r in rows if r["linkage"] == linkage), key=lambda r: r["threshold"]):
-            if math.isfinite(row[objective]) and math.isclose(row[objective], best, rel_tol=1e-9, abs_tol=1e-12):
-                current.append(row)
-            elif current:
-                runs.append(current)
-                current = []
-        if current:
-            runs.append(current)
-    widest = max(runs, key=len)
-    return widest[(len(widest) - 1) // 2]
-
-
-def pair_distances(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                   metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
-    """Distances of all pairs inside one window, split into (same identity, different identity).
-
-    Rows are L2-normalised first, as the assigner does; ``metric`` is euclidean or cosine (1 - cos).
-    """
-    points = np.asarray(embeddings, dtype=np.float64)
-    points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    labels = np.asarray(labels)
-    positive, negative = [], []
-    for idx in _group_rows(np.asarray(groups)):
-        cosine = np.clip(points[idx] @ points[idx].T, -1.0, 1.0)
-        dist = np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0)) if metric == "euclidean" else 1.0 - cosine
-        upper = np.triu_indices(len(idx), k=1)
-        same = labels[idx][:, None] == labels[idx][None, :]
-        positive.append(dist[upper][same[upper]])
-        negative.append(dist[upper][~same[upper]])
-    empty = np.zeros(0)
-    return (np.concatenate(positive) if positive else empty), (np.concatenate(negative) if negative else empty)
-
-
-def distance_histogram_png(positive: np.ndarray, negative: np.ndarray, threshold: float, title: str) -> bytes:
-    """PNG of the positive/negative pair distance histograms with the chosen threshold as a vertical line."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    high = 1.1 * max(threshold, float(positive.max(initial=0)), float(negative.max(initial=0)))
-    bins = np.linspace(0.0, high, 41)
-    ax.hist(negative, bins=bins, alpha=0.6, color="tab:red", density=True,
-            label=f"different identity ({len(negative)} pairs)")
-    ax.hist(positive, bins=bins, alpha=0.6, color="tab:blue", density=True,
-            label=f"same identity ({len(positive)} pairs)")
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
-    ax.set_xlabel("distance between unit-norm embeddings (within a window)")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    out = _io.BytesIO()
-    fig.savefig(out, format="png")
-    return out.getvalue()
 
 
 def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:

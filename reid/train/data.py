@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import functools
-import io as _io
 import json
 import zlib
 from collections import defaultdict
@@ -29,6 +28,7 @@ from reid import io
 from reid.crop import shard_id
 from reid.data.formats import Sequence
 from reid.errors import DataFormatError
+from reid.images import decode_image
 from reid.shards import ShardedOutput
 
 INSTANCE_KEY_SEP = "#"
@@ -101,8 +101,9 @@ def count_character_instances(crops_root: str) -> int:
     return total
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    return Image.open(_io.BytesIO(data)).convert("RGB")
+def decode_rgb(data: bytes, source: str = "crop") -> Image.Image:
+    """Crop bytes → RGB image through the one decoder (:func:`reid.images.decode_image`, pixel limit)."""
+    return decode_image(data, source)
 
 
 def to_uint8_chw(image: torch.Tensor | Image.Image) -> np.ndarray:
@@ -186,25 +187,28 @@ def sequence_rows(sequences: list[Sequence], pages_per_shard: int) -> list[dict[
     """Plain rows for a Ray Dataset: one per sequence, instances listed with their charId label."""
     rows = []
     for seq in sequences:
-        faces, bodies, labels = [], [], []
+        faces, bodies, labels, panels = [], [], [], []
         for label, character in enumerate(seq.characters):
             for inst in character.instances:
                 faces.append(inst.face or "")
                 bodies.append(inst.body or "")
                 labels.append(label)
+                panels.append(inst.panel_id)
         if not labels:
             continue
         shards = sorted({shard_id(p.series, p.page, pages_per_shard) for p in seq.panels})
         rows.append({"seq_id": seq.seq_id, "series_id": seq.series_id, "face_ids": faces, "body_ids": bodies,
-                     "labels": labels, "shards": shards})
+                     "labels": labels, "panels": panels, "shards": shards})
     return rows
 
 
 class SequenceCrops:
     """Ray Data UDF: fetch and decode every crop of a batch of sequences (reading only their shards).
 
-    Output per sequence: face (K,3,F,F) / body (K,3,B,B) uint8, face_mask / body_mask (K,), labels (K,).
-    A crop that the crop job could not produce is masked out; an instance with neither is dropped.
+    Output per sequence: face (K,3,F,F) / body (K,3,B,B) uint8, face_mask / body_mask (K,), labels (K,),
+    panels (K,) panel ids. A crop that the crop job could not produce is masked out; an instance with neither
+    is dropped. Evaluation crops get exactly the labeling job's preprocessing (:class:`CropPreprocessor`'s
+    uint8 geometry), so validation, calibration and labeling see the same pixels.
     """
 
     def __init__(self, crops_root: str, face_size: int, body_size: int, augment_train: bool) -> None:
@@ -215,8 +219,10 @@ class SequenceCrops:
             self.face_tf = augment.weak_face(face_size)
             self.body_tf = augment.weak_body(body_size)
         else:
-            self.face_tf = augment.eval_transform(face_size, "face")
-            self.body_tf = augment.eval_transform(body_size, "body")
+            from reid.label_window import CropPreprocessor
+
+            geometry = CropPreprocessor(face_size, body_size).geometry
+            self.face_tf, self.body_tf = geometry["face"], geometry["body"]
         self.face_size, self.body_size = face_size, body_size
 
     def _fetch(self, shards: set[str], ids: set[str]) -> dict[str, bytes]:
@@ -234,11 +240,11 @@ class SequenceCrops:
         ids = {i for col in ("face_ids", "body_ids") for ids_ in batch[col] for i in ids_ if i}
         crops = self._fetch({s for shards in batch["shards"] for s in shards}, ids)
         out: dict[str, list] = defaultdict(list)
-        for seq_id, series_id, face_ids, body_ids, labels in zip(batch["seq_id"], batch["series_id"],
-                                                                 batch["face_ids"], batch["body_ids"],
-                                                                 batch["labels"], strict=True):
-            faces, bodies, fmask, bmask, kept = [], [], [], [], []
-            for face_id, body_id, label in zip(face_ids, body_ids, labels, strict=True):
+        for seq_id, series_id, face_ids, body_ids, labels, panels in zip(
+                batch["seq_id"], batch["series_id"], batch["face_ids"], batch["body_ids"], batch["labels"],
+                batch["panels"], strict=True):
+            faces, bodies, fmask, bmask, kept, kept_panels = [], [], [], [], [], []
+            for face_id, body_id, label, panel in zip(face_ids, body_ids, labels, panels, strict=True):
                 has_face, has_body = face_id in crops, body_id in crops
                 if not (has_face or has_body):
                     continue
@@ -247,6 +253,7 @@ class SequenceCrops:
                 fmask.append(has_face)
                 bmask.append(has_body)
                 kept.append(label)
+                kept_panels.append(str(panel))
             out["seq_id"].append(seq_id)
             out["series_id"].append(series_id)
             out["face"].append(np.stack(faces) if faces else np.zeros((0, 3, self.face_size, self.face_size), np.uint8))
@@ -255,6 +262,7 @@ class SequenceCrops:
             out["face_mask"].append(np.asarray(fmask, bool))
             out["body_mask"].append(np.asarray(bmask, bool))
             out["labels"].append(np.asarray(kept, np.int64))
+            out["panels"].append(np.asarray(kept_panels, object))
         return dict(out)
 
     @staticmethod
@@ -286,9 +294,10 @@ def _sequence_crops(batch: dict[str, np.ndarray], crops_root: str, face_size: in
 def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, torch.Tensor]:
     """A batch of sequence rows → one flat batch of instances with global labels and sequence ids.
 
-    Labels become unique across the batch's sequences (a charId is only meaningful inside its sequence).
+    Labels become unique across the batch's sequences (a charId is only meaningful inside its sequence);
+    ``panels`` lists each instance's panel id (empty when the rows carry none).
     """
-    faces, bodies, fmask, bmask, labels, seq_index, series = [], [], [], [], [], [], []
+    faces, bodies, fmask, bmask, labels, seq_index, series, panels = [], [], [], [], [], [], [], []
     next_label = first_label
     for s, (face, body, fm, bm, lab, ser) in enumerate(zip(batch["face"], batch["body"], batch["face_mask"],
                                                            batch["body_mask"], batch["labels"],
@@ -304,8 +313,10 @@ def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, 
         next_label += int(lab.max()) + 1
         seq_index.append(torch.full((len(lab),), s, dtype=torch.int64))
         series.append(torch.full((len(lab),), int(ser), dtype=torch.int64))
+        if "panels" in batch:
+            panels += [str(p) for p in batch["panels"][s]]
     if not labels:
         return {}
     return {"face": torch.cat(faces), "body": torch.cat(bodies), "face_mask": torch.cat(fmask),
             "body_mask": torch.cat(bmask), "labels": torch.cat(labels), "sequence": torch.cat(seq_index),
-            "series": torch.cat(series)}
+            "series": torch.cat(series), "panels": panels}

@@ -86,28 +86,31 @@ def build_model(cfg: FinetuneConfig) -> ReIDNet:
                                embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl))
 
 
-@torch.no_grad()
 def embed_batches(model: ReIDNet, batches, device: torch.device) -> dict[str, np.ndarray]:
-    """Embed collated sequence batches → embeddings, labels (unique per sequence and charId), sequence ids."""
-    model.eval()
-    embs, labels, seqs = [], [], []
+    """Embed collated sequence batches → embeddings, labels (unique per sequence and charId), sequence ids,
+    panel ids. The forward is the labeling job's (:class:`reid.label_window.CharacterEmbedder`), so
+    validation, threshold calibration, the threshold sweep and labeling embed through one code path."""
+    from reid.label_window import CharacterEmbedder
+
+    embedder = CharacterEmbedder(model, device)
+    embs, labels, seqs, panels = [], [], [], []
     next_label, next_seq = 0, 0
     for raw in batches:
         batch = collate_sequences(raw, first_label=next_label)
         if not batch:
             continue
-        emb = model(normalize_uint8(batch["face"].to(device)), normalize_uint8(batch["body"].to(device)),
-                    batch["face_mask"].to(device), batch["body_mask"].to(device))
-        embs.append(emb.float().cpu())
-        labels.append(batch["labels"])
-        seqs.append(batch["sequence"] + next_seq)
+        embs.append(embedder.embed_uint8(batch["face"].numpy(), batch["body"].numpy(), batch["face_mask"].numpy(),
+                                         batch["body_mask"].numpy()))
+        labels.append(batch["labels"].numpy())
+        seqs.append(batch["sequence"].numpy() + next_seq)
+        panels += batch["panels"]
         next_label = int(batch["labels"].max()) + 1
         next_seq += int(batch["sequence"].max()) + 1
     if not embs:
         return {"embeddings": np.zeros((0, model.config.embed_dim), np.float32), "labels": np.zeros(0, np.int64),
-                "sequences": np.zeros(0, np.int64)}
-    return {"embeddings": torch.cat(embs).numpy(), "labels": torch.cat(labels).numpy(),
-            "sequences": torch.cat(seqs).numpy()}
+                "sequences": np.zeros(0, np.int64), "panels": np.zeros(0, object)}
+    return {"embeddings": np.concatenate(embs), "labels": np.concatenate(labels),
+            "sequences": np.concatenate(seqs), "panels": np.asarray(panels, object)}
 
 
 def evaluate(model: ReIDNet, batches, device: torch.device, prefix: str) -> dict[str, float]:
@@ -233,11 +236,44 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     result = trainer.fit()
     if result.error:
         raise result.error
-    return finish(cfg, result, splits["test"], parent_run_id)
+    return finish(cfg, result, splits["validation"], splits["test"], parent_run_id)
 
 
-def finish(cfg: FinetuneConfig, result, test_sequences, parent_run_id: str | None) -> dict[str, Any]:
-    """Best checkpoint → test metrics, TorchScript export, MLflow artifacts."""
+def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The assigner's window and series-linking thresholds chosen on labelled ``sequences`` (the validation
+    split) with the labeling job's own embedding path and constrained assigner (:mod:`reid.calibration`).
+    Returns (calibration record, the embeddings it was computed on)."""
+    from reid.calibration import calibrate
+    from reid.train.data import sequence_dataset
+
+    ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus)
+    values = embed_batches(model, ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"))
+    if len(values["labels"]) < 2:
+        raise ConfigError(f"{cfg.sequences}: the validation split has {len(values['labels'])} embedded "
+                          "instance(s); at least 2 are needed to calibrate the assigner")
+    record = calibrate(values["embeddings"], values["labels"], values["sequences"], values["panels"])
+    record["source"] = f"validation sequences of fine-tuning run {cfg.name} ({cfg.sequences})"
+    return record, values
+
+
+def record_calibration(path: str, calibration: dict[str, Any]) -> None:
+    """Store the calibration in the checkpoint's ``extra`` (atomically; weights untouched)."""
+    import io as _io
+
+    from reid.models.checkpoint import load_checkpoint_payload
+
+    payload = load_checkpoint_payload(path)
+    payload["extra"] = {**(payload.get("extra") or {}), "calibration": calibration}
+    buffer = _io.BytesIO()
+    torch.save(payload, buffer)
+    io.write_bytes_atomic(path, buffer.getvalue())
+
+
+def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_run_id: str | None
+           ) -> dict[str, Any]:
+    """Best checkpoint → thresholds calibrated on validation (stored in the checkpoint), test metrics,
+    TorchScript export, MLflow artifacts."""
+    from reid.calibration import distance_histogram_png, pair_distances
     from reid.models.checkpoint import load_model_checkpoint
     from reid.models.export import export_torchscript
     from reid.tracking import Tracker
@@ -247,6 +283,11 @@ def finish(cfg: FinetuneConfig, result, test_sequences, parent_run_id: str | Non
     best_model = common.publish_model(best.path, cfg.storage, cfg.name)
     out_dir = io.join(cfg.storage, cfg.name, "final")
     model, _, _ = load_model_checkpoint(best_model)
+    calibration, val = calibrate_model(model, cfg, val_sequences)
+    record_calibration(best_model, calibration)
+    log.info("finetune: assigner calibrated on %d validation windows: threshold %.3g, link threshold %.3g "
+             "(window AMI %.3f)", calibration["windows"], calibration["threshold"], calibration["link_threshold"],
+             calibration["window_AMI"])
     test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus)
     test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
     exported = io.join(out_dir, "reid_net.torchscript.pt")
@@ -254,13 +295,23 @@ def finish(cfg: FinetuneConfig, result, test_sequences, parent_run_id: str | Non
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
                       spool_dir=common.spool_dir(cfg.storage, cfg.name))
     tracker.log_metrics(test, step=cfg.epochs)
+    tracker.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
+                         if isinstance(v, int | float)}, step=cfg.epochs)
+    tracker.set_tags({"reid.calibration_source": calibration["source"]})
+    histogram = io.join(out_dir, "val_distances.png")
+    positive, negative = pair_distances(val["embeddings"], val["labels"], val["sequences"])
+    io.write_bytes_atomic(histogram, distance_histogram_png(
+        positive, negative, calibration["threshold"],
+        f"validation pairs within a window; calibrated threshold {calibration['threshold']:.3g}"))
     if not io.is_uri(best_model):
         tracker.log_artifact(best_model, "model")
         tracker.log_artifact(exported, "model")
+        tracker.log_artifact(histogram, "plots")
     tracker.set_tags({"reid.best_checkpoint": best.path})
     tracker.close()
     log.info("finetune: test %s; best model %s", test, best_model)
-    return {"best_model": best_model, "exported": exported, "test": test, "result": result}
+    return {"best_model": best_model, "exported": exported, "test": test, "result": result,
+            "calibration": calibration}
 
 
 def _best_checkpoint(result):

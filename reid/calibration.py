@@ -1,0 +1,190 @@
+"""Choosing the assigner's thresholds from labelled windows (Ray-free; used by fine-tuning and the sweep).
+
+The window threshold is scored the way the labeling job clusters: :func:`reid.assign.assign_window` per
+labelled window (sequence), constrained by panels when they are known, against the window's charIds. The
+series-linking threshold cannot be scored on whole series (charIds are relative to one sequence), so each
+labelled sequence stands in for a small series: it is cut into two half-windows, each clustered at the
+chosen window threshold, and their clusters are linked with :func:`reid.assign.link_windows` exactly as the
+series pass links window clusters; the linked identities are scored against the sequence's charIds.
+
+Among grid points tied on the objective, the middle of the widest run of tied thresholds wins (the farthest
+from where the score drops).
+"""
+
+from __future__ import annotations
+
+import io as _io
+import math
+from typing import Any
+
+import numpy as np
+
+from reid.assign import assign_window, link_windows
+from reid.eval.metrics import clustering_scores
+
+OBJECTIVES = ("AMI", "ARI", "bcubed_f1")
+SCORES = ("AMI", "ARI", "bcubed_f1", "bcubed_precision", "bcubed_recall")
+DEFAULT_GRID = tuple(round(0.1 + 0.05 * i, 3) for i in range(37))  # 0.10 .. 1.90
+PAPER_THRESHOLD = 0.82
+
+
+def group_rows(groups: np.ndarray) -> list[np.ndarray]:
+    """Row indices of every group (sorted group ids)."""
+    groups = np.asarray(groups)
+    return [np.flatnonzero(groups == g) for g in np.unique(groups)]
+
+
+def grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, thresholds: Any,
+                linkages: tuple[str, ...], metric: str = "euclidean", panels: Any | None = None
+                ) -> list[dict[str, Any]]:
+    """Clustering scores of the assigner at every (linkage, threshold), within groups (windows).
+
+    embeddings (N, D); labels (N,) true identities; groups (N,) window of each row; panels (N,) or None (no
+    cannot-link). Returns one row per grid point: linkage, threshold, ARI, AMI, B-cubed precision/recall/F1
+    (means over windows), clusters (predicted identities, summed over windows).
+    """
+    windows = group_rows(groups)
+    panels = None if panels is None else np.asarray(panels, dtype=object)
+    rows = []
+    for linkage in linkages:
+        for threshold in thresholds:
+            pred = np.zeros(len(labels), dtype=np.int64)
+            clusters = 0
+            for idx in windows:
+                pred[idx] = assign_window(embeddings[idx], float(threshold), metric, linkage,
+                                          panels=None if panels is None else panels[idx])
+                clusters += int(pred[idx].max()) + 1
+            scores = clustering_scores(pred, labels, groups)
+            rows.append({"linkage": linkage, "threshold": round(float(threshold), 6),
+                         **{k: float(scores[k]) for k in SCORES}, "clusters": clusters})
+    return rows
+
+
+def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> dict[str, Any]:
+    """The grid row with the best ``objective``; among ties, the middle of the widest run of consecutive
+    thresholds (one linkage) at that score. Earlier linkages win ties of equal width."""
+    finite = [r for r in rows if math.isfinite(r[objective])]
+    if not finite:
+        raise ValueError(f"no grid point has a finite {objective}")
+    best = max(r[objective] for r in finite)
+    runs: list[list[dict[str, Any]]] = []
+    for linkage in dict.fromkeys(r["linkage"] for r in rows):
+        current: list[dict[str, Any]] = []
+        for row in sorted((r for r in rows if r["linkage"] == linkage), key=lambda r: r["threshold"]):
+            if math.isfinite(row[objective]) and math.isclose(row[objective], best, rel_tol=1e-9, abs_tol=1e-12):
+                current.append(row)
+            elif current:
+                runs.append(current)
+                current = []
+        if current:
+            runs.append(current)
+    widest = max(runs, key=len)
+    return widest[(len(widest) - 1) // 2]
+
+
+def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
+                     window_threshold: float, thresholds: Any, linkage: str = "average",
+                     metric: str = "euclidean") -> list[dict[str, Any]]:
+    """Scores of series linking at each threshold, each labelled window standing in for a series.
+
+    Each group's panels are cut into a first and a second half (two half-windows); each half is clustered at
+    ``window_threshold`` (cannot-link by panel), then the half-window clusters are linked at every threshold
+    (cannot-link by panel) and the linked identities scored against ``labels`` within the group.
+    Groups with one panel are skipped (nothing to link).
+    """
+    points = np.asarray(embeddings, np.float64)
+    panels = np.asarray(panels, dtype=object)
+    half_ids, half_labels, members_keys, members_panels, series, rows_used = [], [], [], [], [], []
+    for g, idx in enumerate(group_rows(groups)):
+        ordered = sorted(set(panels[idx]))
+        if len(ordered) < 2:
+            continue
+        first = set(ordered[: len(ordered) // 2])
+        for half in (0, 1):
+            part = np.asarray([i for i in idx if (panels[i] in first) == (half == 0)])
+            window_labels = assign_window(points[part], window_threshold, metric, linkage, panels=panels[part])
+            for i, lab in zip(part, window_labels, strict=True):
+                rows_used.append(i)
+                half_ids.append(f"{g}/{half}")
+                half_labels.append(int(lab))
+                members_keys.append(str(i))
+                members_panels.append(str(panels[i]))
+                series.append(g)
+    if not rows_used:
+        return []
+    rows_used = np.asarray(rows_used)
+    half_ids_a, half_labels_a, series_a = np.asarray(half_ids), np.asarray(half_labels), np.asarray(series)
+    # one {panel: instance} map per row: link_windows merges them per half-window cluster
+    members = [{p: k} for p, k in zip(members_panels, members_keys, strict=True)]
+    out = []
+    for threshold in thresholds:
+        linked = link_windows(points[rows_used], half_labels_a, half_ids_a, series_a, float(threshold), metric,
+                              linkage, members=members)
+        scores = clustering_scores(linked, np.asarray(labels)[rows_used], series_a)
+        out.append({"linkage": linkage, "threshold": round(float(threshold), 6),
+                    **{k: float(scores[k]) for k in SCORES}, "clusters": int(len(np.unique(linked)))})
+    return out
+
+
+def pair_distances(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                   metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """Distances of all pairs inside one window, split into (same identity, different identity).
+
+    Rows are L2-normalised first, as the assigner does; ``metric`` is euclidean or cosine (1 - cos).
+    """
+    points = np.asarray(embeddings, dtype=np.float64)
+    points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    positive, negative = [], []
+    for idx in group_rows(np.asarray(groups)):
+        cosine = np.clip(points[idx] @ points[idx].T, -1.0, 1.0)
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0)) if metric == "euclidean" else 1.0 - cosine
+        upper = np.triu_indices(len(idx), k=1)
+        same = labels[idx][:, None] == labels[idx][None, :]
+        positive.append(dist[upper][same[upper]])
+        negative.append(dist[upper][~same[upper]])
+    empty = np.zeros(0)
+    return (np.concatenate(positive) if positive else empty), (np.concatenate(negative) if negative else empty)
+
+
+def distance_histogram_png(positive: np.ndarray, negative: np.ndarray, threshold: float, title: str) -> bytes:
+    """PNG of the positive/negative pair distance histograms with the chosen threshold as a vertical line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    high = 1.1 * max(threshold, float(positive.max(initial=0)), float(negative.max(initial=0)))
+    bins = np.linspace(0.0, high, 41)
+    ax.hist(negative, bins=bins, alpha=0.6, color="tab:red", density=True,
+            label=f"different identity ({len(negative)} pairs)")
+    ax.hist(positive, bins=bins, alpha=0.6, color="tab:blue", density=True,
+            label=f"same identity ({len(positive)} pairs)")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("distance between unit-norm embeddings (within a window)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = _io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
+              linkage: str = "average", metric: str = "euclidean", objective: str = "AMI",
+              thresholds: Any = DEFAULT_GRID) -> dict[str, Any]:
+    """Window and linking thresholds for labelled windows: {"threshold", "link_threshold", "linkage", "metric",
+    "objective", "window_<score>", "link_<score>", "windows", "instances"} (plain floats and strings)."""
+    window_rows = grid_scores(embeddings, labels, groups, thresholds, (linkage,), metric, panels)
+    window = choose_threshold(window_rows, objective)
+    link_rows = link_grid_scores(embeddings, labels, groups, panels, window["threshold"], thresholds, linkage,
+                                 metric)
+    link = choose_threshold(link_rows, objective) if link_rows else {"threshold": window["threshold"]}
+    result: dict[str, Any] = {"threshold": float(window["threshold"]), "link_threshold": float(link["threshold"]),
+                              "linkage": linkage, "metric": metric, "objective": objective,
+                              "windows": len(np.unique(groups)), "instances": len(labels)}
+    result.update({f"window_{k}": float(window[k]) for k in SCORES})
+    result.update({f"link_{k}": float(link[k]) for k in SCORES if k in link})
+    return result

@@ -1,0 +1,103 @@
+"""Constrained assignment and linking (two instances of one panel are two characters) and calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+from sklearn.cluster import AgglomerativeClustering
+
+from reid.assign import (
+    assign_window,
+    cluster_conflicts,
+    constrained_agglomerative,
+    link_windows,
+    panel_conflicts,
+)
+from reid.calibration import calibrate, choose_threshold, grid_scores
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("method", ["average", "complete", "single"])
+@pytest.mark.parametrize("seed", range(3))
+def test_without_constraints_equals_sklearn(method: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    points = unit(np.repeat(rng.normal(size=(5, 8)), 4, axis=0) + rng.normal(scale=0.4, size=(20, 8)))
+    got = constrained_agglomerative(squareform(pdist(points)), 0.9, method)
+    want = AgglomerativeClustering(n_clusters=None, distance_threshold=0.9, linkage=method).fit_predict(points)
+    seen: dict = {}
+    assert got.tolist() == [seen.setdefault(x, len(seen)) for x in want.tolist()]
+
+
+def test_two_characters_of_one_panel_are_never_merged() -> None:
+    # Two look-alike characters side by side in panel p0 (almost the same embedding), and one of them again
+    # in p1: unconstrained, all three merge; constrained, the two of p0 stay apart and p1 joins its nearest.
+    a, a_twin, a_again = [1.0, 0.0, 0.0], [0.99, 0.14, 0.0], [0.98, 0.0, 0.2]
+    points = np.array([a, a_twin, a_again])
+    panels = ["s_0_0", "s_0_0", "s_0_1"]
+    assert assign_window(points, 0.82).tolist() == [0, 0, 0]
+    got = assign_window(points, 0.82, panels=panels)
+    assert got[0] != got[1]
+    assert got[2] == got[0]  # a_again is closer to a than to a_twin
+
+
+def test_constraint_propagates_through_merges() -> None:
+    # x (panel A) and y (panel B) merge first; z (panel A, like y) may then not join them (x is in A too).
+    points = unit(np.array([[1.0, 0.0], [1.0, 0.05], [1.0, 0.12]]))
+    got = assign_window(points, 0.5, panels=["A", "B", "A"])
+    assert got[0] == got[1] and got[2] != got[0]
+
+
+def test_same_instance_in_two_windows_is_no_conflict() -> None:
+    conflicts = panel_conflicts(["p", "p", "q"], instances=["i1", "i1", "i2"])
+    assert not conflicts.any()
+    assert panel_conflicts(["p", "p"], instances=["i1", "i2"])[0, 1]
+    assert cluster_conflicts([{"p": "i1"}, {"p": "i1"}, {"p": "i2"}]).tolist() == [
+        [False, False, True], [False, False, True], [True, True, False]]
+
+
+def test_link_windows_constrained_refuses_two_characters_of_one_panel() -> None:
+    # Window W1 has characters c1 and c2 in panel p (distinct clusters); window W2 has c1 again. The window
+    # clusters all look alike: unconstrained linking joins c1, c2 and c1'; constrained keeps c2 apart and
+    # every window cluster still gets exactly one series identity.
+    points = unit(np.array([[1.0, 0.0], [1.0, 0.1], [1.0, 0.02]]))
+    window_labels = np.array([0, 1, 0])
+    window_ids = np.array(["W1", "W1", "W2"])
+    series = np.array([7, 7, 7])
+    members = [{"p": "c1"}, {"p": "c2"}, {"q": "c1'"}]
+    free = link_windows(points, window_labels, window_ids, series, 0.82)
+    assert len(set(free.tolist())) == 1
+    got = link_windows(points, window_labels, window_ids, series, 0.82, members=members)
+    assert got[0] != got[1] and got[2] == got[0]
+    with pytest.raises(ValueError, match="members"):
+        link_windows(points, window_labels, window_ids, series, 0.82, members=members[:2])
+
+
+def test_calibration_finds_the_gap_between_positive_and_negative_distances() -> None:
+    # Every window has 3 characters x 2 instances; same-character pairs are 0.40 apart, different characters at
+    # least ~1.0: every threshold in (0.40, ~1.0] is perfect, and the middle of that run is chosen.
+    rng = np.random.default_rng(0)
+    rows, labels, groups, panels = [], [], [], []
+    for w in range(6):
+        basis = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+        for c in range(3):
+            centre = basis[c]
+            other = basis[3 + c]
+            for k, sign in enumerate((1, -1)):
+                rows.append(centre * np.sqrt(1 - 0.04) + sign * 0.2 * other)  # pair distance 0.40
+                labels.append(w * 10 + c)
+                groups.append(w)
+                panels.append(f"{w}_{k}_{c}")
+    emb, labels, groups = np.array(rows), np.array(labels), np.array(groups)
+    rows_ = grid_scores(emb, labels, groups, np.round(np.arange(0.1, 1.91, 0.05), 3), ("average",))
+    perfect = [r["threshold"] for r in rows_ if r["AMI"] > 0.999]
+    assert min(perfect) == pytest.approx(0.45) and max(perfect) <= 1.45
+    chosen = choose_threshold(rows_)
+    assert chosen["threshold"] == pytest.approx(perfect[(len(perfect) - 1) // 2])
+    record = calibrate(emb, labels, groups, panels)
+    assert record["threshold"] == pytest.approx(chosen["threshold"])
+    assert 0.4 < record["link_threshold"] < 1.5
+    assert record["window_AMI"] > 0.999 and record["link_AMI"] > 0.999
