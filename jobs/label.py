@@ -12,11 +12,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 from reid.cli import run_main  # noqa: E402
 from reid.config import parse_config  # noqa: E402
 from reid.label import LabelConfig, run_label  # noqa: E402
+from reid.report import write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(LabelConfig, argv, description=__doc__)
-    out = run_label(cfg)
+    out = run_label(cfg, report_writer=write_report)
     totals = out["totals"]
     print(f"labels: {totals['rows']} labelled, {totals['error_rows']} unassigned (see {cfg.out}/errors/), "
           f"output in {cfg.out}")

@@ -1,10 +1,10 @@
-"""Crop stage: COMICS panels → face and body crops, sharded over Ray, exactly once (DESIGN §1, §2, §5).
+"""Crop stage: COMICS panels → face and body crops, sharded over Ray, exactly once (docs/ARCHITECTURE.md).
 
 1. *Plan* (driver, streaming): validate the instance CSV chunk by chunk (a malformed CSV fails here, before
    any work) and append each chunk's rows to ``_plan/<shard>/<chunk>.parquet``. A shard is a block of
    ``pages_per_shard`` pages of one series, so every panel of a shard is read and decoded exactly once.
 2. *Crop* (Ray Data): one task per pending shard decodes each panel once, crops its boxes, writes the seed's
-   file layout and commits the shard's crops and errors (:mod:`reid.shards`). Committed shards are skipped,
+   file layout and commits the shard's crops and errors (:mod:`reid.contracts.manifest`; output contract :mod:`reid.contracts.crops`). Committed shards are skipped,
    so a killed job re-run finishes only the rest.
 3. *Finalize*: check rows in = crops + errors with unique ids, write ``_SUCCESS``, log counts to MLflow.
 """
@@ -13,31 +13,27 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from reid import config, io
+from reid import config, faults, io
+from reid.contracts.crops import CROP_SCHEMA, crop_relpath, shard_id
+from reid.contracts.manifest import (
+    ShardedOutput,
+    ShardSummary,
+    error_table,
+    summaries_batch,
+    table_to_parquet_bytes,
+)
 from reid.data import formats
 from reid.errors import DataFormatError
 from reid.geometry import EmptyBoxError, crop_box
 from reid.images import DEFAULT_MAX_PIXELS, decode_image, encode_jpeg
-from reid.shards import ShardedOutput, ShardSummary, error_table, summaries_batch, table_to_parquet_bytes
 
 log = logging.getLogger(__name__)
-
-CROP_SCHEMA = pa.schema([
-    ("instance_id", pa.string()), ("panel_id", pa.string()), ("series_id", pa.int64()),
-    ("page", pa.int64()), ("panel", pa.int64()), ("type", pa.string()), ("index", pa.int64()),
-    ("char_index", pa.int64()), ("box", pa.list_(pa.int32(), 4)), ("width", pa.int32()),
-    ("height", pa.int32()), ("image", pa.binary()), ("shard", pa.string()),
-])
-FACE_DIR, BODY_DIR = "comics_crops_large_faces", "comics_crops"
-FAULT_INJECTION_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,11 +74,6 @@ class CropConfig:
         return self.instances or io.join(self.comics_root, "data", "ssl", "merged_face_body.csv")
 
 
-def shard_id(series_id: int, page: int, pages_per_shard: int) -> str:
-    """Deterministic shard of a page: ``<series>-<block of pages>``."""
-    return f"{series_id}-{page // pages_per_shard:05d}"
-
-
 def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int]:
     """Validate the instance CSV (streaming) and write it, split by shard, under ``<out>/_plan``.
 
@@ -112,17 +103,8 @@ def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int]:
 
 def _read_plan(cfg: CropConfig, shard: str) -> pa.Table:
     folder = io.join(cfg.out, "_plan", shard)
-    fs, _ = io.resolve(folder)
-    tables = [pq.read_table(io.resolve(io.join(folder, name))[1], filesystem=fs)
-              for name in io.list_files(folder, ".parquet")]
+    tables = [io.read_parquet(io.join(folder, name)) for name in io.list_files(folder, ".parquet")]
     return pa.concat_tables(tables)
-
-
-def crop_relpath(type_: str, series: int, page: int, panel: int, index: int) -> str:
-    """The seed's layout: faces under comics_crops_large_faces/, bodies under comics_crops/.../bodies/."""
-    if type_ == "face":
-        return f"{FACE_DIR}/{series}/{page}_{panel}/{index}.jpg"
-    return f"{BODY_DIR}/{series}/{page}_{panel}/bodies/{index}.jpg"
 
 
 def crop_shard(cfg: CropConfig, shard: str) -> ShardSummary:
@@ -171,10 +153,7 @@ def _error(box: dict, shard: str, source: str, reason: str) -> dict[str, str]:
 
 def _crop_batch(batch: dict, cfg: CropConfig) -> dict:
     summaries = [crop_shard(cfg, str(s)) for s in batch["shard"]]
-    if cfg.fail_after_shards:
-        # Fault injection: Ray Data runs ahead of the driver's loop; slow the tasks down so that the driver's exit
-        # after N results lands mid-way, with shards still uncommitted.
-        time.sleep(FAULT_INJECTION_PAUSE_S)
+    faults.pause_before_commit(cfg.fail_after_shards)
     return summaries_batch(summaries)
 
 
@@ -222,9 +201,7 @@ def run_crop(cfg: CropConfig) -> dict:
             errors += row["error_rows"]
             bar.update(row["input_rows"])
             bar.set_postfix(shards=f"{len(done) + committed_now}/{len(shards)}", errors=errors)
-            if cfg.fail_after_shards and committed_now >= cfg.fail_after_shards:
-                log.error("fault injection: driver exits after %d shards", committed_now)
-                os._exit(3)
+            faults.driver_exit_after(committed_now, cfg.fail_after_shards)
         bar.close()
     elapsed = time.time() - start
     totals = output.finalize(shards, expected_input_rows=input_rows,
@@ -236,11 +213,3 @@ def run_crop(cfg: CropConfig) -> dict:
     tracker.log_metrics(metrics, step=0)
     tracker.close()
     return totals
-
-
-def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:
-    """All committed crops of a finished crop job (refuses an unfinished one)."""
-    output = ShardedOutput(crops_root, "instance_id")
-    if not output.is_complete():
-        raise DataFormatError(crops_root, "crop output is incomplete (no _SUCCESS): re-run the crop job")
-    return output.read(columns)

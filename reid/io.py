@@ -90,3 +90,11 @@ def delete_file(path: str) -> None:
     fs, p = resolve(path)
     if fs.get_file_info(p).type != pafs.FileType.NotFound:
         fs.delete_file(p)
+
+
+def read_parquet(path: str, columns: list[str] | None = None, filters=None):
+    """One Parquet file (local path or URI) as a pyarrow Table; the one Parquet read helper of the project."""
+    import pyarrow.parquet as pq
+
+    fs, inner = resolve(path)
+    return pq.read_table(inner, filesystem=fs, columns=columns, filters=filters)

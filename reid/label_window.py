@@ -4,7 +4,7 @@ The labeling job (:mod:`reid.label`) uses the same three steps on every window o
 :func:`embed_characters` (eval transforms, a missing modality masked, never a fake image) and
 :func:`cluster_window` (the assigner of :mod:`reid.assign`, plus each cluster's centre and each member's
 distance to it). A *character instance* is a face and/or a body with the same ``char_index`` in one panel
-(:func:`reid.train.data.pair_rows`); both boxes of a character get its identity.
+(:func:`reid.contracts.crops.pair_rows`); both boxes of a character get its identity.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from reid.assign import assign_window
-from reid.data import augment
+from reid.contracts.crops import pair_rows
+from reid.embedding import CharacterEmbedder, CropPreprocessor  # noqa: F401 (part of this API)
 from reid.geometry import EmptyBoxError, crop_box
-from reid.train.data import pair_rows
 
 ImageLike = Image.Image | np.ndarray | bytes
 
@@ -33,105 +32,6 @@ def _pil(image: ImageLike) -> Image.Image:
     if isinstance(image, bytes | bytearray):
         return Image.open(_io.BytesIO(image)).convert("RGB")
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-
-
-class CropPreprocessor:
-    """Crops → uint8 arrays with exactly the geometry of :func:`reid.data.augment.eval_transform`.
-
-    The eval transform is split where its dtype conversion starts: the geometry (square resize for faces,
-    resize + pad for bodies) runs on the CPU, per crop, and yields uint8 (3, S, S) (4x smaller to move
-    between processes and to the GPU); the rest (scale to [0, 1], normalise) runs batched on the device in
-    :meth:`normalize`. The composition equals ``eval_transform(size, kind)`` bit for bit.
-    """
-
-    def __init__(self, face_size: int, body_size: int) -> None:
-        self.sizes = {"face": face_size, "body": body_size}
-        self.geometry, self.tail = {}, {}
-        for kind, size in self.sizes.items():
-            steps = list(augment.eval_transform(size, kind).transforms)
-            split = next((i for i, t in enumerate(steps) if isinstance(t, v2.ToDtype)), None)
-            if split is None or not all(isinstance(t, v2.ToDtype | v2.Normalize) for t in steps[split:]):
-                raise TypeError(f"eval_transform({size}, {kind!r}) no longer ends in ToDtype/Normalize: {steps}")
-            self.geometry[kind], self.tail[kind] = v2.Compose(steps[:split]), v2.Compose(steps[split:])
-
-    def __call__(self, faces: Sequence[Image.Image | None], bodies: Sequence[Image.Image | None]
-                 ) -> dict[str, np.ndarray]:
-        """Crops (None = missing) → face (N,3,F,F), body (N,3,B,B) uint8; face_mask, body_mask bool (N,).
-
-        A missing crop is a zero image whose mask is False: the network never sees it.
-        """
-        out: dict[str, np.ndarray] = {}
-        for kind, crops in (("face", faces), ("body", bodies)):
-            size = self.sizes[kind]
-            images = np.zeros((len(crops), 3, size, size), np.uint8)
-            for i, crop in enumerate(crops):
-                if crop is not None:
-                    images[i] = self.geometry[kind](crop).numpy()
-            out[kind] = images
-            out[f"{kind}_mask"] = np.asarray([c is not None for c in crops], bool)
-        return out
-
-    def normalize(self, images: torch.Tensor, kind: str) -> torch.Tensor:
-        """uint8 (N,3,S,S) on any device → the eval transform's float output (mean 0.5, std 0.5)."""
-        return self.tail[kind](images)
-
-
-PAD_MULTIPLE = 8
-
-
-def _pad_rows(x: np.ndarray, pad: int, value: object = 0) -> np.ndarray:
-    if not pad:
-        return x
-    return np.concatenate([x, np.full((pad, *x.shape[1:]), value, x.dtype)])
-
-
-class CharacterEmbedder:
-    """Embeds character instances with a Re-ID net: face (F px) and body (B px) crops → (N, embed_dim).
-
-    Holds the model in eval mode on ``device`` (this puts a model passed in into eval mode) and a
-    :class:`CropPreprocessor` for its input sizes.
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
-                 batch_size: int = 128) -> None:
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device).eval()
-        self.batch_size = batch_size
-        self.preprocess = CropPreprocessor(model.config.face_size, model.config.body_size)
-
-    def padded_size(self, n: int) -> int:
-        """Rows a chunk of ``n`` is padded to: the next multiple of :data:`PAD_MULTIPLE`, at most the batch size.
-
-        Work units give every size from 1 to ``batch_size``; each new input shape costs the CPU backend new
-        kernels and memory it keeps (RSS of a labeling actor grew 1.2 → 3.5 GB over 40 distinct batch sizes),
-        and a GPU new autotuning. Eval mode makes rows independent, so padding changes no embedding."""
-        return n if n >= self.batch_size else min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, self.batch_size)
-
-    @torch.inference_mode()
-    def embed_uint8(self, face: np.ndarray, body: np.ndarray, face_mask: np.ndarray, body_mask: np.ndarray
-                    ) -> np.ndarray:
-        """Preprocessed crops (see :class:`CropPreprocessor`) → (N, embed_dim) float32, L2-normalised,
-        in batches of ``batch_size``."""
-        chunks = []
-        for i in range(0, len(face_mask), self.batch_size):
-            part = slice(i, i + self.batch_size)
-            n = len(face_mask[part])
-            pad = self.padded_size(n) - n
-            f, b = (torch.from_numpy(_pad_rows(np.ascontiguousarray(x[part]), pad)).to(self.device,
-                                                                                        non_blocking=True)
-                    for x in (face, body))
-            fm = _pad_rows(np.asarray(face_mask[part], bool), pad, True)  # a padding row is a black "face"
-            bm = _pad_rows(np.asarray(body_mask[part], bool), pad, False)
-            out = self.model(self.preprocess.normalize(f, "face"), self.preprocess.normalize(b, "body"),
-                             torch.from_numpy(fm).to(self.device), torch.from_numpy(bm).to(self.device))
-            chunks.append(out[:n].float().cpu().numpy())
-        if not chunks:
-            return np.zeros((0, self.model.config.embed_dim), np.float32)
-        return np.concatenate(chunks)
-
-    def __call__(self, faces: Sequence[Image.Image | None], bodies: Sequence[Image.Image | None]) -> np.ndarray:
-        """Face and body crops (None = missing; never both) → (N, embed_dim) float32."""
-        return self.embed_uint8(**self.preprocess(faces, bodies))
 
 
 def cluster_window(embeddings: np.ndarray, threshold: float = 0.82, metric: str = "euclidean",

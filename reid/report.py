@@ -21,15 +21,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from reid import io
+from reid.contracts.crops import read_shard_crops, series_of_shard
+from reid.contracts.labels import labels_output, read_quality, split_row_id, window_panels
 from reid.data import formats
+from reid.data.ids import parse_instance_id
 from reid.errors import DataFormatError
 from reid.images import decode_image
-from reid.label import series_of_shard
-from reid.shards import ShardedOutput
 
 GOLDEN = 0.6180339887498949
 GALLERY_IDENTITIES = 12
@@ -133,11 +133,6 @@ def identity_gallery(rows: Sequence[tuple[int, int, Sequence[Image.Image]]], thu
 
 # -- reading the labels output --------------------------------------------------------------------------
 
-def _read(path: str, columns: list[str] | None = None) -> pa.Table:
-    fs, p = io.resolve(path)
-    return pq.read_table(p, filesystem=fs, columns=columns)
-
-
 def _png(image: Image.Image) -> bytes:
     out = _io.BytesIO()
     image.save(out, format="PNG", optimize=True)
@@ -149,9 +144,9 @@ def sample_windows(labels_root: str, count: int) -> list[tuple[str, str]]:
     streaming (one shard's window ids in memory at a time)."""
     heap: list[tuple[int, str, str]] = []
     seen: set[str] = set()
-    for shard in sorted(ShardedOutput(labels_root, "row_id").committed()):
-        for window_id in set(_read(io.join(labels_root, "data", f"{shard}.parquet"), ["window_id"])
-                             ["window_id"].to_pylist()):
+    output = labels_output(labels_root)
+    for shard in sorted(output.committed()):
+        for window_id in set(io.read_parquet(output.data_path(shard), ["window_id"])["window_id"].to_pylist()):
             if window_id in seen:
                 continue
             item = (-zlib.crc32(window_id.encode()), window_id, shard)
@@ -178,15 +173,15 @@ def _window_figure(labels_root: str, comics_root: str, window_id: str, shard: st
                    rows_cache: dict[str, pa.Table]) -> dict[str, Any]:
     if shard not in rows_cache:
         rows_cache.clear()
-        rows_cache[shard] = _read(io.join(labels_root, "data", f"{shard}.parquet"),
-                                  ["window_id", "panel_id", "type", "box", "identity"])
+        rows_cache[shard] = io.read_parquet(labels_output(labels_root).data_path(shard),
+                                            ["window_id", "panel_id", "type", "box", "identity"])
     rows = rows_cache[shard]
     rows = rows.filter(pc.equal(rows["window_id"], window_id)).to_pylist()
-    panel_ids = window_id.split("+")
+    panel_ids = window_panels(window_id)
     boxes = [{"panel": panel_ids.index(r["panel_id"]), "type": r["type"], "box": r["box"],
               "identity": r["identity"]} for r in rows]
-    errors = _read(io.join(labels_root, "errors", f"{shard}.parquet"), ["id"])["id"].to_pylist()
-    unassigned = sum(1 for e in errors if e.endswith("@" + window_id))
+    errors = io.read_parquet(labels_output(labels_root).errors_path(shard), ["id"])["id"].to_pylist()
+    unassigned = sum(1 for e in errors if split_row_id(e)[1] == window_id)
     image = draw_window([_panel_image(comics_root, p) for p in panel_ids], boxes)
     name = f"windows/{window_id.replace('+', '__')}.png"
     io.write_bytes_atomic(io.join(out_dir, name), _png(image))
@@ -195,10 +190,11 @@ def _window_figure(labels_root: str, comics_root: str, window_id: str, shard: st
 
 
 def _series_gallery(labels_root: str, crops_root: str, series: int, out_dir: str, members: int) -> dict[str, Any]:
-    shards = [s for s in sorted(ShardedOutput(labels_root, "row_id").committed()) if series_of_shard(s) == series]
+    output = labels_output(labels_root)
+    shards = [s for s in sorted(output.committed()) if series_of_shard(s) == series]
     by_identity: dict[int, list[str]] = defaultdict(list)
     for shard in shards:
-        table = _read(io.join(labels_root, "data", f"{shard}.parquet"), ["instance_id", "series_identity"])
+        table = io.read_parquet(output.data_path(shard), ["instance_id", "series_identity"])
         for instance_id, identity in zip(table["instance_id"].to_pylist(), table["series_identity"].to_pylist(),
                                          strict=True):
             if instance_id not in by_identity[identity]:
@@ -215,8 +211,8 @@ def _series_gallery(labels_root: str, crops_root: str, series: int, out_dir: str
 
 def _spread(instance_ids: list[str], count: int) -> list[str]:
     """Up to ``count`` members, half faces and half bodies when there are both, spread over the series."""
-    faces = sorted(i for i in instance_ids if "_face_" in i)
-    bodies = sorted(i for i in instance_ids if "_body_" in i)
+    faces = sorted(i for i in instance_ids if parse_instance_id(i).type == "face")
+    bodies = sorted(i for i in instance_ids if parse_instance_id(i).type == "body")
     n_faces = min(len(faces), max((count + 1) // 2, count - len(bodies)))
     picked_faces, picked_bodies = _evenly(faces, n_faces), _evenly(bodies, count - n_faces)
     out = [i for pair in zip(picked_faces, picked_bodies, strict=False) for i in pair]
@@ -233,14 +229,13 @@ def _crop_images(crops_root: str, shards: list[str], ids: set[str]) -> dict[str,
     """Crops of ``ids`` from the crop job's Parquet (the label shards of a series are crop shards)."""
     out: dict[str, Image.Image] = {}
     for shard in shards:
-        path = io.join(crops_root, "data", f"{shard}.parquet")
-        if not ids or not io.exists(path):
+        table = read_shard_crops(crops_root, shard, ["instance_id", "image"]) if ids else None
+        if table is None:
             continue
-        table = _read(path, ["instance_id", "image"])
         table = table.filter(pc.is_in(table["instance_id"], pa.array(sorted(ids))))
         for instance_id, data in zip(table["instance_id"].to_pylist(), table["image"].to_pylist(), strict=True):
             try:
-                out[instance_id] = decode_image(data, f"{path}#{instance_id}")
+                out[instance_id] = decode_image(data, f"{crops_root} shard {shard}#{instance_id}")
             except DataFormatError:
                 continue
     return out
@@ -268,13 +263,14 @@ def _html(labels_root: str, figures: list[dict[str, Any]], galleries: list[dict[
         if io.exists(path):
             summary.update(json.loads(io.read_text(path)))
     table = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in sorted(summary.items()))
+    words = _quality_in_words(summary, read_quality(labels_root))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>comic-reid labels</title><style>",
              "body{font-family:sans-serif;margin:1.5em}img{max-width:100%;border:1px solid #ccc}"
              "figure{margin:0 0 2em 0}td{padding:0 1em 0 0}</style></head><body>",
-             "<h1>comic-reid: identity labels</h1>",
+             "<h1>comic-reid: identity labels</h1>", words,
              "<p>Boxes: thick = face, thin = body; colour and number = identity within the window; "
              "grey '?' = unassigned. Galleries: one row per series-level identity.</p>",
-             f"<table>{table}</table><h2>Windows</h2>"]
+             f"<h2>All figures</h2><table>{table}</table><h2>Windows</h2>"]
     for f in figures:
         parts.append(f"<figure><img src='{esc(f['file'])}' alt='{esc(f['window_id'])}'><figcaption>"
                      f"{esc(f['window_id'])}: {f['identities']} identities, {f['boxes']} boxes, "
@@ -285,6 +281,23 @@ def _html(labels_root: str, figures: list[dict[str, Any]], galleries: list[dict[
                      f"{g['series']}: {g['identities']} identities ({g['shown']} largest shown)</figcaption>"
                      "</figure>")
     parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _quality_in_words(summary: dict[str, Any], quality: list[dict] | None) -> str:
+    """The report's opening: the thresholds used and, with ground truth, one plain sentence per series."""
+    esc = html.escape
+    parts = []
+    if "threshold" in summary:
+        parts.append(f"<p>Thresholds: window {_fmt(summary['threshold'])} "
+                     f"({esc(str(summary.get('threshold_source', '?')))}); series linking "
+                     f"{_fmt(summary.get('link_threshold'))} ({esc(str(summary.get('link_threshold_source', '?')))}).</p>")
+    if quality:
+        parts.append("<h2>Quality against the ground truth</h2><ul>")
+        parts += [f"<li>series {q['series']}: {q['identities']} identities found; ground truth {q['true_identities']}; "
+                  f"B-cubed F1 {q['bcubed_f1']:.2f} (precision {q['bcubed_precision']:.2f}, recall "
+                  f"{q['bcubed_recall']:.2f}); AMI {q['AMI']:.2f}</li>" for q in quality]
+        parts.append("</ul>")
     return "\n".join(parts)
 
 

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from reid.crop import CROP_SCHEMA, CropConfig, crop_relpath, read_crops, run_crop, shards_per_ray_task
+from reid.contracts.crops import CROP_SCHEMA, crop_relpath, read_crops
+from reid.crop import CropConfig, run_crop, shards_per_ray_task
 from reid.data.formats import read_instances
 from reid.errors import ConfigError, DataFormatError
 from reid.geometry import face_crop_box

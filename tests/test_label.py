@@ -24,14 +24,15 @@ from PIL import Image
 
 from reid.assign import link_windows
 from reid.cli import run_main
+from reid.contracts.crops import pair_rows
 from reid.data.augment import eval_transform
 from reid.data.formats import read_instances, read_sequences
 from reid.data.ids import parse_instance_id
+from reid.embedding import CharacterEmbedder, CropPreprocessor, decode_rgb
 from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.label import LabelConfig, decoding_fused, pool_size, read_labels, run_label, sliding_windows
-from reid.label_window import CharacterEmbedder, CropPreprocessor, crop_boxes, label_window
+from reid.label_window import crop_boxes, label_window
 from reid.models import ModelConfig, ReIDNet, SSLNet, load_model_checkpoint, save_model_checkpoint
-from reid.train.data import decode_rgb, pair_rows
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from reid.errors import ConfigError, DataFormatError
 from reid.models.backbone import ModelConfig
-from reid.models.checkpoint import save_model_checkpoint
+from reid.models.checkpoint import reid_net_from_ssl_checkpoint, save_model_checkpoint
 from reid.models.reid_net import ReIDNet
 from reid.models.ssl import SSLNet
 
@@ -115,7 +115,7 @@ def test_from_ssl_checkpoint_reuses_the_ssl_features(tmp_path) -> None:
     torch.manual_seed(3)
     ssl = SSLNet(TINY)
     path = save_model_checkpoint(ssl, str(tmp_path / "ssl.pt"))
-    net = ReIDNet.from_ssl_checkpoint(path, embed_dim=12, freeze_ssl=False)
+    net = reid_net_from_ssl_checkpoint(path, embed_dim=12, freeze_ssl=False)
     assert net.config.embed_dim == 12 and not net.config.freeze_ssl
     assert net.embed.out_features == 12
     face, _ = _inputs()

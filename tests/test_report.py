@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from reid.contracts.manifest import ShardedOutput, error_table
 from reid.images import encode_jpeg
 from reid.label import LABEL_SCHEMA
 from reid.report import draw_window, identity_color, identity_gallery, sample_windows, write_report
-from reid.shards import ShardedOutput, error_table
 
 
 def test_identity_colours_are_unbounded_and_distinct():

@@ -3,8 +3,8 @@ import json
 import pyarrow as pa
 import pytest
 
+from reid.contracts.manifest import ShardedOutput, ShardIntegrityError, error_table
 from reid.errors import ConfigError
-from reid.shards import ShardedOutput, ShardIntegrityError, error_table
 
 
 def _rows(ids):

@@ -1,8 +1,6 @@
-"""The Re-ID network: SSL features of face and body, fused by sum, then Linear (DESIGN §3)."""
+"""The Re-ID network: SSL features of face and body, fused by sum, then Linear (docs/ARCHITECTURE.md, "Models")."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -45,21 +43,6 @@ class ReIDNet(nn.Module):
             for p in [*self.backbone.parameters(), *self.trunk.parameters()]:
                 p.requires_grad_(False)
             self.train(self.training)
-
-    @classmethod
-    def from_ssl_checkpoint(
-        cls, path: str, embed_dim: int | None = None, freeze_ssl: bool | None = None
-    ) -> ReIDNet:
-        """A Re-ID net with the SSL part of an ``ssl`` checkpoint and a fresh ``embed`` Linear."""
-        from reid.models.checkpoint import load_model_checkpoint  # checkpoint imports this module
-
-        ssl_net, ssl_config, _ = load_model_checkpoint(path, expected_kind="ssl")
-        changes: dict[str, object] = {}
-        if embed_dim is not None:
-            changes["embed_dim"] = embed_dim
-        if freeze_ssl is not None:
-            changes["freeze_ssl"] = freeze_ssl
-        return cls(dataclasses.replace(ssl_config, **changes), ssl_net)
 
     def train(self, mode: bool = True) -> ReIDNet:
         """As ``nn.Module.train``, but a frozen SSL part stays in eval mode (fixed BN statistics)."""

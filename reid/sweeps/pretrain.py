@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reid import config
+from reid import config, io
 from reid.errors import ConfigError
 from reid.sweeps.trials import SweepResult, SweepSettings, SweepSpec, run_sweep
 from reid.train.pretrain import PretrainConfig, run_pretrain
@@ -77,16 +77,13 @@ def held_out_pairs(crops_root: str) -> int:
     Read from the crop ids alone (no image bytes), without Ray.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from reid import io
-    from reid.train.data import committed_crop_files, is_validation_key, pair_rows
+    from reid.contracts.crops import committed_crop_files, pair_rows
+    from reid.datasets import is_validation_key
 
     total = 0
     for path in committed_crop_files(crops_root):
-        fs, p = io.resolve(path)
-        table = pq.read_table(p, filesystem=fs, columns=["instance_id", "panel_id", "series_id", "type",
-                                                         "char_index"])
+        table = io.read_parquet(path, ["instance_id", "panel_id", "series_id", "type", "char_index"])
         rows = pair_rows(table.append_column("image", pa.array([b"x"] * table.num_rows, pa.binary())))
         total += sum(1 for r in rows if r["face"] and r["body"] and is_validation_key(r["key"]))
     return total

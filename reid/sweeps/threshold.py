@@ -82,10 +82,10 @@ def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:
     import torch
 
     from reid.data import formats
+    from reid.datasets import sequence_dataset
+    from reid.embedding import embed_batches
     from reid.models.checkpoint import load_model_checkpoint
     from reid.raycluster import init_ray
-    from reid.train.data import sequence_dataset
-    from reid.train.finetune import embed_batches
 
     model, model_config, _ = load_model_checkpoint(cfg.model, expected_kind="reid")
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
@@ -98,13 +98,10 @@ def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:
 
 
 def label_config_values(cfg: ThresholdSweepConfig, best: dict[str, Any]) -> dict[str, Any]:
-    """The chosen assigner settings as ``jobs/label.py`` config keys (validated against LabelConfig)."""
-    from reid.label import LabelConfig
-
-    values = {"model": cfg.model, "threshold": float(best["threshold"]), "linkage": best["linkage"],
-              "metric": cfg.metric}
-    config.from_dict(LabelConfig, values, source="threshold sweep best config")
-    return values
+    """The chosen assigner settings as ``jobs/label.py`` config keys (the label job validates the file when
+    ``--config best.yaml`` loads it; the sweep does not import the label stage)."""
+    return {"model": cfg.model, "threshold": float(best["threshold"]), "linkage": best["linkage"],
+            "metric": cfg.metric}
 
 
 def run_threshold_sweep(cfg: ThresholdSweepConfig) -> dict[str, Any]:

@@ -7,12 +7,10 @@ model alone in :mod:`reid.models.checkpoint` format, loadable without Ray).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +31,6 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
-    attempt_resumed: bool
 
 
 def runtime() -> Runtime:
@@ -41,8 +38,7 @@ def runtime() -> Runtime:
     import ray.train.torch
 
     ctx = ray.train.get_context()
-    return Runtime(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
-                   ray.train.get_checkpoint() is not None)
+    return Runtime(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
 
 def prepare_for_device(model: nn.Module, device: torch.device, channels_last: bool, sync_bn: bool,
@@ -114,10 +110,12 @@ def load_state(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def end_epoch(metrics: dict[str, float], rank: int, tracker: Any, *, model: nn.Module,
-              optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int, best: float | None,
-              run_config: dict[str, Any], stage: str, name: str) -> None:
+              optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int, run_config: dict[str, Any],
+              stage: str, name: str, best: float | None = None) -> None:
     """The end of an epoch in every training loop: rank 0 logs the metrics to MLflow (its tracker; None on other
-    ranks), then every rank reports them to Ray Train once; only rank 0 attaches the checkpoint (STYLE 13)."""
+    ranks), then every rank reports them to Ray Train once; only rank 0 attaches the checkpoint (Ray Train keeps one checkpoint per report, from rank 0).
+
+    ``best`` is the selection score so far (fine-tuning keeps the best validation MAP@R; pretraining has none)."""
     import ray.train
 
     if tracker:
@@ -129,37 +127,6 @@ def end_epoch(metrics: dict[str, float], rank: int, tracker: Any, *, model: nn.M
         save_state(folder, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step, best=best,
                    run_config=run_config, model_extra={"stage": stage, "epoch": epoch, "name": name})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def registered_checkpoint_epochs(run_folder: str) -> set[int]:
-    """Epochs whose checkpoint Ray Train has registered (its ``checkpoint_manager_snapshot.json``)."""
-    snapshot = io.join(run_folder, "checkpoint_manager_snapshot.json")
-    try:
-        results = json.loads(io.read_text(snapshot)).get("checkpoint_results", [])
-    except (FileNotFoundError, json.JSONDecodeError):
-        return set()
-    return {int(r["metrics"]["epoch"]) for r in results if "epoch" in r.get("metrics", {})}
-
-
-def maybe_inject_fault(fault_epoch: int, epoch: int, marker_dir: str, rank: int) -> None:
-    """Fault injection through config (as Ray's own tests do): kill this worker once, mid-epoch ``fault_epoch``.
-
-    A marker file makes it happen once per run, so the restarted worker group gets past it. The worker first
-    waits (up to a minute) until Ray Train has registered the previous epoch's checkpoint
-    (``checkpoint_manager_snapshot.json`` in the run folder): a report still in flight when a worker dies is
-    lost, and the test is about restoring from a checkpoint, not about that race.
-    """
-    if fault_epoch < 0 or epoch != fault_epoch or rank != 0:
-        return
-    marker = io.join(marker_dir, f"_fault_injected_epoch{epoch}")
-    if io.exists(marker):
-        return
-    deadline = time.time() + 60
-    while epoch > 0 and time.time() < deadline and (epoch - 1) not in registered_checkpoint_epochs(marker_dir):
-        time.sleep(0.5)
-    io.write_text_atomic(marker, str(time.time()))
-    log.error("fault injection: worker rank 0 exits at epoch %d", epoch)
-    os._exit(1)
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from reid import config, io
+from reid import config, faults, io
 from reid.data import formats
+from reid.embedding import collate_sequences, embed_batches, normalize_uint8
 from reid.errors import CheckpointError, ConfigError
-from reid.models import ModelConfig, ReIDNet
+from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
 from reid.train import common
-from reid.train.data import collate_sequences, normalize_uint8
 
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = ("arch", "face_size", "body_size", "embed_dim", "ssl_checkpoint")
@@ -77,40 +77,13 @@ class FinetuneConfig:
 
 def build_model(cfg: FinetuneConfig) -> ReIDNet:
     if cfg.ssl_checkpoint:
-        net = ReIDNet.from_ssl_checkpoint(cfg.ssl_checkpoint, embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl)
+        net = reid_net_from_ssl_checkpoint(cfg.ssl_checkpoint, embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl)
         if (net.config.face_size, net.config.body_size) != (cfg.face_size, cfg.body_size):
             raise CheckpointError(f"{cfg.ssl_checkpoint} was trained at face/body {net.config.face_size}/"
                                   f"{net.config.body_size} px; this run asks for {cfg.face_size}/{cfg.body_size}")
         return net
     return ReIDNet(ModelConfig(arch=cfg.arch, face_size=cfg.face_size, body_size=cfg.body_size,
                                embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl))
-
-
-def embed_batches(model: ReIDNet, batches, device: torch.device) -> dict[str, np.ndarray]:
-    """Embed collated sequence batches → embeddings, labels (unique per sequence and charId), sequence ids,
-    panel ids. The forward is the labeling job's (:class:`reid.label_window.CharacterEmbedder`), so
-    validation, threshold calibration, the threshold sweep and labeling embed through one code path."""
-    from reid.label_window import CharacterEmbedder
-
-    embedder = CharacterEmbedder(model, device)
-    embs, labels, seqs, panels = [], [], [], []
-    next_label, next_seq = 0, 0
-    for raw in batches:
-        batch = collate_sequences(raw, first_label=next_label)
-        if not batch:
-            continue
-        embs.append(embedder.embed_uint8(batch["face"].numpy(), batch["body"].numpy(), batch["face_mask"].numpy(),
-                                         batch["body_mask"].numpy()))
-        labels.append(batch["labels"].numpy())
-        seqs.append(batch["sequence"].numpy() + next_seq)
-        panels += batch["panels"]
-        next_label = int(batch["labels"].max()) + 1
-        next_seq += int(batch["sequence"].max()) + 1
-    if not embs:
-        return {"embeddings": np.zeros((0, model.config.embed_dim), np.float32), "labels": np.zeros(0, np.int64),
-                "sequences": np.zeros(0, np.int64), "panels": np.zeros(0, object)}
-    return {"embeddings": np.concatenate(embs), "labels": np.concatenate(labels),
-            "sequences": np.concatenate(seqs), "panels": np.asarray(panels, object)}
 
 
 def evaluate(model: ReIDNet, batches, device: torch.device, prefix: str) -> dict[str, float]:
@@ -173,7 +146,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
             step += 1
             batches += 1
             if batches == 1:  # mid-epoch, as a real failure would be
-                common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
+                faults.worker_exit_once(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
             samples += len(batch["labels"])
             total += loss.item()
         scheduler.step()
@@ -206,8 +179,8 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     from ray.train import CheckpointConfig
     from ray.train.torch import TorchTrainer
 
+    from reid.datasets import sequence_dataset
     from reid.raycluster import init_ray
-    from reid.train.data import sequence_dataset
 
     if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
         raise CheckpointError(f"{cfg.ssl_checkpoint}: SSL checkpoint not found")
@@ -244,7 +217,7 @@ def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dic
     split) with the labeling job's own embedding path and constrained assigner (:mod:`reid.calibration`).
     Returns (calibration record, the embeddings it was computed on)."""
     from reid.calibration import calibrate
-    from reid.train.data import sequence_dataset
+    from reid.datasets import sequence_dataset
 
     ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus)
     values = embed_batches(model, ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"))
@@ -274,10 +247,10 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     """Best checkpoint → thresholds calibrated on validation (stored in the checkpoint), test metrics,
     TorchScript export, MLflow artifacts."""
     from reid.calibration import distance_histogram_png, pair_distances
+    from reid.datasets import sequence_dataset
     from reid.models.checkpoint import load_model_checkpoint
     from reid.models.export import export_torchscript
     from reid.tracking import Tracker
-    from reid.train.data import sequence_dataset
 
     best = _best_checkpoint(result)
     best_model = common.publish_model(best.path, cfg.storage, cfg.name)

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reid import config
+from reid import config, faults
+from reid.datasets import is_validation_key
+from reid.embedding import normalize_uint8
 from reid.errors import ConfigError
 from reid.models import ModelConfig, SSLNet
 from reid.train import common
-from reid.train.data import is_validation_key, normalize_uint8
 
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = ("arch", "face_size", "body_size", "proj_hidden_dim", "proj_dim")
@@ -123,10 +124,10 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, common.cosine_lambda(
         cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch))
-    start_epoch, step, best = 0, 0, None
+    start_epoch, step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        start_epoch, step, best = common.load_state(checkpoint, model, optimizer, scheduler, loop_config["cfg"],
+        start_epoch, step, _ = common.load_state(checkpoint, model, optimizer, scheduler, loop_config["cfg"],
                                                     ARCHITECTURE_KEYS)
     net = common.prepare_for_device(FaceBodyEmbedder(model), rt.device, cfg.channels_last, cfg.sync_bn,
                                     rt.world_size, cfg.compile)
@@ -138,7 +139,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
     if tracker and checkpoint:
         tracker.set_tags({"reid.resumed_at_epoch": start_epoch})
         tracker.log_metrics({"restart_epoch": float(start_epoch)}, step=int(time.time()))
-    flops_per_sample = None
+    flops_per_sample, val = None, None
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -164,7 +165,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
             step += 1
             batches += 1
             if batches == 1:  # mid-epoch, as a real failure would be
-                common.maybe_inject_fault(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
+                faults.worker_exit_once(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
             samples += batch["has_face"].shape[0]
             if batches == 1:  # steady-state rate: from the end of the epoch's first step (Ray Data's start-up)
                 first_step_end, first_samples = time.time(), samples
@@ -182,10 +183,12 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
         if flops_per_sample and common.peak_flops(rt.device):
             metrics["mfu"] = flops_per_sample * samples / elapsed / common.peak_flops(rt.device)
         metrics["val_face_body_p1"] = float("nan")  # always present: Tune searches on it
-        if rt.rank == 0 and loop_config["val"]:
-            metrics["val_face_body_p1"] = face_body_precision_at_1(model, loop_config["val"], cfg, rt.device)
+        if rt.rank == 0 and loop_config["val"] is not None:
+            if val is None:  # fetched once, on rank 0 only (the other workers get just the object ref)
+                val = ray.get(loop_config["val"])
+            metrics["val_face_body_p1"] = face_body_precision_at_1(model, val, cfg, rt.device)
         common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
-                         epoch=epoch, step=step, best=best, run_config=loop_config["cfg"], stage="pretrain",
+                         epoch=epoch, step=step, run_config=loop_config["cfg"], stage="pretrain",
                          name=cfg.name)
     if tracker:
         tracker.close()
@@ -218,7 +221,8 @@ def face_body_precision_at_1(model: SSLNet, val: dict[str, np.ndarray], cfg: Pre
 def _validation_arrays(crops: str, cfg: PretrainConfig, limit: int = 512) -> dict[str, np.ndarray] | None:
     """Eval-transformed face/body pairs of the held-out instances (small: sent to rank 0 in the config)."""
     from reid.data import augment
-    from reid.train.data import character_instances, decode_rgb, to_uint8_chw
+    from reid.datasets import character_instances
+    from reid.embedding import decode_rgb, to_uint8_chw
 
     face_tf = augment.eval_transform(cfg.face_size, "face")
     body_tf = augment.eval_transform(cfg.body_size, "body")
@@ -233,13 +237,20 @@ def _validation_arrays(crops: str, cfg: PretrainConfig, limit: int = 512) -> dic
     return {"face": np.stack(faces), "body": np.stack(bodies)}
 
 
+def _put(value):
+    """The object-store ref of ``value`` (None stays None): a train loop config is copied to every worker."""
+    import ray
+
+    return None if value is None else ray.put(value)
+
+
 def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_config=None):
     """Driver: build the datasets and the TorchTrainer, fit, and return (result, model checkpoint path)."""
     import ray
     from ray.train.torch import TorchTrainer
 
+    from reid.datasets import count_character_instances, ssl_dataset
     from reid.raycluster import init_ray
-    from reid.train.data import count_character_instances, ssl_dataset
 
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
@@ -250,7 +261,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
         raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "
                           f"({cfg.batch_size}); lower --batch-size")
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
-                   "val": _validation_arrays(cfg.crops, cfg), "parent_run_id": parent_run_id,
+                   "val": _put(_validation_arrays(cfg.crops, cfg)), "parent_run_id": parent_run_id,
                    "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
     trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
                            dataset_config=common.data_config(),

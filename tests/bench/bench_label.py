@@ -97,8 +97,8 @@ class PeakMemory(threading.Thread):
 
 def make_crops(out: Path, series: int, pages: int, seed: int, use_ray: bool) -> Path:
     """The benchmarks' cached synthetic corpus and its crops (Ray Data crop job, or in-process without Ray)."""
+    from reid.contracts.manifest import ShardedOutput
     from reid.crop import CropConfig, crop_shard, plan_shards, run_crop
-    from reid.shards import ShardedOutput
 
     crops = out / "crops"
     if (crops / "_SUCCESS").exists():
@@ -127,7 +127,7 @@ def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """(face_mask, body_mask) of every character instance of a crops output, and its number of boxes."""
     import pyarrow.parquet as pq
 
-    from reid.train.data import pair_rows
+    from reid.contracts.crops import pair_rows
 
     faces, bodies, boxes = [], [], 0
     for path in sorted((crops / "data").glob("*.parquet")):
@@ -142,7 +142,7 @@ def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
 def _warm_embedder(model_path: Path | str, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int,
                    device: str):
     """The model in a CharacterEmbedder, random pre-decoded uint8 inputs for these masks, one batch run."""
-    from reid.label_window import CharacterEmbedder
+    from reid.embedding import CharacterEmbedder
     from reid.models import load_model_checkpoint
 
     model, cfg, _ = load_model_checkpoint(str(model_path))
@@ -303,9 +303,9 @@ def _prepare(args_tuple):
 
 
 def mode_inner(args) -> None:
-    from reid.label_window import CharacterEmbedder
+    from reid.contracts.manifest import ShardedOutput
+    from reid.embedding import CharacterEmbedder
     from reid.models import load_model_checkpoint
-    from reid.shards import ShardedOutput
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from reid.contracts.crops import committed_crop_files, pair_rows  # noqa: E402
+from reid.contracts.manifest import ShardedOutput  # noqa: E402
 from reid.crop import CropConfig, crop_shard, plan_shards  # noqa: E402
 from reid.data.synthetic import generate_corpus, preset_config  # noqa: E402
+from reid.datasets import SSLViews  # noqa: E402
 from reid.losses import IdentityAwareSSLLoss  # noqa: E402
 from reid.models import ModelConfig, SSLNet  # noqa: E402
-from reid.shards import ShardedOutput  # noqa: E402
 from reid.train import common  # noqa: E402
-from reid.train.data import SSLViews, committed_crop_files, pair_rows  # noqa: E402
 from reid.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views  # noqa: E402
 
 _VIEWS: SSLViews | None = None

@@ -27,11 +27,12 @@ import torch
 from torchvision.transforms import v2
 
 from reid.assign import assign_window
+from reid.contracts.crops import pair_rows
 from reid.data import augment, formats
+from reid.embedding import decode_rgb
 from reid.eval.metrics import clustering_scores, retrieval_metrics
 from reid.losses import IdentityAwareSSLLoss, SequencePairLoss
 from reid.models import ModelConfig, ReIDNet, SSLNet
-from reid.train.data import decode_rgb, pair_rows
 
 
 @dataclass(frozen=True)

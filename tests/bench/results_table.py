@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from reid.crop import CropConfig, run_crop  # noqa: E402
 from reid.data import formats  # noqa: E402
 from reid.data.synthetic import generate_corpus, preset_config  # noqa: E402
+from reid.datasets import sequence_dataset  # noqa: E402
+from reid.embedding import collate_sequences, normalize_uint8  # noqa: E402
 from reid.eval.metrics import retrieval_metrics  # noqa: E402
-from reid.models import ModelConfig, ReIDNet  # noqa: E402
+from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint  # noqa: E402
 from reid.raycluster import init_ray  # noqa: E402
-from reid.train.data import collate_sequences, normalize_uint8, sequence_dataset  # noqa: E402
 from reid.train.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from reid.train.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 
@@ -93,7 +94,7 @@ def main() -> None:
     ssl_models = {}
     for key, (label, change) in VARIANTS.items():
         _, ssl_models[key] = run_pretrain(PretrainConfig(name=f"results-{key}", **common, **change))
-        rows[key] = (label, frozen_feature_metrics(ReIDNet.from_ssl_checkpoint(ssl_models[key]), test_ds))
+        rows[key] = (label, frozen_feature_metrics(reid_net_from_ssl_checkpoint(ssl_models[key]), test_ds))
     tuned = run_finetune(FinetuneConfig(
         crops=str(crops), sequences=sequences, ssl_checkpoint=ssl_models["e"], storage=str(out / "train"),
         name="results-f", face_size=args.face_size, body_size=args.body_size, epochs=args.finetune_epochs,

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import zlib
 from collections import defaultdict
 from typing import Any
@@ -20,16 +19,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import torch
-from PIL import Image
 
 from reid import io
-from reid.crop import shard_id
+from reid.contracts.crops import committed_crop_files, crop_job_params, pair_rows, shard_id
 from reid.data.formats import Sequence
+from reid.embedding import decode_rgb, to_uint8_chw
 from reid.errors import DataFormatError
-from reid.images import decode_image
-from reid.shards import ShardedOutput
 
 INSTANCE_KEY_SEP = "#"
 VAL_BUCKETS = 20  # 1 instance in 20 (by a hash of its key) is held out of SSL training for validation
@@ -40,46 +35,8 @@ def is_validation_key(key: str) -> bool:
     return zlib.crc32(key.encode()) % VAL_BUCKETS == 0
 
 
-def committed_crop_files(crops_root: str) -> list[str]:
-    """Data files of a finished crop job; refuses an unfinished one."""
-    output = ShardedOutput(crops_root, "instance_id")
-    if not output.is_complete():
-        raise DataFormatError(crops_root, "crop output is incomplete or missing (no _SUCCESS): run jobs/crop.py")
-    return output.data_files()
-
-
-def crop_job_params(crops_root: str) -> dict[str, Any]:
-    return json.loads(io.read_text(io.join(crops_root, "_job.json")))
-
-
-def _read_table(path: str, columns: list[str] | None = None, filters=None) -> pa.Table:
-    fs, p = io.resolve(path)
-    return pq.read_table(p, filesystem=fs, columns=columns, filters=filters)
-
-
-def pair_rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Crops of whole panels → character instances ``{key, panel_id, series_id, char_index, face, body,
-    face_id, body_id}``; a box with ``char_index < 0`` is an instance of its own."""
-    groups: dict[tuple[str, int, str], dict[str, Any]] = {}
-    for row in table.select(["instance_id", "panel_id", "series_id", "type", "char_index", "image"]).to_pylist():
-        solo = row["instance_id"] if row["char_index"] < 0 else ""
-        key = (row["panel_id"], row["char_index"], solo)
-        inst = groups.setdefault(key, {
-            "key": f"{row['panel_id']}{INSTANCE_KEY_SEP}{row['char_index'] if not solo else solo}",
-            "panel_id": row["panel_id"], "series_id": row["series_id"], "char_index": row["char_index"],
-            "face": b"", "body": b"", "face_id": "", "body_id": ""})
-        if inst[row["type"]]:
-            # two faces (or bodies) share a char_index: keep the first, make the other its own instance
-            key = (row["panel_id"], row["char_index"], row["instance_id"])
-            inst = groups.setdefault(key, {**inst, "key": f"{inst['key']}{INSTANCE_KEY_SEP}{row['instance_id']}",
-                                           "face": b"", "body": b"", "face_id": "", "body_id": ""})
-        inst[row["type"]] = row["image"]
-        inst[f"{row['type']}_id"] = row["instance_id"]
-    return sorted(groups.values(), key=lambda r: r["key"])
-
-
 def _pair_file(item: dict[str, Any]) -> list[dict[str, Any]]:
-    return pair_rows(_read_table(item["path"]))
+    return pair_rows(io.read_parquet(item["path"]))
 
 
 def character_instances(crops_root: str):
@@ -96,26 +53,9 @@ def count_character_instances(crops_root: str) -> int:
     """Number of character instances, from the ids alone (no image bytes are read)."""
     total = 0
     for path in committed_crop_files(crops_root):
-        table = _read_table(path, ["instance_id", "panel_id", "series_id", "type", "char_index"])
+        table = io.read_parquet(path, ["instance_id", "panel_id", "series_id", "type", "char_index"])
         total += len(pair_rows(table.append_column("image", pa.array([b"x"] * table.num_rows, pa.binary()))))
     return total
-
-
-def decode_rgb(data: bytes, source: str = "crop") -> Image.Image:
-    """Crop bytes → RGB image through the one decoder (:func:`reid.images.decode_image`, pixel limit)."""
-    return decode_image(data, source)
-
-
-def to_uint8_chw(image: torch.Tensor | Image.Image) -> np.ndarray:
-    """A PIL image, a uint8 tensor, or an augment pipeline's output (float, mean 0.5 std 0.5) → uint8 CHW.
-
-    Samples travel through Ray Data as uint8 (4x smaller than float) and are normalised on the device.
-    """
-    if isinstance(image, Image.Image):
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
-    if image.dtype.is_floating_point:
-        image = (image * 0.5 + 0.5).mul_(255.0).round_().clamp_(0, 255)
-    return image.to(torch.uint8).numpy()
 
 
 class SSLViews:
@@ -176,11 +116,6 @@ def ssl_dataset(crops_root: str, face_size: int, body_size: int, num_cpus: float
                              batch_size=32, num_cpus=num_cpus)
 
 
-def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N,3,H,W) → float, mean 0.5 std 0.5 per channel (the paper's normalisation)."""
-    return images.float().div_(255.0).sub_(0.5).div_(0.5)
-
-
 # -- labelled sequences -----------------------------------------------------------------------------
 
 def sequence_rows(sequences: list[Sequence], pages_per_shard: int) -> list[dict[str, Any]]:
@@ -219,7 +154,7 @@ class SequenceCrops:
             self.face_tf = augment.weak_face(face_size)
             self.body_tf = augment.weak_body(body_size)
         else:
-            from reid.label_window import CropPreprocessor
+            from reid.embedding import CropPreprocessor
 
             geometry = CropPreprocessor(face_size, body_size).geometry
             self.face_tf, self.body_tf = geometry["face"], geometry["body"]
@@ -231,7 +166,7 @@ class SequenceCrops:
             path = io.join(self.crops_root, "data", f"{shard}.parquet")
             if not io.exists(path):
                 continue
-            table = _read_table(path, ["instance_id", "image"])
+            table = io.read_parquet(path, ["instance_id", "image"])
             table = table.filter(pc.is_in(table["instance_id"], value_set=pa.array(sorted(ids))))
             found.update(zip(table["instance_id"].to_pylist(), table["image"].to_pylist(), strict=True))
         return found
@@ -291,32 +226,3 @@ def _sequence_crops(batch: dict[str, np.ndarray], crops_root: str, face_size: in
     return _udf(SequenceCrops, crops_root, face_size, body_size, augment_train)(batch)
 
 
-def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, torch.Tensor]:
-    """A batch of sequence rows → one flat batch of instances with global labels and sequence ids.
-
-    Labels become unique across the batch's sequences (a charId is only meaningful inside its sequence);
-    ``panels`` lists each instance's panel id (empty when the rows carry none).
-    """
-    faces, bodies, fmask, bmask, labels, seq_index, series, panels = [], [], [], [], [], [], [], []
-    next_label = first_label
-    for s, (face, body, fm, bm, lab, ser) in enumerate(zip(batch["face"], batch["body"], batch["face_mask"],
-                                                           batch["body_mask"], batch["labels"],
-                                                           batch["series_id"], strict=True)):
-        if len(lab) == 0:
-            continue
-        faces.append(torch.tensor(np.asarray(face)))
-        bodies.append(torch.tensor(np.asarray(body)))
-        fmask.append(torch.tensor(np.asarray(fm, bool)))
-        bmask.append(torch.tensor(np.asarray(bm, bool)))
-        lab = torch.tensor(np.asarray(lab, np.int64))
-        labels.append(lab + next_label)
-        next_label += int(lab.max()) + 1
-        seq_index.append(torch.full((len(lab),), s, dtype=torch.int64))
-        series.append(torch.full((len(lab),), int(ser), dtype=torch.int64))
-        if "panels" in batch:
-            panels += [str(p) for p in batch["panels"][s]]
-    if not labels:
-        return {}
-    return {"face": torch.cat(faces), "body": torch.cat(bodies), "face_mask": torch.cat(fmask),
-            "body_mask": torch.cat(bmask), "labels": torch.cat(labels), "sequence": torch.cat(seq_index),
-            "series": torch.cat(series), "panels": panels}

@@ -1,4 +1,4 @@
-"""Exactly-once sharded Parquet output for batch jobs (DESIGN §5).
+"""The sharded-output contract: exactly-once Parquet output of the batch jobs (crop, label).
 
 Ray Data runs UDFs at least once, so output must be idempotent: every shard has a deterministic id,
 its rows and its error rows are written to temporary names and renamed, and only then is the shard's
@@ -107,6 +107,23 @@ class ShardedOutput:
             out[entry["shard"]] = ShardSummary(**entry, skipped=True)
         return out
 
+    def data_path(self, shard: str) -> str:
+        """The rows file of ``shard`` (whether committed or not)."""
+        return self._path("data", f"{shard}.parquet")
+
+    def errors_path(self, shard: str) -> str:
+        """The error rows file of ``shard``."""
+        return self._path("errors", f"{shard}.parquet")
+
+    def sidecar_path(self, kind: str, shard: str) -> str:
+        """A per-shard file that a job writes beside its rows before the commit (``<root>/<kind>/<shard>.parquet``)."""
+        return self._path(kind, f"{shard}.parquet")
+
+    def summary(self, shard: str) -> ShardSummary:
+        """The manifest entry of a committed shard (``skipped=True``: committed by an earlier attempt)."""
+        entry = json.loads(io.read_text(self._path("_manifest", f"{shard}.json")))
+        return ShardSummary(**entry, skipped=True)
+
     def is_committed(self, shard: str) -> bool:
         return io.exists(self._path("_manifest", f"{shard}.json"))
 
@@ -135,10 +152,10 @@ class ShardedOutput:
         return [self._path("errors", f"{s}.parquet") for s in sorted(self.committed())]
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        return _concat([_read_parquet(p, columns) for p in self.data_files()])
+        return _concat([io.read_parquet(p, columns) for p in self.data_files()])
 
     def read_errors(self) -> pa.Table:
-        tables = [_read_parquet(p) for p in self.error_files()]
+        tables = [io.read_parquet(p) for p in self.error_files()]
         return _concat(tables) if tables else ERROR_SCHEMA.empty_table()
 
     def finalize(self, expected_shards: Iterable[str], expected_input_rows: int | None = None,
@@ -155,9 +172,9 @@ class ShardedOutput:
         seen: set[str] = set()
         totals = {"shards": len(committed), "input_rows": 0, "rows": 0, "error_rows": 0}
         for shard, summary in sorted(committed.items()):
-            ids = (_read_parquet(self._path("data", f"{shard}.parquet"), [self.id_column])
+            ids = (io.read_parquet(self._path("data", f"{shard}.parquet"), [self.id_column])
                    .column(self.id_column).to_pylist()
-                   + _read_parquet(self._path("errors", f"{shard}.parquet"), ["id"]).column("id").to_pylist())
+                   + io.read_parquet(self._path("errors", f"{shard}.parquet"), ["id"]).column("id").to_pylist())
             if len(ids) != summary.rows + summary.error_rows or ids_checksum(ids) != summary.checksum:
                 raise ShardIntegrityError(f"{self.root}: shard {shard} files do not match its manifest entry")
             dup = seen.intersection(ids)
@@ -174,11 +191,6 @@ class ShardedOutput:
         totals.update(extra or {})
         io.write_text_atomic(self._path("_SUCCESS"), json.dumps(totals, indent=1))
         return totals
-
-
-def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    fs, p = io.resolve(path)
-    return pq.read_table(p, filesystem=fs, columns=columns)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -1,0 +1,144 @@
+"""Scoring a labels output against ground truth: annotated sequences (charIds) or true identities (synthetic)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from reid import io
+from reid.contracts.labels import (
+    UNASSIGNED,
+    iter_labels,
+    read_embeddings,
+)
+from reid.data import formats
+from reid.label.config import LabelConfig
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: LabelConfig) -> dict[str, float]:
+    """Scores against the ground truth the config names (annotated sequences, a ground-truth CSV)."""
+    metrics: dict[str, float] = {}
+    if cfg.sequences:
+        metrics.update(evaluate_sequences(cfg.out, formats.read_sequences(cfg.sequences,
+                                                                          panels_per_window=cfg.window_size)))
+    if cfg.ground_truth:
+        metrics.update(evaluate_ground_truth(cfg.out, cfg.ground_truth))
+    return metrics
+
+
+def evaluate_sequences(labels_root: str, sequences) -> dict[str, float]:
+    """ARI, AMI, B-cubed (windows as groups) and retrieval metrics of the labelled annotated windows.
+
+    One item per character instance per window that carries a charId; unassigned ones are counted apart.
+    Holds the annotated set (not the corpus) in memory.
+    """
+    from reid.eval.metrics import clustering_scores, retrieval_metrics
+
+    truth = {(inst_id, seq.seq_id): f"{seq.seq_id}|{char.char_id}" for seq in sequences for char in seq.characters
+             for inst in char.instances for inst_id in (inst.face, inst.body) if inst_id}
+    items: dict[tuple[str, str], tuple[int, str, np.ndarray]] = {}
+    unassigned = 0
+    for shard, rows in iter_labels(labels_root, ["instance_id", "window_id", "char_key", "identity"]):
+        embeddings = read_embeddings(labels_root, shard)
+        for r in rows.to_pylist():
+            label = truth.get((r["instance_id"], r["window_id"]))
+            if label is None:
+                continue
+            if r["status"] == UNASSIGNED:
+                unassigned += 1
+                continue
+            items.setdefault((r["window_id"], r["char_key"]), (r["identity"], label, embeddings[r["char_key"]]))
+    out: dict[str, float] = {"eval_instances": len(items), "eval_unassigned_boxes": unassigned}
+    if not items:
+        return out
+    keys = list(items)
+    pred = np.asarray([items[k][0] for k in keys])
+    labels = np.asarray([items[k][1] for k in keys])
+    groups = np.asarray([k[0] for k in keys])
+    out.update(clustering_scores(pred, labels, groups))
+    retrieval = retrieval_metrics(np.stack([items[k][2] for k in keys]), labels, groups)
+    # AccuracyCalculator's AMI/NMI cluster the embeddings with k-means: not the assigner's AMI above
+    out.update({f"kmeans_{k}" if k in ("AMI", "NMI") else k: v for k, v in retrieval.items()})
+    return {k: float(v) for k, v in out.items()}
+
+
+def evaluate_ground_truth(labels_root: str, ground_truth: str) -> dict[str, float]:
+    """Window identities (windows as groups) and series identities (series as groups) against true
+    identities (``instance_id,identity`` CSV), one item per character instance."""
+    from reid.eval.metrics import clustering_scores
+
+    truth = _read_truth(ground_truth)
+    window_items: dict[tuple[str, str], tuple[int, str]] = {}
+    series_items: dict[str, tuple[int, str, int]] = {}
+    for _, rows in iter_labels(labels_root, ["instance_id", "window_id", "char_key", "series_id", "identity",
+                                             "series_identity"], include_unassigned=False):
+        for r in rows.to_pylist():
+            label = truth.get(r["instance_id"])
+            if label is None:
+                continue
+            window_items.setdefault((r["window_id"], r["char_key"]), (r["identity"], label))
+            series_items.setdefault(r["char_key"], (r["series_identity"], label, r["series_id"]))
+    out: dict[str, float] = {}
+    if window_items:
+        w = list(window_items.values())
+        scores = clustering_scores([p for p, _ in w], [y for _, y in w], [k[0] for k in window_items])
+        out.update({f"gt_window_{k}": float(v) for k, v in scores.items()})
+    if series_items:
+        s = list(series_items.values())
+        scores = clustering_scores([p for p, _, _ in s], [y for _, y, _ in s], [g for _, _, g in s])
+        out.update({f"gt_series_{k}": float(v) for k, v in scores.items()})
+        out.update(identity_counts(s))
+    return out
+
+
+def series_quality(labels_root: str, ground_truth: str) -> list[dict[str, float]]:
+    """Per series: identities found, true identities, B-cubed precision/recall/F1 and AMI of the series
+    identities against the ground truth (one item per character instance). What the report says in words."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from reid.eval.metrics import bcubed
+
+    truth = _read_truth(ground_truth)
+    items: dict[str, tuple[int, str, int]] = {}
+    for _, rows in iter_labels(labels_root, ["instance_id", "char_key", "series_id", "series_identity"],
+                               include_unassigned=False):
+        for r in rows.to_pylist():
+            if r["instance_id"] in truth:
+                items.setdefault(r["char_key"], (r["series_identity"], truth[r["instance_id"]], r["series_id"]))
+    out = []
+    for series in sorted({g for _, _, g in items.values()}):
+        pred = [p for p, _, g in items.values() if g == series]
+        true = [y for _, y, g in items.values() if g == series]
+        precision, recall, f1 = bcubed(pred, true)
+        out.append({"series": int(series), "identities": len(set(pred)), "true_identities": len(set(true)),
+                    "instances": len(pred), "bcubed_precision": precision, "bcubed_recall": recall,
+                    "bcubed_f1": f1, "AMI": float(adjusted_mutual_info_score(true, pred))})
+    return out
+
+
+def _read_truth(ground_truth: str) -> dict[str, str]:
+    with io.open_input(ground_truth) as stream:
+        table = pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(
+            include_columns=["instance_id", "identity"], column_types={"identity": pa.string()}))
+    return dict(zip(table["instance_id"].to_pylist(), table["identity"].to_pylist(), strict=True))
+
+
+def identity_counts(items: list[tuple[int, str, int]]) -> dict[str, float]:
+    """Predicted vs true identities per series, from (series identity, true identity, series) items:
+    ``gt_series_identities`` and ``gt_series_true_identities`` (means over series) and their ratio (the mean
+    over series of predicted / true: 1.0 = as many identities as characters)."""
+    predicted: dict[int, set] = defaultdict(set)
+    true: dict[int, set] = defaultdict(set)
+    for pred, label, series in items:
+        predicted[series].add(pred)
+        true[series].add(label)
+    series = sorted(true)
+    return {"gt_series_identities": float(np.mean([len(predicted[k]) for k in series])),
+            "gt_series_true_identities": float(np.mean([len(true[k]) for k in series])),
+            "gt_series_identity_ratio": float(np.mean([len(predicted[k]) / len(true[k]) for k in series]))}

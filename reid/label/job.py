@@ -1,0 +1,93 @@
+"""The label job's driver: checks, pass 1 (windows), pass 2 (series), finish (counts, evaluation, report, MLflow)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from reid import config, io
+from reid.contracts.crops import (
+    crops_output,
+)
+from reid.contracts.labels import (
+    QUALITY_FILE,
+    labels_output,
+    windows_output,
+)
+from reid.label.config import LabelConfig, check_inputs, job_identity, resolve_thresholds
+from reid.label.evaluate import evaluate, series_quality
+from reid.label.plan import plan_items
+from reid.label.series import check_cannot_link, run_series_pass
+from reid.label.windows import run_windows_pass
+
+log = logging.getLogger(__name__)
+
+
+def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None) -> dict[str, Any]:
+    """Run the label stage end to end (see the package doc); returns totals, metrics and the report path.
+
+    ``report_writer`` draws the visual report once the output is complete (``jobs/label.py`` passes
+    :func:`reid.report.write_report`; the report is its own stage and reads only the labels contract):
+    ``report_writer(labels_root, crops_root, comics_root, out_dir, windows, series, members) -> index.html``.
+    """
+    from reid.raycluster import init_ray
+    from reid.tracking import Tracker
+
+    inputs = check_inputs(cfg)
+    cfg, threshold_sources = resolve_thresholds(cfg, inputs["model_extra"])
+    log.info("label: window threshold %.3g (%s), link threshold %.3g (%s)", cfg.threshold,
+             threshold_sources["threshold"], cfg.link_threshold, threshold_sources["link_threshold"])
+    identity = job_identity(cfg, inputs)
+    windows_out, final = windows_output(cfg.out), labels_output(cfg.out)
+    windows_out.bind_job(identity)
+    final.bind_job(identity)
+    crops = crops_output(cfg.crops)
+    items = plan_items(cfg, crops, inputs["pages_per_shard"])
+    shards = [i["shard"] for i in items]
+    start = time.time()
+    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "label"},
+                      spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
+    tracker.log_params({**config.to_dict(cfg), "model_sha256": inputs["model_sha256"], "shards": len(shards),
+                        **{f"model_{k}": v for k, v in inputs["model_config"].items()},
+                        **{f"{k}_source": v for k, v in threshold_sources.items()}})
+    model_id = {"model": cfg.model, "model_sha256": inputs["model_sha256"], "run_id": tracker.run_id or ""}
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    counts = run_windows_pass(cfg, items, model_id, inputs["model_config"], inputs["pages_per_shard"], tracker)
+    one_window_per_box = not cfg.sequences and cfg.stride == cfg.window_size
+    expected = json.loads(io.read_text(io.join(cfg.crops, "_SUCCESS")))["input_rows"] if one_window_per_box \
+        else None
+    windows_out.finalize(shards, expected_input_rows=expected)
+    run_series_pass(cfg, shards)
+    checked = check_cannot_link(cfg.out, shards)  # before _SUCCESS: an output that breaks it is never complete
+    elapsed = time.time() - start
+    totals = final.finalize(shards, expected_input_rows=expected,
+                            extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": counts["shards"]})
+    metrics = {"rows": totals["rows"], "unassigned": totals["error_rows"], "shards": totals["shards"],
+               "seconds": elapsed, "shards_this_run": counts["shards"], "embed_seconds": counts["seconds"],
+               "instances_per_s": (counts["rows"] + counts["errors"]) / counts["seconds"] if counts["seconds"]
+               else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0),
+               "first_result_seconds": counts.get("first_result_seconds", 0.0), **checked}
+    metrics.update(evaluate(cfg))
+    metrics.update(threshold=cfg.threshold, link_threshold=cfg.link_threshold,
+                   **{f"{k}_source": v for k, v in threshold_sources.items()})
+    if cfg.ground_truth:
+        io.write_text_atomic(io.join(cfg.out, QUALITY_FILE), json.dumps(series_quality(cfg.out, cfg.ground_truth),
+                                                                        indent=1))
+    io.write_text_atomic(io.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=1, sort_keys=True))
+    report = None
+    if cfg.report_windows and report_writer is not None:
+        report = report_writer(cfg.out, cfg.crops, cfg.comics_root or inputs.get("comics_root", ""),
+                              io.join(cfg.out, "report"), cfg.report_windows, cfg.report_series,
+                              cfg.report_members)
+    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=0)
+    if not io.is_uri(cfg.out):
+        tracker.log_artifact(io.join(cfg.out, "metrics.json"))
+        if report:
+            tracker.log_artifact(os.path.dirname(report), "report")
+    tracker.close()
+    return {"totals": totals, "metrics": metrics, "report": report, "run_id": tracker.run_id,
+            "tracking_uri": tracker.uri}
