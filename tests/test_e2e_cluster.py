@@ -20,15 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import e2e
 from mlflow.tracking import MlflowClient
 
 from reid.data.formats import read_instances
 from reid.data.ids import parse_panel_id
 from reid.label import read_labels
-from reid.models.checkpoint import load_model_checkpoint
-from reid.pipeline import STAGES
-from reid.testing import e2e
-from reid.testing.cluster import (
+from reid.localcluster import (
     LocalCluster,
     LocalClusterConfig,
     free_ports,
@@ -36,6 +34,8 @@ from reid.testing.cluster import (
     process_alive,
     read_process,
 )
+from reid.models.checkpoint import load_model_checkpoint
+from reid.pipeline import STAGES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

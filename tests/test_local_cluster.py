@@ -1,4 +1,4 @@
-"""reid.testing.cluster and cluster/local.sh: a real head + 2 worker nodes (`ray start`) + MLflow on 127.0.0.1.
+"""reid.localcluster and cluster/local.sh: a real head + 2 worker nodes (`ray start`) + MLflow on 127.0.0.1.
 
 One cluster serves the module; the tests run in file order (the last ones kill a node and stop it all).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reid.testing.cluster import (
+from reid.localcluster import (
     ENV_FILE,
     STATE_FILE,
     LocalCluster,

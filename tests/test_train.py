@@ -155,7 +155,7 @@ def test_finetune_fails_fast_on_bad_inputs(tiny_crops, tmp_path):
 
 def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path):
     """`ray job submit` to a head started with `ray start` (by the test), logging to an MLflow server."""
-    from reid.testing.cluster import LocalCluster, LocalClusterConfig
+    from reid.localcluster import LocalCluster, LocalClusterConfig
 
     with LocalCluster(LocalClusterConfig(state_dir=str(tmp_path / "cluster"), num_workers=0, head_num_cpus=2,
                                          **_ports())) as cluster:
@@ -182,7 +182,7 @@ def _search(uri: str):
 
 
 def _ports() -> dict[str, int]:
-    from reid.testing.cluster import free_ports
+    from reid.localcluster import free_ports
 
     gcs, dash, client, ml = free_ports(4)
     return {"gcs_port": gcs, "dashboard_port": dash, "client_server_port": client, "mlflow_port": ml}

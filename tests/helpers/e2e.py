@@ -1,5 +1,6 @@
 """Helpers of the end-to-end cluster tests: submit jobs to a :class:`LocalCluster`, find where Ray put
-things, poll until something happens. Test code only; nothing in ``reid/`` imports it."""
+things, poll until something happens. Test code only: ``from helpers import e2e`` (pytest puts ``tests/`` on
+``sys.path``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from reid.testing.cluster import LocalCluster, LocalClusterError, worker_resource
+from reid.localcluster import LocalCluster, LocalClusterError, worker_resource
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
