@@ -1,7 +1,7 @@
 """Training and labeling inputs streamed from the crops Parquet with Ray Data.
 
 - :func:`character_instances`: one row per character instance (a face and/or a body with the same
-  ``char_index`` in one panel; DESIGN §2). Each crops shard file holds whole panels, so pairing is done
+  ``char_index`` in one panel; docs/DATA.md). Each crops shard file holds whole panels, so pairing is done
   file by file, with no shuffle and nothing gathered in the driver.
 - :func:`ssl_dataset`: those rows decoded and augmented (two strong views + one weak view per modality)
   as uint8 arrays, normalised on the training device.

@@ -8,7 +8,7 @@ class ReidError(Exception):
 
 
 class DataFormatError(ReidError, ValueError):
-    """An input file (CSV, JSON, image, Parquet) breaks the format of DESIGN §2."""
+    """An input file (CSV, JSON, image, Parquet) breaks the format of docs/DATA.md."""
 
     def __init__(self, source: str, reason: str, where: str | None = None) -> None:
         self.source = source

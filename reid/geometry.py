@@ -1,4 +1,4 @@
-"""Crop-box geometry of the seed data (DESIGN §2 "Crops")."""
+"""Crop-box geometry of the seed data (docs/DATA.md)."""
 
 from __future__ import annotations
 

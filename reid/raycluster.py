@@ -41,7 +41,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
             finally:
                 del os.environ["RAY_GCS_SERVER_PORT"]  # only for this start; `ray start` elsewhere must not see it
     ctx = ray.data.DataContext.get_current()
-    ctx.max_errored_blocks = 0  # never drop blocks silently (DESIGN §5)
+    ctx.max_errored_blocks = 0  # never drop blocks silently (docs/DATA.md)
     if quiet_data:
         ctx.enable_progress_bars = False  # our jobs show their own progress bar
 

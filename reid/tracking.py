@@ -1,4 +1,4 @@
-"""MLflow tracking that never kills a job (STYLE 13, DESIGN §5).
+"""MLflow tracking that never kills a job.
 
 Only rank 0 / the driver creates a :class:`Tracker`. Every call is best-effort: if the tracking server is
 down, the operation is buffered and retried on the next call and at :meth:`Tracker.close`; what still

@@ -1,8 +1,8 @@
-"""Image transforms (torchvision.transforms.v2) for SSL views, weak views and evaluation (DESIGN §3).
+"""Image transforms (torchvision.transforms.v2) for SSL views, weak views and evaluation (docs/DATA.md).
 
 Every pipeline takes a uint8 (C, H, W) tensor or a PIL image (grayscale is expanded to RGB) and
 returns a float32 (3, size, size) tensor normalised with mean 0.5 and std 0.5 (values in [-1, 1]).
-Faces are resized to a square (their crops are already squared, DESIGN §2); bodies are resized on
+Faces are resized to a square (their crops are already squared, docs/DATA.md); bodies are resized on
 their longer side and padded square, so their aspect ratio is kept.
 """
 

@@ -1,4 +1,4 @@
-"""Typed, validating readers for the dataset formats of DESIGN §2.
+"""Typed, validating readers for the dataset formats of docs/DATA.md.
 
 Every reader accepts the shipped formats exactly (odd column names included), ignores extra columns and
 optional keys, and raises :class:`reid.errors.DataFormatError` naming the file, the row or entry, and the
@@ -53,7 +53,7 @@ def _int_column(frame: pd.DataFrame, column: str, source: str, row_offset: int) 
 def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0) -> pd.DataFrame:
     """Validate one chunk of ``merged_face_body.csv`` and add derived columns.
 
-    Returns a frame with the DESIGN §2 columns typed, plus ``page`` / ``panel`` (ints), ``panel_id`` and
+    Returns a frame with the docs/DATA.md columns typed, plus ``page`` / ``panel`` (ints), ``panel_id`` and
     ``instance_id`` (strings). ``row_offset`` is the chunk's first data-row index, for error messages.
     """
     _require_columns(frame, INSTANCE_COLUMNS, source)

@@ -1,4 +1,4 @@
-"""Instance, panel and sequence (window) ids of the COMICS-based datasets (DESIGN §2).
+"""Instance, panel and sequence (window) ids of the COMICS-based datasets (docs/DATA.md).
 
 - panel id:    ``<series>_<page>_<panel>``                       e.g. ``1443_58_6``
 - instance id: ``<series>_<page>_<panel>_<face|body>_<index>``   e.g. ``1443_58_6_face_0``

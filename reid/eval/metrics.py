@@ -1,6 +1,6 @@
 """Re-ID evaluation on any embeddings: retrieval metrics and clustering scores, within sequences.
 
-Labels are relative to a sequence (DESIGN §2), so every metric is computed inside one sequence (or
+Labels are relative to a sequence (docs/DATA.md), so every metric is computed inside one sequence (or
 one window / group) and then averaged over them.
 """
 

@@ -1,4 +1,4 @@
-"""Metric-learning loss of the Re-ID net on batches made of whole sequences (DESIGN §2, §3)."""
+"""Metric-learning loss of the Re-ID net on batches made of whole sequences (docs/ARCHITECTURE.md, "Method")."""
 
 from __future__ import annotations
 

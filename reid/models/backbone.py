@@ -1,4 +1,4 @@
-"""The model configuration and the shared ResNet backbone (DESIGN §3)."""
+"""The model configuration and the shared ResNet backbone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The self-supervised network: shared backbone + projection MLP (DESIGN §3)."""
+"""The self-supervised network: shared backbone + projection MLP."""
 
 from __future__ import annotations
 

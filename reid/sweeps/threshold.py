@@ -3,7 +3,7 @@
 Embeddings of the validation split are computed once (Ray Data reads the crops; one model on the driver),
 then a grid of threshold × linkage is scored with the labeling job's own assigner
 (:func:`reid.assign.assign_window`) against the charIds, within each window (labels are relative to a
-sequence, DESIGN §2). No Tune: the grid costs seconds. Among grid points tied on the objective, the middle
+sequence, docs/DATA.md). No Tune: the grid costs seconds. Among grid points tied on the objective, the middle
 of the widest run of tied thresholds is chosen (the farthest from where the score drops).
 
 Outputs under ``<storage>/<name>/``: ``best.yaml`` (``model``, ``threshold``, ``linkage``, ``metric``:

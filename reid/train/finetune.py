@@ -1,7 +1,7 @@
 """Stage 2: semi-supervised fine-tuning of the Re-ID net on labelled sequences, on Ray Train.
 
 Batches are whole sequences; positives and negatives come from inside a sequence plus "other series"
-negatives (DESIGN §2). Validation MAP@R is computed every epoch on rank 0, the best checkpoint is kept,
+negatives (docs/DATA.md). Validation MAP@R is computed every epoch on rank 0, the best checkpoint is kept,
 and the driver evaluates it on the test split, exports it (TorchScript) and logs everything to MLflow.
 """
 
