@@ -2,7 +2,8 @@
 
 Precedence: dataclass defaults < ``--config file.yaml`` < explicit CLI flags. Unknown YAML keys and bad
 values raise :class:`reid.errors.ConfigError` before any work starts. A field's help text comes from
-``field(metadata={"help": ...})``.
+``field(metadata={"help": ...})``; ``metadata={"aliases": ("--from",)}`` adds other flags for the same field
+(for names that are Python keywords).
 """
 
 from __future__ import annotations
@@ -129,13 +130,13 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
         base, _ = _base_type(f.type)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-"), *f.metadata.get("aliases", ())]  # e.g. --from for a keyword
         help_text = f.metadata.get("help", "")
         if base is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{help_text} (default: {default})")
         else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(),
+            parser.add_argument(*flags, dest=name, default=None, metavar=name.upper(),
                                 help=f"{help_text} (default: {default})")
     return parser
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from collections import defaultdict
 from typing import Any
@@ -146,7 +147,8 @@ class SequenceCrops:
     uint8 geometry), so validation, calibration and labeling see the same pixels.
     """
 
-    def __init__(self, crops_root: str, face_size: int, body_size: int, augment_train: bool) -> None:
+    def __init__(self, crops_root: str, face_size: int, body_size: int, augment_train: bool,
+                 transform_json: str = "") -> None:
         from reid.data import augment
 
         self.crops_root = crops_root
@@ -156,7 +158,8 @@ class SequenceCrops:
         else:
             from reid.embedding import CropPreprocessor
 
-            geometry = CropPreprocessor(face_size, body_size).geometry
+            geometry = CropPreprocessor(face_size, body_size, json.loads(transform_json) if transform_json
+                                        else None).geometry
             self.face_tf, self.body_tf = geometry["face"], geometry["body"]
         self.face_size, self.body_size = face_size, body_size
 
@@ -208,8 +211,9 @@ class SequenceCrops:
 
 
 def sequence_dataset(crops_root: str, sequences: list[Sequence], face_size: int, body_size: int,
-                     augment_train: bool, num_cpus: float = 0.5):
-    """Ray Dataset with one row per labelled sequence (see :class:`SequenceCrops`)."""
+                     augment_train: bool, num_cpus: float = 0.5, transform: dict[str, Any] | None = None):
+    """Ray Dataset with one row per labelled sequence (see :class:`SequenceCrops`); evaluation crops get the
+    model's recorded ``transform`` (its ``ModelConfig.transform``; None: the default eval transform)."""
     import ray
 
     rows = sequence_rows(sequences, crop_job_params(crops_root)["pages_per_shard"])
@@ -217,12 +221,13 @@ def sequence_dataset(crops_root: str, sequences: list[Sequence], face_size: int,
         raise DataFormatError(crops_root, "no labelled sequence has any instance")
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), 16)).map_batches(
         _sequence_crops, fn_kwargs={"crops_root": crops_root, "face_size": face_size, "body_size": body_size,
-                                    "augment_train": augment_train},
+                                    "augment_train": augment_train,
+                                    "transform_json": json.dumps(transform, sort_keys=True) if transform else ""},
         batch_size=8, num_cpus=num_cpus)
 
 
 def _sequence_crops(batch: dict[str, np.ndarray], crops_root: str, face_size: int, body_size: int,
-                    augment_train: bool) -> dict[str, Any]:
-    return _udf(SequenceCrops, crops_root, face_size, body_size, augment_train)(batch)
+                    augment_train: bool, transform_json: str = "") -> dict[str, Any]:
+    return _udf(SequenceCrops, crops_root, face_size, body_size, augment_train, transform_json)(batch)
 
 

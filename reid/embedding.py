@@ -45,19 +45,26 @@ def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class CropPreprocessor:
-    """Crops → uint8 arrays with exactly the geometry of :func:`reid.data.augment.eval_transform`.
+    """Crops → uint8 arrays with exactly the geometry of :func:`reid.data.augment.eval_transform`, or of the
+    model's recorded ``transform`` spec (``ModelConfig.transform``, see
+    :func:`reid.data.augment.eval_transform_from_spec`) when one is given.
 
     The eval transform is split where its dtype conversion starts: the geometry (square resize for faces,
     resize + pad for bodies) runs on the CPU, per crop, and yields uint8 (3, S, S) (4x smaller to move
     between processes and to the GPU); the rest (scale to [0, 1], normalise) runs batched on the device in
-    :meth:`normalize`. The composition equals ``eval_transform(size, kind)`` bit for bit.
+    :meth:`normalize`. The composition equals ``eval_transform(size, kind)`` (or the spec's) bit for bit.
     """
 
-    def __init__(self, face_size: int, body_size: int) -> None:
+    def __init__(self, face_size: int, body_size: int, transform: dict[str, Any] | None = None) -> None:
         self.sizes = {"face": face_size, "body": body_size}
+        if transform is not None and (transform["face"]["size"], transform["body"]["size"]) != (face_size,
+                                                                                                 body_size):
+            raise ValueError(f"transform spec sizes {transform['face']['size']}/{transform['body']['size']} "
+                             f"!= face/body sizes {face_size}/{body_size}")
         self.geometry, self.tail = {}, {}
         for kind, size in self.sizes.items():
-            steps = list(augment.eval_transform(size, kind).transforms)
+            steps = list((augment.eval_transform(size, kind) if transform is None
+                          else augment.eval_transform_from_spec(transform, kind)).transforms)
             split = next((i for i, t in enumerate(steps) if isinstance(t, v2.ToDtype)), None)
             if split is None or not all(isinstance(t, v2.ToDtype | v2.Normalize) for t in steps[split:]):
                 raise TypeError(f"eval_transform({size}, {kind!r}) no longer ends in ToDtype/Normalize: {steps}")
@@ -98,7 +105,7 @@ class CharacterEmbedder:
     """Embeds character instances with a Re-ID net: face (F px) and body (B px) crops → (N, embed_dim).
 
     Holds the model in eval mode on ``device`` (this puts a model passed in into eval mode) and a
-    :class:`CropPreprocessor` for its input sizes.
+    :class:`CropPreprocessor` for its input sizes and its recorded transform (``model.config.transform``).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
@@ -106,7 +113,8 @@ class CharacterEmbedder:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
-        self.preprocess = CropPreprocessor(model.config.face_size, model.config.body_size)
+        self.preprocess = CropPreprocessor(model.config.face_size, model.config.body_size,
+                                           getattr(model.config, "transform", None))
 
     def padded_size(self, n: int) -> int:
         """Rows a chunk of ``n`` is padded to: the next multiple of :data:`PAD_MULTIPLE`, at most the batch size.

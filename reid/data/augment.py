@@ -4,6 +4,10 @@ Every pipeline takes a uint8 (C, H, W) tensor or a PIL image (grayscale is expan
 returns a float32 (3, size, size) tensor normalised with mean 0.5 and std 0.5 (values in [-1, 1]).
 Faces are resized to a square (their crops are already squared, docs/DATA.md); bodies are resized on
 their longer side and padded square, so their aspect ratio is kept.
+
+A model may record its own inference transform as a *transform spec* (a JSON-safe dict, see
+:func:`check_transform_spec`): :func:`eval_transform_from_spec` builds it; :func:`default_transform_spec` is
+today's :func:`eval_transform` and :func:`paper_transform_spec` the paper's ``SIMCLR_TEST`` transform.
 """
 
 from __future__ import annotations
@@ -22,19 +26,20 @@ STD = (0.5, 0.5, 0.5)
 class ResizePadSquare(v2.Transform):
     """Resize so the longer side is ``size``, then pad both sides evenly to ``size`` x ``size``."""
 
-    def __init__(self, size: int, fill: int = 0) -> None:
+    def __init__(self, size: int, fill: int = 0, antialias: bool = True) -> None:
         super().__init__()
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         self.size = size
         self.fill = fill
+        self.antialias = antialias
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         height, width = TF.get_size(inpt)
         scale = self.size / max(height, width)
         new_h = min(self.size, max(1, round(height * scale)))
         new_w = min(self.size, max(1, round(width * scale)))
-        resized = TF.resize(inpt, [new_h, new_w], antialias=True)
+        resized = TF.resize(inpt, [new_h, new_w], antialias=self.antialias)
         left, top = (self.size - new_w) // 2, (self.size - new_h) // 2
         padding = [left, top, self.size - new_w - left, self.size - new_h - top]
         return TF.pad(resized, padding, fill=self.fill)
@@ -112,3 +117,79 @@ def eval_transform(size: int, kind: str) -> v2.Compose:
     """Deterministic transform for embedding: square resize (face) or resize + pad (body), normalise."""
     _check(size, kind)
     return v2.Compose([*_head(), _square(size, kind), *_tail()])
+
+
+# -- transform specs ---------------------------------------------------------------------------------------
+
+RESIZES = ("square", "longest_pad")
+"""``square``: resize to size x size (aspect ratio not kept); ``longest_pad``: longer side to size, zero padding
+centred to size x size (:class:`ResizePadSquare`)."""
+
+
+def default_transform_spec(face_size: int, body_size: int) -> dict[str, Any]:
+    """The spec of :func:`eval_transform`: faces square-resized, bodies longest side + pad, mean/std 0.5."""
+    return {"face": {"size": face_size, "resize": "square", "antialias": True},
+            "body": {"size": body_size, "resize": "longest_pad", "antialias": True}, "mean": 0.5, "std": 0.5}
+
+
+def paper_transform_spec(face_size: int = 96, body_size: int = 128) -> dict[str, Any]:
+    """The paper's inference transform (``VisionTransformSetting.SIMCLR_TEST``): longest side to N, zero padding
+    to N x N, mean/std 0.5, for faces and bodies alike. Its resize is OpenCV's bilinear without antialiasing,
+    hence ``antialias: False`` (torchvision's bilinear equals it up to uint8 rounding)."""
+    return {"face": {"size": face_size, "resize": "longest_pad", "antialias": False},
+            "body": {"size": body_size, "resize": "longest_pad", "antialias": False}, "mean": 0.5, "std": 0.5}
+
+
+def _channels(name: str, value: Any) -> float | list[float]:
+    if isinstance(value, bool):
+        raise ValueError(f"transform spec {name}={value!r}: expected a number or 3 numbers")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list | tuple) and len(value) == 3 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    raise ValueError(f"transform spec {name}={value!r}: expected a number or 3 numbers")
+
+
+def check_transform_spec(spec: Any) -> dict[str, Any]:
+    """A validated, normalised copy of a transform spec; raises ValueError naming the bad entry.
+
+    ``{"face": {"size": int > 0, "resize": "square" | "longest_pad", "antialias": bool (default True)},
+    "body": {...}, "mean": float or 3 floats, "std": float or 3 floats (> 0)}``; no other keys.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"transform spec must be a dict, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - {"face", "body", "mean", "std"})
+    if unknown:
+        raise ValueError(f"transform spec: unknown keys {unknown}")
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        part = spec.get(kind)
+        if not isinstance(part, dict):
+            raise ValueError(f"transform spec {kind!r}: expected a dict with size and resize, got {part!r}")
+        extra = sorted(set(part) - {"size", "resize", "antialias"})
+        size, resize, antialias = part.get("size"), part.get("resize"), part.get("antialias", True)
+        if extra or isinstance(size, bool) or not isinstance(size, int) or size <= 0 or resize not in RESIZES \
+                or not isinstance(antialias, bool):
+            raise ValueError(f"transform spec {kind!r}={part!r}: expected size (int > 0), resize in {RESIZES}, "
+                             "antialias (bool)")
+        out[kind] = {"size": size, "resize": resize, "antialias": antialias}
+    for name in ("mean", "std"):
+        out[name] = _channels(name, spec.get(name))
+    std = out["std"] if isinstance(out["std"], list) else [out["std"]]
+    if min(std) <= 0:
+        raise ValueError(f"transform spec std={out['std']!r}: must be positive")
+    return out
+
+
+def eval_transform_from_spec(spec: dict[str, Any], kind: str) -> v2.Compose:
+    """The deterministic transform a spec describes for ``kind`` (face | body): uint8/PIL image ->
+    float32 (3, size, size). ``default_transform_spec(F, B)`` gives exactly ``eval_transform(F|B, kind)``."""
+    spec = check_transform_spec(spec)
+    _check(spec[kind]["size"], kind)
+    part = spec[kind]
+    size, antialias = part["size"], part["antialias"]
+    geometry = (v2.Resize((size, size), antialias=antialias) if part["resize"] == "square"
+                else ResizePadSquare(size, antialias=antialias))
+    mean, std = ([spec[k]] * 3 if isinstance(spec[k], float) else spec[k] for k in ("mean", "std"))
+    return v2.Compose([*_head(), geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])

@@ -56,7 +56,7 @@ class PreparedShard:
 
 
 def prepare_shard(cfg: LabelConfig, item: dict[str, Any], face_size: int, body_size: int,
-                  pages_per_shard: int) -> PreparedShard:
+                  pages_per_shard: int, transform: dict[str, Any] | None = None) -> PreparedShard:
     """Read, pair, decode and preprocess a work unit's crops (CPU; no side effects, safe to retry)."""
     from reid.embedding import CropPreprocessor
 
@@ -71,7 +71,7 @@ def prepare_shard(cfg: LabelConfig, item: dict[str, Any], face_size: int, body_s
         characters.append({k: v for k, v in char.items() if k not in ("face", "body")})
         faces.append(face)
         bodies.append(body)
-    images = CropPreprocessor(face_size, body_size)(faces, bodies)
+    images = CropPreprocessor(face_size, body_size, transform)(faces, bodies)  # the model's transform spec
     unit.crops = unit.crops.drop_columns(["image"])  # decoded now: don't ship the JPEG bytes to the actor
     return PreparedShard(item["shard"], unit, characters, images, bad)
 
@@ -171,14 +171,14 @@ def commit_shard(cfg: LabelConfig, prepared: PreparedShard, embeddings: np.ndarr
 
 
 def _prepare_batch(batch: dict[str, Any], cfg: LabelConfig, face_size: int, body_size: int,
-                   pages_per_shard: int) -> dict[str, list]:
+                   pages_per_shard: int, transform: dict[str, Any] | None = None) -> dict[str, list]:
     """Ray Data task (CPU): work items → pickled :class:`PreparedShard` (empty for committed shards)."""
     output = windows_output(cfg.out)
     payloads = []
     for shard, windows in zip(batch["shard"], batch["windows"], strict=True):
         item = {"shard": str(shard), "windows": [str(w) for w in windows]}
         payloads.append(b"" if output.is_committed(item["shard"]) else
-                        pickle.dumps(prepare_shard(cfg, item, face_size, body_size, pages_per_shard)))
+                        pickle.dumps(prepare_shard(cfg, item, face_size, body_size, pages_per_shard, transform)))
     return {"shard": [str(s) for s in batch["shard"]], "payload": payloads}
 
 
@@ -257,7 +257,8 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"cfg": cfg, "face_size": model_cfg["face_size"],
                                                    "body_size": model_cfg["body_size"],
-                                                   "pages_per_shard": pages_per_shard},
+                                                   "pages_per_shard": pages_per_shard,
+                                                   "transform": model_cfg.get("transform")},
                         batch_size=1, num_cpus=cfg.num_cpus_per_task)
     ds = ds.map_batches(ShardLabeler, fn_constructor_kwargs={"cfg": config.to_dict(cfg), "model_id": model_id},
                         batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from reid.data.augment import check_transform_spec, default_transform_spec
 from reid.errors import CheckpointError, ConfigError
 
 ARCHS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -25,6 +27,9 @@ class ModelConfig:
 
     ``proj_hidden_dim=None`` means "the backbone's width" (2048 for ResNet-50).
     ``backbone_weights`` is a local torchvision ResNet state-dict file, or None for random init.
+    ``transform`` is the model's inference transform spec (:func:`reid.data.augment.check_transform_spec`;
+    its sizes are ``face_size``/``body_size``), recorded by models that need their own (imported paper
+    checkpoints); None means today's :func:`reid.data.augment.eval_transform`. Read it as :attr:`transform_spec`.
     """
 
     arch: str = "resnet50"
@@ -35,6 +40,7 @@ class ModelConfig:
     embed_dim: int = 256
     backbone_weights: str | None = None
     freeze_ssl: bool = True
+    transform: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -44,6 +50,23 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
         if self.proj_hidden_dim is not None and self.proj_hidden_dim <= 0:
             raise ConfigError(f"proj_hidden_dim={self.proj_hidden_dim}: must be positive or None")
+        if self.transform is not None:
+            try:
+                spec = check_transform_spec(self.transform)
+            except ValueError as e:
+                raise ConfigError(f"transform: {e}") from None
+            sizes = (spec["face"]["size"], spec["body"]["size"])
+            if sizes != (self.face_size, self.body_size):
+                raise ConfigError(f"transform sizes face/body {sizes[0]}/{sizes[1]} != face_size/body_size "
+                                  f"{self.face_size}/{self.body_size}")
+            object.__setattr__(self, "transform", spec)  # a validated copy: the caller's dict is not shared
+
+    @property
+    def transform_spec(self) -> dict[str, Any]:
+        """The inference transform spec: the recorded one, else that of today's ``eval_transform``."""
+        if self.transform is not None:
+            return copy.deepcopy(self.transform)
+        return default_transform_spec(self.face_size, self.body_size)
 
     @property
     def backbone_dim(self) -> int:

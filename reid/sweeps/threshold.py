@@ -92,7 +92,7 @@ def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:
     device = torch.device("cuda" if cfg.gpu and torch.cuda.is_available() else "cpu")
     sequences = formats.read_split(cfg.sequences, cfg.split)
     dataset = sequence_dataset(cfg.crops, sequences, model_config.face_size, model_config.body_size, False,
-                               cfg.data_cpus)
+                               cfg.data_cpus, transform=model_config.transform)
     return embed_batches(model.to(device), dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
                          device)
 

@@ -184,7 +184,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
 
     if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
         raise CheckpointError(f"{cfg.ssl_checkpoint}: SSL checkpoint not found")
-    build_model(cfg)  # fail fast on a bad checkpoint, before any Ray work
+    model = build_model(cfg)  # fail fast on a bad checkpoint, before any Ray work
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
@@ -195,7 +195,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     datasets = {
         "train": sequence_dataset(cfg.crops, splits["train"], cfg.face_size, cfg.body_size, True, cfg.data_cpus),
         "val": sequence_dataset(cfg.crops, splits["validation"], cfg.face_size, cfg.body_size, False,
-                                cfg.data_cpus),
+                                cfg.data_cpus, transform=model.config.transform),
     }
     loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id,
                    "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
@@ -219,7 +219,8 @@ def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dic
     from reid.calibration import calibrate
     from reid.datasets import sequence_dataset
 
-    ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus)
+    ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
+                          transform=model.config.transform)
     values = embed_batches(model, ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"))
     if len(values["labels"]) < 2:
         raise ConfigError(f"{cfg.sequences}: the validation split has {len(values['labels'])} embedded "
@@ -261,7 +262,8 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     log.info("finetune: assigner calibrated on %d validation windows: threshold %.3g, link threshold %.3g "
              "(window AMI %.3f)", calibration["windows"], calibration["threshold"], calibration["link_threshold"],
              calibration["window_AMI"])
-    test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus)
+    test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
+                               transform=model.config.transform)
     test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
     exported = io.join(out_dir, "reid_net.torchscript.pt")
     export_torchscript(model, exported)
