@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= runs/demo
+RECIPE   ?= default
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint bench clean help
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/python jobs/pipeline.py --out $(DEMO_OUT)
+	$(BIN)/python jobs/pipeline.py --out $(DEMO_OUT) --recipe $(RECIPE)
 
 lint: venv
 	$(BIN)/ruff check .

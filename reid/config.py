@@ -152,7 +152,24 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
         value = getattr(args, name)
         if value is not None:
             values[name] = value
-    return from_dict(cls, values, source=args.config or "command line")
+    return absolute_paths(from_dict(cls, values, source=args.config or "command line"))
+
+
+PATH_FIELDS = ("comics_root", "instances", "crops", "sequences", "ssl_checkpoint", "storage", "model", "out",
+               "ground_truth", "backbone_weights", "source")
+"""Config fields that name files or folders: made absolute on the driver (:func:`absolute_paths`)."""
+
+
+def absolute_paths(cfg: C) -> C:
+    """``cfg`` with every local path field (:data:`PATH_FIELDS`) made absolute against this process's working
+    directory; URIs (``s3://...``) and empty values are kept. Jobs call it on the driver, because Ray workers run
+    in other working directories: a relative path would name another file there."""
+    names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
+    changes = {name: io.absolute(getattr(cfg, name)) for name in PATH_FIELDS
+               if name in names and isinstance(getattr(cfg, name), str) and getattr(cfg, name)
+               and not io.is_uri(getattr(cfg, name))}
+    changes = {k: v for k, v in changes.items() if v != getattr(cfg, k)}
+    return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
 
 
 def replace(cfg: C, **changes: Any) -> C:

@@ -67,12 +67,12 @@ class SSLViews:
     drops those rows before the forward pass, so they are never seen as images.
     """
 
-    def __init__(self, face_size: int, body_size: int) -> None:
+    def __init__(self, face_size: int, body_size: int, hue: float = 0.1, grayscale: float = 0.2) -> None:
         from reid.data import augment
 
         self.face_size, self.body_size = face_size, body_size
-        self.strong_face = augment.ssl_strong(face_size, "face")
-        self.strong_body = augment.ssl_strong(body_size, "body")
+        self.strong_face = augment.ssl_strong(face_size, "face", hue, grayscale)
+        self.strong_body = augment.ssl_strong(body_size, "body", hue, grayscale)
         self.weak_face = augment.weak_face(face_size)
         self.weak_body = augment.weak_body(body_size)
 
@@ -102,18 +102,21 @@ def _udf(cls: type, *args: Any) -> Any:
     return cls(*args)
 
 
-def _ssl_views(batch: dict[str, np.ndarray], face_size: int, body_size: int) -> dict[str, np.ndarray]:
-    return _udf(SSLViews, face_size, body_size)(batch)
+def _ssl_views(batch: dict[str, np.ndarray], face_size: int, body_size: int, hue: float = 0.1,
+               grayscale: float = 0.2) -> dict[str, np.ndarray]:
+    return _udf(SSLViews, face_size, body_size, hue, grayscale)(batch)
 
 
-def ssl_dataset(crops_root: str, face_size: int, body_size: int, num_cpus: float = 0.5):
+def ssl_dataset(crops_root: str, face_size: int, body_size: int, num_cpus: float = 0.5, hue: float = 0.1,
+                grayscale: float = 0.2):
     """Ray Dataset of augmented SSL samples (see :class:`SSLViews`).
 
     Decoding runs in tasks with fractional CPUs, not an actor pool: tasks release their CPUs between
     batches, so the pipeline cannot starve the training workers on a small node.
     """
     train = character_instances(crops_root).filter(lambda row: not is_validation_key(row["key"]), num_cpus=0.25)
-    return train.map_batches(_ssl_views, fn_kwargs={"face_size": face_size, "body_size": body_size},
+    return train.map_batches(_ssl_views, fn_kwargs={"face_size": face_size, "body_size": body_size, "hue": hue,
+                                                    "grayscale": grayscale},
                              batch_size=32, num_cpus=num_cpus)
 
 

@@ -29,6 +29,11 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (``~`` expanded); URIs unchanged."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
 def join(base: str, *parts: str) -> str:
     if is_uri(base):
         return posixpath.join(base, *parts)

@@ -22,6 +22,8 @@ from reid.errors import ConfigError, ReidError
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "crop", "pretrain", "finetune", "label")
+RECIPES = {"default": {}, "paper": {"pretrain": "jobs/configs/paper_pretrain.yaml",
+                                    "finetune": "jobs/configs/paper_finetune.yaml"}}
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,17 @@ class PipelineConfig:
     preset: str = field(default="demo", metadata={"help": "synthetic corpus preset: tiny | demo | bench"})
     series: int | None = field(default=None, metadata={"help": "override the preset's number of series"})
     pages: int | None = field(default=None, metadata={"help": "override the preset's pages per series"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of the synthetic corpus"})
+    train_seed: int = field(default=0, metadata={"help": "seed of model initialisation and data order"})
     arch: str = field(default="resnet18", metadata={"help": "demo backbone (the paper: resnet50)"})
     face_size: int = field(default=48, metadata={"help": "demo face size (the paper: 96)"})
     body_size: int = field(default=64, metadata={"help": "demo body size (the paper: 128)"})
+    recipe: str = field(default="default", metadata={"help": "default | paper: the paper's recipe (SimCLR colour "
+                                                            "augmentations, frozen SSL network; "
+                                                            "jobs/configs/paper_*.yaml)"})
     pretrain_epochs: int = 6
     batch_size: int = 64
-    finetune_epochs: int = 6
+    finetune_epochs: int = 15
     sequences_per_batch: int = 8
     workers: int = 2
     cpus_per_worker: float = 0.5
@@ -58,6 +64,7 @@ class PipelineConfig:
         unknown = set(self.stage_list) - set(STAGES)
         config.check(not unknown, f"unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
         config.check(self.preset in ("tiny", "demo", "bench"), f"preset must be tiny, demo or bench: {self.preset}")
+        config.check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}: {self.recipe}")
 
     @property
     def stage_list(self) -> list[str]:
@@ -78,8 +85,11 @@ def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
     common = ["--ray-num-cpus", str(cfg.ray_num_cpus)] if cfg.ray_num_cpus and not cfg.submit else []
     mlflow = ["--mlflow-uri", cfg.mlflow_uri] if cfg.mlflow_uri else []
     model = ["--face-size", str(cfg.face_size), "--body-size", str(cfg.body_size)]
+    recipe = {stage: ["--config", path if cfg.submit else str(REPO / path)]  # --submit: relative to --working-dir
+              for stage, path in RECIPES[cfg.recipe].items()}
     train = ["--workers", str(cfg.workers), "--cpus-per-worker", str(cfg.cpus_per_worker),
-             "--data-cpus", str(cfg.data_cpus), "--storage", p["train"], *(["--gpu"] if cfg.gpu else [])]
+             "--data-cpus", str(cfg.data_cpus), "--storage", p["train"], "--seed", str(cfg.train_seed),
+             *(["--gpu"] if cfg.gpu else [])]
     corpus = ["-m", "reid.data.synthetic", "--out", p["corpus"], "--preset", cfg.preset, "--seed", str(cfg.seed)]
     corpus += ["--series", str(cfg.series)] if cfg.series else []
     corpus += ["--pages", str(cfg.pages)] if cfg.pages else []
@@ -87,10 +97,10 @@ def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
         "corpus": corpus,
         "crop": ["jobs/crop.py", "--comics-root", p["corpus"], "--out", p["crops"], "--pages-per-shard", "4",
                  "--name", f"{cfg.name_prefix}-crop", *mlflow, *common],
-        "pretrain": ["jobs/pretrain.py", "--crops", p["crops"], "--name", f"{cfg.name_prefix}-pretrain",
+        "pretrain": ["jobs/pretrain.py", *recipe.get("pretrain", []), "--crops", p["crops"], "--name", f"{cfg.name_prefix}-pretrain",
                      "--arch", cfg.arch, *model, "--epochs", str(cfg.pretrain_epochs), "--batch-size",
                      str(cfg.batch_size), *train, *mlflow, *common],
-        "finetune": ["jobs/finetune.py", "--crops", p["crops"], "--sequences", f"{p['corpus']}/data/comics_seq",
+        "finetune": ["jobs/finetune.py", *recipe.get("finetune", []), "--crops", p["crops"], "--sequences", f"{p['corpus']}/data/comics_seq",
                      "--ssl-checkpoint", p["ssl_model"], "--name", f"{cfg.name_prefix}-finetune", *model,
                      "--epochs", str(cfg.finetune_epochs), "--sequences-per-batch", str(cfg.sequences_per_batch),
                      *train, *mlflow, *common],

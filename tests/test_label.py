@@ -284,14 +284,16 @@ def test_face_and_body_share_labels_and_series_links_match_reference(resumed, re
         per_character[(r["window_id"], r["char_key"])].add((r["identity"], r["series_identity"]))
     assert all(len(v) == 1 for v in per_character.values())
     assert any(len({r["type"] for r in rows if r["char_key"] == k[1]}) == 2 for k in per_character)
-    # reference: link_windows on the member embeddings (it computes the window centres itself)
+    # reference: link_windows on the member embeddings (it computes the window centres itself), constrained as
+    # the job is: two characters of one panel are never linked
+    panel_of = {r["char_key"]: r["panel_id"] for r in rows}
     keys = sorted(per_character)
     window_labels = np.asarray([next(iter(per_character[k]))[0] for k in keys])
     series_ids = [int(w.split("_")[0]) for w, _ in keys]
     series_job = [(s, next(iter(per_character[k]))[1]) for s, k in zip(series_ids, keys, strict=True)]
     embeddings = np.stack([reference[char_key][1] for _, char_key in keys])
     expected = link_windows(embeddings, window_labels, np.asarray([w for w, _ in keys]), np.asarray(series_ids),
-                            threshold=thresholds[1])
+                            threshold=thresholds[1], members=[{panel_of[k]: k} for _, k in keys])
     assert _same_partition(dict(zip(keys, series_job, strict=True)), dict(zip(keys, expected.tolist(), strict=True)))
     window_clusters = {(w, k) for (w, _), k in zip(keys, window_labels, strict=True)}
     assert len(set(series_job)) < len(window_clusters), "linking must merge some window identities"

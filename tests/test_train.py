@@ -186,3 +186,25 @@ def _ports() -> dict[str, int]:
 
     gcs, dash, client, ml = free_ports(4)
     return {"gcs_port": gcs, "dashboard_port": dash, "client_server_port": client, "mlflow_port": ml}
+
+
+def test_training_flops_per_sample_counts_every_view_and_the_backward() -> None:
+    # A model whose forward FLOPs are known: Linear(16 -> 8) on each of 3 "views" of 4 samples. The forward of
+    # one view costs 2 * 16 * 8 FLOPs, a sample has 3 views, and training costs 3 forwards.
+    import torch
+    from torch import nn
+
+    from reid.train.common import train_flops_per_sample
+
+    class ThreeViews(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(16, 8, bias=False)
+
+        def forward(self, views: torch.Tensor) -> torch.Tensor:
+            return self.fc(views)
+
+    views = torch.randn(3 * 4, 16)  # 3 views of 4 samples, stacked as the pretraining step stacks them
+    assert train_flops_per_sample(ThreeViews(), (views,), samples=4) == 3 * 3 * 2 * 16 * 8
+    with pytest.raises(ValueError):
+        train_flops_per_sample(ThreeViews(), (views,), samples=0)

@@ -69,10 +69,21 @@ def _tail() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
 
 
-def ssl_strong(size: int, kind: str = "face") -> v2.Compose:
-    """SimCLR view: random resized crop (scale 0.08-1), flip, colour jitter 0.5/0.5/0.5/0.1 (p 0.8),
-    grayscale (p 0.2), Gaussian blur (p 0.5). Bodies are padded square before the crop."""
+PAPER_HUE = 0.1
+PAPER_GRAYSCALE = 0.2
+
+
+def ssl_strong(size: int, kind: str = "face", hue: float = PAPER_HUE, grayscale: float = PAPER_GRAYSCALE
+               ) -> v2.Compose:
+    """SimCLR view: random resized crop (scale 0.08-1), flip, colour jitter 0.5/0.5/0.5/``hue`` (p 0.8),
+    grayscale (p ``grayscale``), Gaussian blur (p 0.5). Bodies are padded square before the crop.
+
+    The defaults are the paper's (SimCLR's). Hue jitter and grayscale remove colour, which in comics carries
+    identity (costume and hair colours): the product's pretraining turns both off (``--hue 0 --grayscale 0``,
+    measured in docs/RESULTS.md)."""
     _check(size, kind)
+    if not (0 <= hue <= 0.5 and 0 <= grayscale <= 1):
+        raise ValueError(f"need 0 <= hue <= 0.5 and 0 <= grayscale <= 1, got {hue}, {grayscale}")
     geometry = [] if kind == "face" else [ResizePadSquare(size)]
     return v2.Compose(
         [
@@ -80,8 +91,8 @@ def ssl_strong(size: int, kind: str = "face") -> v2.Compose:
             *geometry,
             v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, hue)], p=0.8),
+            v2.RandomGrayscale(p=grayscale),
             v2.RandomApply([_blur(size)], p=0.5),
             *_tail(),
         ]

@@ -140,8 +140,13 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def train_flops_per_sample(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
-    """Forward FLOPs of one sample × 3 (forward + backward), counted by torch's FlopCounterMode."""
+def train_flops_per_sample(model: nn.Module, inputs: tuple[torch.Tensor, ...], samples: int) -> float:
+    """Training FLOPs per sample: the forward FLOPs of ``inputs`` (counted by torch's FlopCounterMode) × 3
+    (forward + backward ≈ 3 forwards), divided by the ``samples`` those inputs hold.
+
+    A pretraining sample is one character instance, i.e. all of its views (two strong and one weak view of its
+    face and of its body): pass the whole batch's views and the number of instances, not the number of images.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -150,7 +155,9 @@ def train_flops_per_sample(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -
     with torch.no_grad(), counter:
         model(*inputs)
     model.train(was_training)
-    return 3.0 * counter.get_total_flops() / inputs[0].shape[0]
+    if samples <= 0:
+        raise ValueError(f"samples must be positive, got {samples}")
+    return 3.0 * counter.get_total_flops() / samples
 
 
 def trainer_run_config(name: str, storage_path: str, max_failures: int):

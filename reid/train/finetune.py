@@ -39,21 +39,22 @@ class FinetuneConfig:
     storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path"})
     name: str = field(default="finetune", metadata={"help": "run name: same name = resume; MLflow run key"})
     arch: str = field(default="resnet50", metadata={"help": "backbone when no --ssl-checkpoint is given"})
-    face_size: int = 96
-    body_size: int = 128
+    face_size: int = field(default=96, metadata={"help": "face crop side, px"})
+    body_size: int = field(default=128, metadata={"help": "body crop side (longer side, padded square), px"})
     embed_dim: int = 256
-    freeze_ssl: bool = field(default=True, metadata={"help": "train only the fusion Linear (the paper)"})
+    freeze_ssl: bool = field(default=False, metadata={"help": "train only the fusion Linear (the paper's recipe; "
+                                                              "the default trains the SSL layers too)"})
     epochs: int = 20
     sequences_per_batch: int = field(default=8, metadata={"help": "whole sequences per global batch"})
-    lr: float = 7.5e-4
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (the paper, frozen: 7.5e-4)"})
     weight_decay: float = 0.05
     lr_gamma: float = 0.95
     pos_margin: float = 0.0
     neg_margin: float = 1.0
     miner: str | None = field(default=None, metadata={"help": "none or pair_margin"})
-    workers: int = 2
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP processes)"})
     gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "Ray CPUs per train worker"})
     data_cpus: float = 0.5
     bf16: bool = True
     max_failures: int = 2

@@ -36,26 +36,30 @@ class PretrainConfig:
     storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path (checkpoints)"})
     name: str = field(default="pretrain", metadata={"help": "run name: same name = resume; MLflow run key"})
     arch: str = "resnet50"
-    face_size: int = 96
-    body_size: int = 128
+    face_size: int = field(default=96, metadata={"help": "face crop side, px"})
+    body_size: int = field(default=128, metadata={"help": "body crop side (longer side, padded square), px"})
     proj_hidden_dim: int | None = None
     proj_dim: int = 128
     backbone_weights: str | None = field(default=None, metadata={"help": "local torchvision state dict"})
-    epochs: int = 100
+    epochs: int = field(default=100, metadata={"help": "passes over the corpus"})
     batch_size: int = field(default=320, metadata={"help": "global batch (split over workers)"})
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_epochs: int = 0
-    temperature: float = 0.07
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate (cosine schedule)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_epochs: int = field(default=0, metadata={"help": "linear warm-up, epochs"})
+    temperature: float = field(default=0.07, metadata={"help": "NT-Xent temperature"})
+    hue: float = field(default=0.0, metadata={"help": "hue jitter of the strong views (the paper: 0.1; colour "
+                                                      "carries identity in comics)"})
+    grayscale: float = field(default=0.0, metadata={"help": "probability of a grayscale strong view (the "
+                                                            "paper: 0.2)"})
     face_weight: float = 1.0
     body_weight: float = 1.0
     identity_weight: float = field(default=1.0, metadata={"help": "weight of the face<->body term (0 = off)"})
     use_faces: bool = field(default=True, metadata={"help": "train on face crops (ablations)"})
     use_bodies: bool = field(default=True, metadata={"help": "train on body crops (ablations)"})
-    grad_clip: float = 0.5
-    workers: int = 2
+    grad_clip: float = field(default=0.5, metadata={"help": "gradient norm clip"})
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP processes)"})
     gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "Ray CPUs per train worker"})
     data_cpus: float = field(default=0.5, metadata={"help": "CPUs per Ray Data decode/augment actor"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU"})
     channels_last: bool = True
@@ -75,6 +79,8 @@ class PretrainConfig:
         config.check(self.batch_size >= 2 * self.workers,
                      f"batch_size {self.batch_size} too small for {self.workers} workers")
         config.check(self.lr > 0 and self.temperature > 0, "lr and temperature must be > 0")
+        config.check(0 <= self.hue <= 0.5 and 0 <= self.grayscale <= 1,
+                     f"need 0 <= hue <= 0.5 and 0 <= grayscale <= 1, got {self.hue}, {self.grayscale}")
         config.check(self.use_faces or self.use_bodies, "use_faces and use_bodies cannot both be off")
         config.check(min(self.face_weight, self.body_weight, self.identity_weight) >= 0, "weights must be >= 0")
         self.model_config()  # validates arch and sizes
@@ -150,7 +156,8 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
                                                     local_shuffle_seed=cfg.seed * 1000 + epoch):
             faces, bodies, nf, nb, npair = _split_views(batch, cfg, rt.device)
             if flops_per_sample is None and rt.device.type == "cuda" and nf and nb:
-                flops_per_sample = common.train_flops_per_sample(common.unwrap(net), (faces[:2], bodies[:2]))
+                flops_per_sample = common.train_flops_per_sample(common.unwrap(net), (faces, bodies),
+                                                                 samples=batch["has_face"].shape[0])
             with common.autocast(rt.device, cfg.bf16):
                 z_face, z_body = net(faces, bodies)
             z_face, z_body = z_face.float(), z_body.float()
@@ -255,7 +262,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
-    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus)
+    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale)
     train_instances = count_character_instances(cfg.crops)
     if train_instances < cfg.batch_size:
         raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "

@@ -112,7 +112,8 @@ def main() -> None:
         net = FaceBodyEmbedder(model).to(device)
         if cfg.channels_last and device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
-        flops = common.train_flops_per_sample(net, tuple(_split_views(batches[0], cfg, device)[:2]))
+        flops = common.train_flops_per_sample(net, tuple(_split_views(batches[0], cfg, device)[:2]),
+                                              samples=batches[0]["has_face"].shape[0])
         runner = torch.compile(net) if compiled else net
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = IdentityAwareSSLLoss(cfg.temperature)

@@ -270,6 +270,9 @@ def evaluate(model: ReIDNet, data: dict[str, Any], v: Variant) -> dict[str, floa
     chosen = window_scores("test", best_t)
     at_paper = window_scores("test", 0.82)
     free = window_scores("test", max((window_scores("validation", t, False)["AMI"], t) for t in grid)[1], False)
+    curve = [(window_scores("test", t)["AMI"], t) for t in grid]
+    out.update(oracle_threshold=float(max(curve)[1]), oracle_window_ami=float(max(curve)[0]),
+               val_curve={str(t): round(a, 3) for a, t in val}, test_curve={str(t): round(a, 3) for a, t in curve})
     out.update(threshold=float(best_t), window_ami=chosen["AMI"], window_bcubed_f1=chosen["bcubed_f1"],
                window_ami_082=at_paper["AMI"], window_ami_unconstrained=free["AMI"])
     return out

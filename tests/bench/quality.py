@@ -1,0 +1,173 @@
+"""Quality benchmark: the product path end to end (corpus → crop → pretrain → finetune → label), over seeds.
+
+    python tests/bench/quality.py                                  # demo preset, 3 seeds, every row
+    python tests/bench/quality.py --preset demo --pages 60 --seeds 0 1 2 --rows product supervised
+    python tests/bench/quality.py --out runs/quality --rows product --seeds 0   # one quick row
+
+Rows (each a real run of the jobs, on an embedded local Ray, with the demo's sizes and budget):
+- ``product``: ``make demo``'s pipeline with its defaults;
+- ``paper``: the same with the paper's recipe (``--recipe paper``: SimCLR colour augmentations, frozen SSL);
+- ``random``: a randomly initialised Re-ID net (no training), thresholds calibrated on validation as fine-tuning
+  does, then the label job;
+- ``supervised``: a diagnostic upper bound, never part of the product: the same network trained directly on the
+  synthetic corpus's ground-truth identities of the train pages (tests/bench/recipe_probe.py's loop), then
+  calibrated and labelled like the others.
+
+Per row and seed: test precision@1 and MAP@R (within sequence), the label job's window and series AMI and
+B-cubed F1 against the ground truth, predicted vs true identities per series, wall time. The table prints
+mean ± sd over seeds; every run also appends a JSON line to ``<out>/results.jsonl`` as it finishes (a long
+study can be stopped and resumed: finished (row, seed) pairs are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "bench"))
+
+ROWS = ("product", "paper", "random", "supervised")
+COLUMNS = [("test_precision_at_1", "test p@1"), ("test_mean_average_precision_at_r", "test MAP@R"),
+           ("gt_window_AMI", "window AMI"), ("gt_window_bcubed_f1", "window B³F1"),
+           ("gt_series_AMI", "series AMI"), ("gt_series_bcubed_f1", "series B³F1"),
+           ("gt_series_identities", "ids/series"), ("gt_series_true_identities", "true ids/series"),
+           ("wall_s", "wall s")]
+
+
+def _pipeline_row(row: str, out: Path, args, seed: int) -> dict:
+    from reid.pipeline import PipelineConfig, paths, run_pipeline
+
+    cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series,
+                         train_seed=seed, recipe="paper" if row == "paper" else "default", ray_num_cpus=2)
+    run_pipeline(cfg)
+    return _scores(paths(cfg)["reid_model"], paths(cfg), cfg)
+
+
+def _scores(model_path: str, p: dict, cfg) -> dict:
+    """Test retrieval metrics of a model and the label job's metrics.json."""
+    import torch
+
+    from reid.data import formats
+    from reid.datasets import sequence_dataset
+    from reid.models.checkpoint import load_model_checkpoint
+    from reid.train.finetune import evaluate
+
+    model, _, _ = load_model_checkpoint(model_path, expected_kind="reid")
+    test = formats.read_split(f"{p['corpus']}/data/comics_seq", "test")
+    ds = sequence_dataset(p["crops"], test, model.config.face_size, model.config.body_size, False, 0.5,
+                          transform=model.config.transform)
+    metrics = evaluate(model, ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
+    metrics.update(json.loads(Path(p["labels"], "metrics.json").read_text()))
+    metrics["test_sequences"] = metrics.get("test_num_sequences")
+    return metrics
+
+
+def _calibrate_and_label(model, out: Path, p: dict, cfg) -> dict:
+    """A model made outside the product (random, supervised): calibrated on validation like fine-tuning does,
+    then labelled by the label job."""
+    from reid.data import formats
+    from reid.label import LabelConfig, run_label
+    from reid.models.checkpoint import save_model_checkpoint
+    from reid.train.finetune import FinetuneConfig, calibrate_model, record_calibration
+
+    path = str(out / "model.pt")
+    save_model_checkpoint(model, path)
+    ft = FinetuneConfig(crops=p["crops"], sequences=f"{p['corpus']}/data/comics_seq", name=out.name,
+                        face_size=model.config.face_size, body_size=model.config.body_size)
+    calibration, _ = calibrate_model(model, ft, formats.read_split(ft.sequences, "validation"))
+    record_calibration(path, calibration)
+    run_label(LabelConfig(model=path, crops=p["crops"], out=p["labels"], ground_truth=f"{p['corpus']}/ground_truth.csv",
+                          comics_root=p["corpus"], report_windows=0, mlflow_uri=f"sqlite:///{out}/mlflow.db",
+                          name=f"{out.name}-label"))
+    return _scores(path, p, cfg)
+
+
+def _reference_row(row: str, out: Path, args, seed: int) -> dict:
+    import recipe_probe
+    import torch
+
+    from reid.models import ModelConfig, ReIDNet
+    from reid.pipeline import PipelineConfig, paths, run_pipeline
+
+    cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series, train_seed=seed,
+                         stages="corpus,crop", ray_num_cpus=2)
+    run_pipeline(cfg)
+    p = {**paths(cfg), "labels": str(out / "labels")}
+    torch.manual_seed(seed)
+    if row == "random":
+        model = ReIDNet(ModelConfig(arch=cfg.arch, face_size=cfg.face_size, body_size=cfg.body_size))
+    else:
+        data = recipe_probe.load(p["corpus"], p["crops"])
+        variant = replace(recipe_probe.VARIANTS["supervised"], arch=cfg.arch, face_size=cfg.face_size,
+                          body_size=cfg.body_size, sup_epochs=args.supervised_epochs)
+        model = recipe_probe.finetune(variant, recipe_probe.pretrain(variant, data, seed), data, seed)
+    return _calibrate_and_label(model.eval(), out, p, cfg)
+
+
+def run_row(row: str, args, seed: int) -> dict:
+    out = Path(args.out).resolve() / f"{args.tag}-{row}-seed{seed}"
+    start = time.time()
+    scores = _pipeline_row(row, out, args, seed) if row in ("product", "paper") else _reference_row(row, out, args,
+                                                                                                    seed)
+    return {"row": row, "seed": seed, "preset": args.tag, "wall_s": round(time.time() - start, 1),
+            **{k: v for k, v in scores.items() if isinstance(v, int | float)}}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| row | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |"]
+    for row in ROWS:
+        runs = [r for r in results if r["row"] == row]
+        if not runs:
+            continue
+        cells = []
+        for key, _ in COLUMNS:
+            values = np.array([r[key] for r in runs if key in r], float)
+            if len(values) == 0:
+                cells.append("–")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.3g}")
+            else:
+                cells.append(f"{values.mean():.3g} ± {values.std(ddof=1):.2g}")
+        lines.append(f"| {row} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="demo", help="synthetic corpus preset (default: demo)")
+    parser.add_argument("--series", type=int, default=None, help="override the preset's series")
+    parser.add_argument("--pages", type=int, default=None, help="override the preset's pages per series")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--supervised-epochs", type=int, default=15)
+    parser.add_argument("--out", default=str(REPO / "runs" / "quality"))
+    args = parser.parse_args()
+    args.tag = args.preset + (f"-s{args.series}" if args.series else "") + (f"-p{args.pages}" if args.pages else "")
+    results_path = Path(args.out) / "results.jsonl"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    done = [r for r in done if r.get("preset") == args.tag]
+    for seed in args.seeds:
+        for row in args.rows:
+            if any(r["row"] == row and r["seed"] == seed for r in done):
+                continue
+            result = run_row(row, args, seed)
+            done.append(result)
+            with results_path.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            print(json.dumps({k: result.get(k) for k in ("row", "seed", *[c[0] for c in COLUMNS])}), flush=True)
+    print(f"\nquality on {args.tag} (mean ± sd over seeds {args.seeds}; {results_path})\n")
+    print(table([r for r in done if r["seed"] in args.seeds and r["row"] in args.rows]))
+
+
+if __name__ == "__main__":
+    main()
