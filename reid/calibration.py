@@ -82,19 +82,37 @@ def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> dict
     return widest[(len(widest) - 1) // 2]
 
 
-def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
-                     window_threshold: float, thresholds: Any, linkage: str = "average",
-                     metric: str = "euclidean") -> list[dict[str, Any]]:
-    """Scores of series linking at each threshold, each labelled window standing in for a series.
+def pair_scores(pred: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """Pairwise precision/recall/F1 of ``pred`` over the labelled pairs only: two rows of one group (sequence)
+    are a positive pair when their labels agree, else a negative one; pairs across groups are unknown."""
+    tp = fp = fn = 0
+    for idx in group_rows(groups):
+        same_label = labels[idx][:, None] == labels[idx][None, :]
+        same_pred = pred[idx][:, None] == pred[idx][None, :]
+        upper = np.triu(np.ones((len(idx), len(idx)), bool), k=1)
+        tp += int((same_label & same_pred & upper).sum())
+        fp += int((~same_label & same_pred & upper).sum())
+        fn += int((same_label & ~same_pred & upper).sum())
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"pair_precision": precision, "pair_recall": recall, "pair_f1": f1}
 
-    Each group's panels are cut into a first and a second half (two half-windows); each half is clustered at
-    ``window_threshold`` (cannot-link by panel), then the half-window clusters are linked at every threshold
-    (cannot-link by panel) and the linked identities scored against ``labels`` within the group.
-    Groups with one panel are skipped (nothing to link).
+
+def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
+                     series: Any, window_threshold: float, thresholds: Any, linkage: str = "average",
+                     metric: str = "euclidean") -> list[dict[str, Any]]:
+    """Scores of series linking at each threshold, on the labelled windows of each series pooled together.
+
+    Each labelled window (group) is cut into a first and a second half (two half-windows, each clustered at
+    ``window_threshold`` with cannot-link by panel); then all half-window clusters of one series are linked at
+    every threshold, exactly as the label job's series pass links window clusters (cannot-link by panel), and
+    the result is scored on the pairs whose relation is known: pairs inside one labelled window
+    (:func:`pair_scores`; ``pair_f1`` is the objective). Groups with one panel are skipped.
     """
     points = np.asarray(embeddings, np.float64)
-    panels = np.asarray(panels, dtype=object)
-    half_ids, half_labels, members_keys, members_panels, series, rows_used = [], [], [], [], [], []
+    panels, series = np.asarray(panels, dtype=object), np.asarray(series)
+    half_ids, half_labels, members, rows_used = [], [], [], []
     for g, idx in enumerate(group_rows(groups)):
         ordered = sorted(set(panels[idx]))
         if len(ordered) < 2:
@@ -107,22 +125,17 @@ def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndar
                 rows_used.append(i)
                 half_ids.append(f"{g}/{half}")
                 half_labels.append(int(lab))
-                members_keys.append(str(i))
-                members_panels.append(str(panels[i]))
-                series.append(g)
+                members.append({f"{g}/{panels[i]}": str(i)})  # panel ids are only unique within a window
     if not rows_used:
         return []
-    rows_used = np.asarray(rows_used)
-    half_ids_a, half_labels_a, series_a = np.asarray(half_ids), np.asarray(half_labels), np.asarray(series)
-    # one {panel: instance} map per row: link_windows merges them per half-window cluster
-    members = [{p: k} for p, k in zip(members_panels, members_keys, strict=True)]
+    used = np.asarray(rows_used)
     out = []
     for threshold in thresholds:
-        linked = link_windows(points[rows_used], half_labels_a, half_ids_a, series_a, float(threshold), metric,
-                              linkage, members=members)
-        scores = clustering_scores(linked, np.asarray(labels)[rows_used], series_a)
-        out.append({"linkage": linkage, "threshold": round(float(threshold), 6),
-                    **{k: float(scores[k]) for k in SCORES}, "clusters": int(len(np.unique(linked)))})
+        linked = link_windows(points[used], np.asarray(half_labels), np.asarray(half_ids), series[used],
+                              float(threshold), metric, linkage, members=members)
+        scores = pair_scores(linked, np.asarray(labels)[used], np.asarray(groups)[used])
+        out.append({"linkage": linkage, "threshold": round(float(threshold), 6), **scores,
+                    "clusters": int(len(np.unique(linked)))})
     return out
 
 
@@ -172,19 +185,24 @@ def distance_histogram_png(positive: np.ndarray, negative: np.ndarray, threshold
     return out.getvalue()
 
 
-def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
+def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any, series: Any = None,
               linkage: str = "average", metric: str = "euclidean", objective: str = "AMI",
               thresholds: Any = DEFAULT_GRID) -> dict[str, Any]:
     """Window and linking thresholds for labelled windows: {"threshold", "link_threshold", "linkage", "metric",
-    "objective", "window_<score>", "link_<score>", "windows", "instances"} (plain floats and strings)."""
+    "objective", "window_<score>", "link_<score>", "windows", "instances"} (plain floats and strings).
+
+    ``series`` (N,): the series of each row (linking pools a series' labelled windows); None = each window is a
+    series of its own."""
     window_rows = grid_scores(embeddings, labels, groups, thresholds, (linkage,), metric, panels)
     window = choose_threshold(window_rows, objective)
-    link_rows = link_grid_scores(embeddings, labels, groups, panels, window["threshold"], thresholds, linkage,
-                                 metric)
-    link = choose_threshold(link_rows, objective) if link_rows else {"threshold": window["threshold"]}
+    series = np.asarray(groups) if series is None else np.asarray(series)
+    link_rows = link_grid_scores(embeddings, labels, groups, panels, series, window["threshold"], thresholds,
+                                 linkage, metric)
+    link = choose_threshold(link_rows, "pair_f1") if link_rows else {"threshold": window["threshold"]}
     result: dict[str, Any] = {"threshold": float(window["threshold"]), "link_threshold": float(link["threshold"]),
                               "linkage": linkage, "metric": metric, "objective": objective,
-                              "windows": len(np.unique(groups)), "instances": len(labels)}
+                              "link_objective": "pair_f1", "windows": len(np.unique(groups)),
+                              "instances": len(labels)}
     result.update({f"window_{k}": float(window[k]) for k in SCORES})
-    result.update({f"link_{k}": float(link[k]) for k in SCORES if k in link})
+    result.update({f"link_{k}": float(link[k]) for k in ("pair_precision", "pair_recall", "pair_f1") if k in link})
     return result

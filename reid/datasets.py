@@ -127,12 +127,13 @@ def sequence_rows(sequences: list[Sequence], pages_per_shard: int) -> list[dict[
     rows = []
     for seq in sequences:
         faces, bodies, labels, panels = [], [], [], []
+        panel_index = {str(p): k for k, p in enumerate(seq.panels)}  # an int per panel: Arrow-friendly
         for label, character in enumerate(seq.characters):
             for inst in character.instances:
                 faces.append(inst.face or "")
                 bodies.append(inst.body or "")
                 labels.append(label)
-                panels.append(inst.panel_id)
+                panels.append(panel_index.get(inst.panel_id, -1))
         if not labels:
             continue
         shards = sorted({shard_id(p.series, p.page, pages_per_shard) for p in seq.panels})
@@ -145,7 +146,7 @@ class SequenceCrops:
     """Ray Data UDF: fetch and decode every crop of a batch of sequences (reading only their shards).
 
     Output per sequence: face (K,3,F,F) / body (K,3,B,B) uint8, face_mask / body_mask (K,), labels (K,),
-    panels (K,) panel ids. A crop that the crop job could not produce is masked out; an instance with neither
+    panels (K,) the index of each instance's panel in its sequence. A crop that the crop job could not produce is masked out; an instance with neither
     is dropped. Evaluation crops get exactly the labeling job's preprocessing (:class:`CropPreprocessor`'s
     uint8 geometry), so validation, calibration and labeling see the same pixels.
     """
@@ -194,7 +195,7 @@ class SequenceCrops:
                 fmask.append(has_face)
                 bmask.append(has_body)
                 kept.append(label)
-                kept_panels.append(str(panel))
+                kept_panels.append(int(panel))
             out["seq_id"].append(seq_id)
             out["series_id"].append(series_id)
             out["face"].append(np.stack(faces) if faces else np.zeros((0, 3, self.face_size, self.face_size), np.uint8))
@@ -203,7 +204,7 @@ class SequenceCrops:
             out["face_mask"].append(np.asarray(fmask, bool))
             out["body_mask"].append(np.asarray(bmask, bool))
             out["labels"].append(np.asarray(kept, np.int64))
-            out["panels"].append(np.asarray(kept_panels, object))
+            out["panels"].append(np.asarray(kept_panels, np.int64))
         return dict(out)
 
     @staticmethod

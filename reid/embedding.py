@@ -155,7 +155,8 @@ def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, 
     """A batch of sequence rows → one flat batch of instances with global labels and sequence ids.
 
     Labels become unique across the batch's sequences (a charId is only meaningful inside its sequence);
-    ``panels`` lists each instance's panel id (empty when the rows carry none).
+    ``panels`` lists each instance's panel (its index in the sequence, as a string; empty when the rows carry
+    none): only compared within a sequence, for the assigner's cannot-link.
     """
     faces, bodies, fmask, bmask, labels, seq_index, series, panels = [], [], [], [], [], [], [], []
     next_label = first_label
@@ -174,7 +175,7 @@ def collate_sequences(batch: dict[str, Any], first_label: int = 0) -> dict[str, 
         seq_index.append(torch.full((len(lab),), s, dtype=torch.int64))
         series.append(torch.full((len(lab),), int(ser), dtype=torch.int64))
         if "panels" in batch:
-            panels += [str(p) for p in batch["panels"][s]]
+            panels += [str(int(p)) for p in batch["panels"][s]]
     if not labels:
         return {}
     return {"face": torch.cat(faces), "body": torch.cat(bodies), "face_mask": torch.cat(fmask),
@@ -187,7 +188,7 @@ def embed_batches(model: torch.nn.Module, batches, device: torch.device) -> dict
     panel ids. The forward is the labeling job's (:class:`CharacterEmbedder`), so
     validation, threshold calibration, the threshold sweep and labeling embed through one code path."""
     embedder = CharacterEmbedder(model, device)
-    embs, labels, seqs, panels = [], [], [], []
+    embs, labels, seqs, panels, series = [], [], [], [], []
     next_label, next_seq = 0, 0
     for raw in batches:
         batch = collate_sequences(raw, first_label=next_label)
@@ -198,10 +199,12 @@ def embed_batches(model: torch.nn.Module, batches, device: torch.device) -> dict
         labels.append(batch["labels"].numpy())
         seqs.append(batch["sequence"].numpy() + next_seq)
         panels += batch["panels"]
+        series.append(batch["series"].numpy())
         next_label = int(batch["labels"].max()) + 1
         next_seq += int(batch["sequence"].max()) + 1
     if not embs:
         return {"embeddings": np.zeros((0, model.config.embed_dim), np.float32), "labels": np.zeros(0, np.int64),
-                "sequences": np.zeros(0, np.int64), "panels": np.zeros(0, object)}
+                "sequences": np.zeros(0, np.int64), "panels": np.zeros(0, object), "series": np.zeros(0, np.int64)}
     return {"embeddings": np.concatenate(embs), "labels": np.concatenate(labels),
-            "sequences": np.concatenate(seqs), "panels": np.asarray(panels, object)}
+            "sequences": np.concatenate(seqs), "panels": np.asarray(panels, object),
+            "series": np.concatenate(series)}

@@ -103,6 +103,7 @@ def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
         "finetune": ["jobs/finetune.py", *recipe.get("finetune", []), "--crops", p["crops"], "--sequences", f"{p['corpus']}/data/comics_seq",
                      "--ssl-checkpoint", p["ssl_model"], "--name", f"{cfg.name_prefix}-finetune", *model,
                      "--epochs", str(cfg.finetune_epochs), "--sequences-per-batch", str(cfg.sequences_per_batch),
+                     *([] if RECIPES[cfg.recipe] else ["--val-every", "3"]),  # the last epoch's model is kept
                      *train, *mlflow, *common],
         "label": ["jobs/label.py", "--model", p["reid_model"], "--crops", p["crops"], "--out", p["labels"],
                   "--comics-root", p["corpus"], "--ground-truth", f"{p['corpus']}/ground_truth.csv",

@@ -100,4 +100,4 @@ def test_calibration_finds_the_gap_between_positive_and_negative_distances() -> 
     record = calibrate(emb, labels, groups, panels)
     assert record["threshold"] == pytest.approx(chosen["threshold"])
     assert 0.4 < record["link_threshold"] < 1.5
-    assert record["window_AMI"] > 0.999 and record["link_AMI"] > 0.999
+    assert record["window_AMI"] > 0.999 and record["link_pair_f1"] > 0.999

@@ -135,13 +135,40 @@ def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_
     assert 0.0 <= out["test"]["test_mean_average_precision_at_r"] <= 1.0
     assert [s for s, _ in _history(mlflow_uri, "ft", "val_mean_average_precision_at_r")] == [0, 1]
     assert _history(mlflow_uri, "ft", "test_precision_at_1")
-    model, model_cfg, _ = load_model_checkpoint(out["best_model"], expected_kind="reid")
+    model, model_cfg, extra = load_model_checkpoint(out["best_model"], expected_kind="reid")
     assert model_cfg.embed_dim == 256
+    # the assigner's thresholds were calibrated on the validation sequences and recorded with the model
+    calibration = extra["calibration"]
+    assert calibration == out["calibration"] and "validation sequences" in calibration["source"]
+    assert 0 < calibration["threshold"] <= 1.9 and 0 < calibration["link_threshold"] <= 1.9
+    assert _history(mlflow_uri, "ft", "calibration_threshold")
     scripted = torch.jit.load(out["exported"])
     inputs = example_inputs(model, 3)
     model.eval()
     with torch.no_grad():
         assert torch.allclose(scripted(*inputs), model(*inputs), atol=1e-4)
+
+
+def test_the_paper_recipe_loads_and_runs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri):
+    """jobs/configs/paper_*.yaml: SimCLR colour augmentations; frozen SSL network, best validation model."""
+    from reid.config import parse_config
+    from reid.pipeline import REPO
+
+    pre = parse_config(PretrainConfig, ["--config", str(REPO / "jobs/configs/paper_pretrain.yaml")])
+    assert (pre.hue, pre.grayscale) == (0.1, 0.2) and (PretrainConfig().hue, PretrainConfig().grayscale) == (0, 0)
+    _, ssl_model = pretrained
+    cfg = parse_config(FinetuneConfig, [
+        "--config", str(REPO / "jobs/configs/paper_finetune.yaml"), "--crops", pretrain_cfg.crops,
+        "--sequences", str(tiny_corpus / "data/comics_seq"), "--ssl-checkpoint", ssl_model,
+        "--storage", pretrain_cfg.storage, "--name", "ft-paper", "--face-size", "32", "--body-size", "48",
+        "--epochs", "2", "--sequences-per-batch", "4", "--workers", "2", "--cpus-per-worker", "0.5",
+        "--data-cpus", "0.25", "--mlflow-uri", mlflow_uri])
+    assert cfg.freeze_ssl and cfg.select == "best" and cfg.lr == 7.5e-4
+    out = run_finetune(cfg)
+    model, _, _ = load_model_checkpoint(out["best_model"], expected_kind="reid")
+    ssl, _, _ = load_model_checkpoint(ssl_model, expected_kind="ssl")
+    frozen = {k: v for k, v in ssl.state_dict().items() if k.startswith(("backbone.", "trunk."))}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in frozen.items())  # only the Linear trained
 
 
 def test_finetune_fails_fast_on_bad_inputs(tiny_crops, tmp_path):

@@ -1,0 +1,57 @@
+"""The label job's thresholds come from the model's calibration unless flags say otherwise, and its finish step
+refuses an output where one identity holds two characters of one panel (no Ray needed)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from reid.contracts.labels import LABEL_SCHEMA, labels_output
+from reid.contracts.manifest import error_table
+from reid.errors import ReidError
+from reid.label import LabelConfig, check_cannot_link, load_reid_model, resolve_thresholds
+from reid.models import ModelConfig, ReIDNet, save_model_checkpoint
+
+CALIBRATION = {"threshold": 0.61, "link_threshold": 1.05, "source": "validation sequences of fine-tuning run t"}
+
+
+@pytest.fixture()
+def calibrated_model(tmp_path):
+    path = tmp_path / "model.pt"
+    save_model_checkpoint(ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=32)), str(path),
+                          extra={"calibration": CALIBRATION})
+    return path
+
+
+def test_thresholds_come_from_the_checkpoint_then_flags_then_the_paper(calibrated_model, tmp_path):
+    cfg = LabelConfig(model=str(calibrated_model))
+    _, _, extra = load_reid_model(cfg, with_extra=True)
+    resolved, sources = resolve_thresholds(cfg, extra)
+    assert (resolved.threshold, resolved.link_threshold) == (0.61, 1.05)
+    assert all("checkpoint calibration" in s and "fine-tuning run t" in s for s in sources.values())
+    resolved, sources = resolve_thresholds(LabelConfig(model=str(calibrated_model), threshold=0.9), extra)
+    assert (resolved.threshold, resolved.link_threshold) == (0.9, 1.05) and sources["threshold"] == "flag"
+    resolved, sources = resolve_thresholds(LabelConfig(model=str(calibrated_model)), {})
+    assert (resolved.threshold, resolved.link_threshold) == (0.82, 0.82)
+    assert "the paper's value" in sources["threshold"]
+
+
+def _commit(root, rows):
+    table = pa.Table.from_pylist([{"row_id": f"{r[0]}@{r[1]}", "instance_id": r[0], "type": "body",
+                                   "panel_id": r[2], "series_id": 1, "window_id": r[1], "char_key": r[3],
+                                   "identity": r[4], "series_identity": r[5], "distance": 0.0, "box": [0, 0, 1, 1],
+                                   "model": "m", "model_sha256": "x", "run_id": "", "shard": "1-00000"}
+                                  for r in rows], schema=LABEL_SCHEMA)
+    labels_output(str(root)).commit("1-00000", table, error_table([]), input_rows=len(rows))
+
+
+def test_cannot_link_check_passes_a_clean_output_and_names_a_violation(tmp_path):
+    # two characters of panel 1_0_0 (c0, c1) in different window identities, linked into one series identity
+    ok = [("1_0_0_body_0", "W", "1_0_0", "1_0_0#0", 0, 0), ("1_0_0_body_1", "W", "1_0_0", "1_0_0#1", 1, 1),
+          ("1_0_1_body_0", "W", "1_0_1", "1_0_1#0", 0, 0)]
+    _commit(tmp_path / "ok", ok)
+    assert check_cannot_link(str(tmp_path / "ok"))["cannot_link_checked_rows"] == 3
+    bad = [*ok[:1], ("1_0_0_body_1", "W", "1_0_0", "1_0_0#1", 1, 0)]
+    _commit(tmp_path / "bad", bad)
+    with pytest.raises(ReidError, match=r"series identity \(1, 0\) holds 1_0_0#0 and 1_0_0#1"):
+        check_cannot_link(str(tmp_path / "bad"))
