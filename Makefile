@@ -37,4 +37,4 @@ bench: venv
 	$(BIN)/python tests/bench/run_all.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs mlruns .pytest_cache

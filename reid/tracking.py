@@ -46,6 +46,22 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds model-training runs
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """For a local SQLite store (``sqlite:////abs/run/mlflow.db``): ``<its folder>/mlartifacts``, so that a run's
+    artifacts live beside its store (``runs/demo/``) and not in ``./mlruns`` of whatever directory the job ran in.
+    None (the server's default) for anything else."""
+    import os
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):]
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
+
+
 class Tracker:
     """A resilient handle on one MLflow run."""
 
@@ -86,7 +102,11 @@ class Tracker:
         client = self._client or _client(self.uri)
         self._client = client
         exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            self.experiment, artifact_location=local_artifact_location(self.uri),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if exp and exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.run_key}'",
                                   max_results=1)
         if runs:

@@ -33,7 +33,7 @@ from reid.data import augment
 from reid.embedding import CharacterEmbedder, CropPreprocessor
 from reid.errors import CheckpointError, ConfigError
 from reid.models.backbone import ModelConfig
-from reid.models.checkpoint import load_model_checkpoint
+from reid.models.checkpoint import load_model_checkpoint, reid_net_from_ssl_checkpoint
 from reid.models.paper_import import convert_paper_checkpoint, import_paper_checkpoint
 from reid.models.reid_net import ReIDNet
 from reid.models.safe_pickle import ForeignObject, safe_load
@@ -267,7 +267,7 @@ def test_ssl_import_equals_the_papers_forward_and_feeds_finetuning(tmp_path) -> 
         trunk.fc = head
         assert (F.normalize(trunk(images)) - F.normalize(model.features(images))).abs().max().item() < TOL
     # what jobs/finetune.py --ssl-checkpoint does: the fine-tuned net inherits the paper's transform
-    net = ReIDNet.from_ssl_checkpoint(str(tmp_path / "ssl.pt"), embed_dim=64)
+    net = reid_net_from_ssl_checkpoint(str(tmp_path / "ssl.pt"), embed_dim=64)
     assert net.config.transform == augment.paper_transform_spec() and net.config.embed_dim == 64
 
 

@@ -33,6 +33,7 @@ from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.label import LabelConfig, decoding_fused, pool_size, read_labels, run_label, sliding_windows
 from reid.label_window import crop_boxes, label_window
 from reid.models import ModelConfig, ReIDNet, SSLNet, load_model_checkpoint, save_model_checkpoint
+from reid.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -136,7 +137,7 @@ def annotated(ray_session, crops, model_path, thresholds, tmp_path_factory, mlfl
                   max_actors=0,
                   sequences=str(tiny_corpus / "data/comics_seq/train_sequences.json"),
                   ground_truth=str(tiny_corpus / "ground_truth.csv"), report_windows=4, report_series=2)
-    return out, cfg, run_label(cfg)
+    return out, cfg, run_label(cfg, report_writer=write_report)  # as jobs/label.py does
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def test_sweep_configs_carry_every_job_flag_and_check_their_ranges(tmp_path):
     cfg = config.parse_config(PretrainSweepConfig, ["--crops", "C", "--arch", "resnet18", "--samples", "3",
                                                     "--workers", "1", "--batch-size", "8"])
     job = job_config(cfg, PretrainConfig, temperature=0.2)
-    assert (job.crops, job.arch, job.workers, job.batch_size, job.temperature) == ("C", "resnet18", 1, 8, 0.2)
+    # path flags are made absolute on the driver (Ray workers run elsewhere)
+    assert (job.crops, job.arch, job.workers, job.batch_size, job.temperature) == (
+        os.path.abspath("C"), "resnet18", 1, 8, 0.2)
     assert cfg.name == "pretrain-sweep" and cfg.samples == 3
     config.save_yaml(job, str(tmp_path / "job.yaml"))  # a job YAML is also a valid sweep base config
     assert config.parse_config(PretrainSweepConfig, ["--config", str(tmp_path / "job.yaml")]).arch == "resnet18"

@@ -39,3 +39,17 @@ def test_dead_server_never_raises_and_spools(tmp_path):
     unlogged = t.close(retries=1, backoff_s=0.01)
     assert len(unlogged) == 3  # params, metrics, end
     assert (tmp_path / "mlflow_unlogged_job-b.jsonl").read_text().count("\n") == 3
+
+
+def test_local_store_keeps_artifacts_beside_it_and_is_a_model_training_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # artifacts must not land in ./mlruns of the working directory
+    store = tmp_path / "run" / "mlflow.db"
+    store.parent.mkdir()
+    t = Tracker(f"sqlite:///{store}", "job-c", experiment="kinds", spool_dir=str(tmp_path))
+    (tmp_path / "a.txt").write_text("x")
+    t.log_artifact(str(tmp_path / "a.txt"))
+    t.close()
+    exp = mlflow.tracking.MlflowClient(f"sqlite:///{store}").get_experiment_by_name("kinds")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.artifact_location == f"file://{tmp_path}/run/mlartifacts"
+    assert list((tmp_path / "run" / "mlartifacts").rglob("a.txt")) and not (tmp_path / "mlruns").exists()

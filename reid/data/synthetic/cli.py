@@ -13,6 +13,7 @@ from reid.data.synthetic.corpus import CorpusSummary, generate_corpus
 def parse_args(argv: list[str] | None = None) -> tuple[str, SyntheticConfig, int]:
     """CLI → (out_dir, config, workers). Precedence: defaults < --preset < --config YAML < flags."""
     parser = build_parser(SyntheticConfig, "Write a synthetic corpus in the COMICS / seed data formats.")
+    parser.prog = "python -m reid.data.synthetic"
     parser.add_argument("--out", required=True, help="output folder (local path or URI)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="tiny (test fixture) | demo | bench (~100k instances); flags override it")
