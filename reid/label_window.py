@@ -9,7 +9,6 @@ distance to it). A *character instance* is a face and/or a body with the same ``
 
 from __future__ import annotations
 
-import io as _io
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from reid.assign import assign_window
 from reid.contracts.crops import pair_rows
 from reid.embedding import CharacterEmbedder, CropPreprocessor  # noqa: F401 (part of this API)
 from reid.geometry import EmptyBoxError, crop_box
+from reid.images import decode_image
 
 ImageLike = Image.Image | np.ndarray | bytes
 
@@ -30,7 +30,7 @@ def _pil(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB") if image.mode != "RGB" else image
     if isinstance(image, bytes | bytearray):
-        return Image.open(_io.BytesIO(image)).convert("RGB")
+        return decode_image(bytes(image), "label_window image")  # the one decoder, with its pixel limit
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
 
 

@@ -55,3 +55,34 @@ def test_cannot_link_check_passes_a_clean_output_and_names_a_violation(tmp_path)
     _commit(tmp_path / "bad", bad)
     with pytest.raises(ReidError, match=r"series identity \(1, 0\) holds 1_0_0#0 and 1_0_0#1"):
         check_cannot_link(str(tmp_path / "bad"))
+
+
+def test_the_model_is_built_from_exactly_the_bytes_that_were_hashed(tmp_path, monkeypatch):
+    """The checkpoint is replaced right after the job reads it: the job uses one consistent version (the bytes it
+    hashed), and an actor that later finds other bytes refuses to go on."""
+    import hashlib
+
+    import torch
+
+    from reid import io as reid_io
+    from reid.errors import CheckpointError
+
+    path = tmp_path / "model.pt"
+    a, b = (ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=32)) for _ in range(2))
+    save_model_checkpoint(a, str(path))
+    save_model_checkpoint(b, str(tmp_path / "other.pt"))
+    bytes_a = path.read_bytes()
+    real_read = reid_io.read_bytes
+
+    def read_then_replace(p):
+        data = real_read(p)
+        path.write_bytes((tmp_path / "other.pt").read_bytes())  # someone publishes a new model meanwhile
+        return data
+
+    monkeypatch.setattr(reid_io, "read_bytes", read_then_replace)
+    model, sha = load_reid_model(LabelConfig(model=str(path)))
+    monkeypatch.setattr(reid_io, "read_bytes", real_read)
+    assert sha == hashlib.sha256(bytes_a).hexdigest()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in a.state_dict().items())
+    with pytest.raises(CheckpointError, match="changed while the job ran"):
+        load_reid_model(LabelConfig(model=str(path)), expected_sha256=sha)

@@ -18,11 +18,12 @@ from reid.contracts.crops import (
 from reid.data import formats
 from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.images import DEFAULT_MAX_PIXELS
+from reid.models.backbone import REID_FIELDS
 
 log = logging.getLogger(__name__)
 
 
-MODEL_FIELDS = ("arch", "face_size", "body_size", "embed_dim")
+MODEL_FIELDS = REID_FIELDS
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ ARCHS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 # Fields that change the shape of a parameter: a checkpoint and a requested config must agree on them.
 ARCHITECTURE_FIELDS = ("arch", "proj_hidden_dim", "proj_dim", "embed_dim")
+# What a run resumed from a checkpoint, or a job using one, must share with it: its shape and its input sizes.
+SSL_FIELDS = ("arch", "face_size", "body_size", "proj_hidden_dim", "proj_dim")
+REID_FIELDS = ("arch", "face_size", "body_size", "embed_dim")
 
 
 @dataclass(frozen=True)

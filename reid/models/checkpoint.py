@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reid import io as reid_io
 from reid.errors import CheckpointError, ConfigError
 from reid.models.backbone import ModelConfig
 from reid.models.reid_net import ReIDNet
@@ -85,14 +86,7 @@ def save_model_checkpoint(model: nn.Module, path: str, extra: dict[str, Any] | N
 
 def _read_bytes(path: str) -> bytes:
     try:
-        if "://" in path:
-            from pyarrow import fs
-
-            filesystem, inner = fs.FileSystem.from_uri(path)
-            with filesystem.open_input_stream(inner) as stream:
-                return stream.read()
-        with open(path, "rb") as f:
-            return f.read()
+        return reid_io.read_bytes(path)
     except (FileNotFoundError, IsADirectoryError) as e:
         raise CheckpointError(f"{path}: checkpoint file not found ({e})") from e
     except OSError as e:

@@ -20,10 +20,11 @@ from reid.data import formats
 from reid.embedding import collate_sequences, embed_batches, normalize_uint8
 from reid.errors import CheckpointError, ConfigError
 from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
+from reid.models.backbone import REID_FIELDS
 from reid.train import common
 
 log = logging.getLogger(__name__)
-ARCHITECTURE_KEYS = ("arch", "face_size", "body_size", "embed_dim", "ssl_checkpoint")
+ARCHITECTURE_KEYS = (*REID_FIELDS, "ssl_checkpoint")
 SELECT_METRIC = "val_mean_average_precision_at_r"
 
 

@@ -22,10 +22,11 @@ from reid.datasets import is_validation_key
 from reid.embedding import normalize_uint8
 from reid.errors import ConfigError
 from reid.models import ModelConfig, SSLNet
+from reid.models.backbone import SSL_FIELDS
 from reid.train import common
 
 log = logging.getLogger(__name__)
-ARCHITECTURE_KEYS = ("arch", "face_size", "body_size", "proj_hidden_dim", "proj_dim")
+ARCHITECTURE_KEYS = SSL_FIELDS
 
 
 @dataclass(frozen=True)
