@@ -60,9 +60,10 @@ def grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
     return rows
 
 
-def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> dict[str, Any]:
+def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI", prefer: str = "middle") -> dict[str, Any]:
     """The grid row with the best ``objective``; among ties, the middle of the widest run of consecutive
-    thresholds (one linkage) at that score. Earlier linkages win ties of equal width."""
+    thresholds (one linkage) at that score (``prefer="middle"``: the farthest from where the score drops), or its
+    largest threshold (``prefer="largest"``). Earlier linkages win ties of equal width."""
     finite = [r for r in rows if math.isfinite(r[objective])]
     if not finite:
         raise ValueError(f"no grid point has a finite {objective}")
@@ -79,7 +80,7 @@ def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> dict
         if current:
             runs.append(current)
     widest = max(runs, key=len)
-    return widest[(len(widest) - 1) // 2]
+    return widest[-1] if prefer == "largest" else widest[(len(widest) - 1) // 2]
 
 
 def pair_scores(pred: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, float]:
@@ -198,7 +199,10 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, pa
     series = np.asarray(groups) if series is None else np.asarray(series)
     link_rows = link_grid_scores(embeddings, labels, groups, panels, series, window["threshold"], thresholds,
                                  linkage, metric)
-    link = choose_threshold(link_rows, "pair_f1") if link_rows else {"threshold": window["threshold"]}
+    # The labelled pairs say nothing about linking across sequences (their relation is unknown), so many link
+    # thresholds tie on them: take the loosest of the best, the most linking the labelled pairs allow (the
+    # middle of the tie split the demo's 6 characters into 21 identities per series).
+    link = choose_threshold(link_rows, "pair_f1", prefer="largest") if link_rows else {"threshold": window["threshold"]}
     result: dict[str, Any] = {"threshold": float(window["threshold"]), "link_threshold": float(link["threshold"]),
                               "linkage": linkage, "metric": metric, "objective": objective,
                               "link_objective": "pair_f1", "windows": len(np.unique(groups)),

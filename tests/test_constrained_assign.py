@@ -99,5 +99,12 @@ def test_calibration_finds_the_gap_between_positive_and_negative_distances() -> 
     assert chosen["threshold"] == pytest.approx(perfect[(len(perfect) - 1) // 2])
     record = calibrate(emb, labels, groups, panels)
     assert record["threshold"] == pytest.approx(chosen["threshold"])
-    assert 0.4 < record["link_threshold"] < 1.5
+    assert record["threshold"] <= record["link_threshold"] <= 1.9
     assert record["window_AMI"] > 0.999 and record["link_pair_f1"] > 0.999
+
+
+def test_link_ties_prefer_the_loosest_threshold() -> None:
+    rows = [{"linkage": "average", "threshold": t, "pair_f1": f} for t, f in
+            ((0.5, 0.8), (0.7, 0.9), (0.9, 0.9), (1.1, 0.9), (1.3, 0.7))]
+    assert choose_threshold(rows, "pair_f1")["threshold"] == 0.9
+    assert choose_threshold(rows, "pair_f1", prefer="largest")["threshold"] == 1.1
