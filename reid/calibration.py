@@ -1,14 +1,15 @@
 """Choosing the assigner's thresholds from labelled windows (Ray-free; used by fine-tuning and the sweep).
 
 The window threshold is scored the way the labeling job clusters: :func:`reid.assign.assign_window` per
-labelled window (sequence), constrained by panels when they are known, against the window's charIds. The
-series-linking threshold cannot be scored on whole series (charIds are relative to one sequence), so each
-labelled sequence stands in for a small series: it is cut into two half-windows, each clustered at the
-chosen window threshold, and their clusters are linked with :func:`reid.assign.link_windows` exactly as the
-series pass links window clusters; the linked identities are scored against the sequence's charIds.
+labelled window (sequence), constrained by panels when they are known, against the window's charIds; among
+grid points tied on the objective, the middle of the widest run of tied thresholds wins (the farthest from where
+the score drops).
 
-Among grid points tied on the objective, the middle of the widest run of tied thresholds wins (the farthest
-from where the score drops).
+The series-linking threshold is scored the way the series pass links: every labelled sequence is cut into two
+half-windows, each clustered at the chosen window threshold, and all half-window clusters of one series are
+linked with :func:`reid.assign.link_windows`. charIds are relative to one sequence, so the result is scored on the
+pairs inside one sequence only (pairwise F1); since those pairs cannot see links across sequences, the loosest
+of the tied thresholds wins.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
@@ -21,15 +20,18 @@ from reid.label.config import LabelConfig
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: LabelConfig) -> dict[str, float]:
-    """Scores against the ground truth the config names (annotated sequences, a ground-truth CSV)."""
+def evaluate(cfg: LabelConfig) -> tuple[dict[str, float], list[dict[str, float]] | None]:
+    """Scores against the ground truth the config names (annotated sequences, a ground-truth CSV): (metrics,
+    per-series quality with a ground-truth CSV, else None)."""
     metrics: dict[str, float] = {}
+    per_series = None
     if cfg.sequences:
         metrics.update(evaluate_sequences(cfg.out, formats.read_sequences(cfg.sequences,
                                                                           panels_per_window=cfg.window_size)))
     if cfg.ground_truth:
-        metrics.update(evaluate_ground_truth(cfg.out, cfg.ground_truth))
-    return metrics
+        scores, per_series = ground_truth_scores(cfg.out, cfg.ground_truth)
+        metrics.update(scores)
+    return metrics, per_series
 
 
 def evaluate_sequences(labels_root: str, sequences) -> dict[str, float]:
@@ -71,6 +73,12 @@ def evaluate_sequences(labels_root: str, sequences) -> dict[str, float]:
 def evaluate_ground_truth(labels_root: str, ground_truth: str) -> dict[str, float]:
     """Window identities (windows as groups) and series identities (series as groups) against true
     identities (``instance_id,identity`` CSV), one item per character instance."""
+    return ground_truth_scores(labels_root, ground_truth)[0]
+
+
+def ground_truth_scores(labels_root: str, ground_truth: str) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(metrics of :func:`evaluate_ground_truth`, per-series quality of :func:`series_quality`), from one pass
+    over the labels and the ground truth."""
     from reid.eval.metrics import clustering_scores
 
     truth = _read_truth(ground_truth)
@@ -85,6 +93,7 @@ def evaluate_ground_truth(labels_root: str, ground_truth: str) -> dict[str, floa
             window_items.setdefault((r["window_id"], r["char_key"]), (r["identity"], label))
             series_items.setdefault(r["char_key"], (r["series_identity"], label, r["series_id"]))
     out: dict[str, float] = {}
+    per_series = series_quality(list(series_items.values()))
     if window_items:
         w = list(window_items.values())
         scores = clustering_scores([p for p, _ in w], [y for _, y in w], [k[0] for k in window_items])
@@ -93,28 +102,21 @@ def evaluate_ground_truth(labels_root: str, ground_truth: str) -> dict[str, floa
         s = list(series_items.values())
         scores = clustering_scores([p for p, _, _ in s], [y for _, y, _ in s], [g for _, _, g in s])
         out.update({f"gt_series_{k}": float(v) for k, v in scores.items()})
-        out.update(identity_counts(s))
-    return out
+        out.update(identity_counts(per_series))
+    return out, per_series
 
 
-def series_quality(labels_root: str, ground_truth: str) -> list[dict[str, float]]:
-    """Per series: identities found, true identities, B-cubed precision/recall/F1 and AMI of the series
-    identities against the ground truth (one item per character instance). What the report says in words."""
+def series_quality(items: list[tuple[int, str, int]]) -> list[dict[str, float]]:
+    """Per series, from (series identity, true identity, series) items (one per character instance): identities
+    found, true identities, B-cubed precision/recall/F1 and AMI. What the report says in words."""
     from sklearn.metrics import adjusted_mutual_info_score
 
     from reid.eval.metrics import bcubed
 
-    truth = _read_truth(ground_truth)
-    items: dict[str, tuple[int, str, int]] = {}
-    for _, rows in iter_labels(labels_root, ["instance_id", "char_key", "series_id", "series_identity"],
-                               include_unassigned=False):
-        for r in rows.to_pylist():
-            if r["instance_id"] in truth:
-                items.setdefault(r["char_key"], (r["series_identity"], truth[r["instance_id"]], r["series_id"]))
     out = []
-    for series in sorted({g for _, _, g in items.values()}):
-        pred = [p for p, _, g in items.values() if g == series]
-        true = [y for _, y, g in items.values() if g == series]
+    for series in sorted({g for _, _, g in items}):
+        pred = [p for p, _, g in items if g == series]
+        true = [y for _, y, g in items if g == series]
         precision, recall, f1 = bcubed(pred, true)
         out.append({"series": int(series), "identities": len(set(pred)), "true_identities": len(set(true)),
                     "instances": len(pred), "bcubed_precision": precision, "bcubed_recall": recall,
@@ -129,16 +131,10 @@ def _read_truth(ground_truth: str) -> dict[str, str]:
     return dict(zip(table["instance_id"].to_pylist(), table["identity"].to_pylist(), strict=True))
 
 
-def identity_counts(items: list[tuple[int, str, int]]) -> dict[str, float]:
-    """Predicted vs true identities per series, from (series identity, true identity, series) items:
-    ``gt_series_identities`` and ``gt_series_true_identities`` (means over series) and their ratio (the mean
-    over series of predicted / true: 1.0 = as many identities as characters)."""
-    predicted: dict[int, set] = defaultdict(set)
-    true: dict[int, set] = defaultdict(set)
-    for pred, label, series in items:
-        predicted[series].add(pred)
-        true[series].add(label)
-    series = sorted(true)
-    return {"gt_series_identities": float(np.mean([len(predicted[k]) for k in series])),
-            "gt_series_true_identities": float(np.mean([len(true[k]) for k in series])),
-            "gt_series_identity_ratio": float(np.mean([len(predicted[k]) / len(true[k]) for k in series]))}
+def identity_counts(per_series: list[dict[str, float]]) -> dict[str, float]:
+    """Predicted vs true identities per series, from :func:`series_quality`'s rows: ``gt_series_identities`` and
+    ``gt_series_true_identities`` (means over series) and their ratio (the mean over series of predicted / true:
+    1.0 = as many identities as characters)."""
+    return {"gt_series_identities": float(np.mean([q["identities"] for q in per_series])),
+            "gt_series_true_identities": float(np.mean([q["true_identities"] for q in per_series])),
+            "gt_series_identity_ratio": float(np.mean([q["identities"] / q["true_identities"] for q in per_series]))}

@@ -19,7 +19,7 @@ from reid.contracts.labels import (
     windows_output,
 )
 from reid.label.config import LabelConfig, check_inputs, job_identity, resolve_thresholds
-from reid.label.evaluate import evaluate, series_quality
+from reid.label.evaluate import evaluate
 from reid.label.plan import plan_items
 from reid.label.series import check_cannot_link, run_series_pass
 from reid.label.windows import run_windows_pass
@@ -71,12 +71,12 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
                "instances_per_s": (counts["rows"] + counts["errors"]) / counts["seconds"] if counts["seconds"]
                else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0),
                "first_result_seconds": counts.get("first_result_seconds", 0.0), **checked}
-    metrics.update(evaluate(cfg))
+    scores, per_series = evaluate(cfg)
+    metrics.update(scores)
     metrics.update(threshold=cfg.threshold, link_threshold=cfg.link_threshold,
                    **{f"{k}_source": v for k, v in threshold_sources.items()})
-    if cfg.ground_truth:
-        io.write_text_atomic(io.join(cfg.out, QUALITY_FILE), json.dumps(series_quality(cfg.out, cfg.ground_truth),
-                                                                        indent=1))
+    if per_series is not None:
+        io.write_text_atomic(io.join(cfg.out, QUALITY_FILE), json.dumps(per_series, indent=1))
     io.write_text_atomic(io.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=1, sort_keys=True))
     report = None
     if cfg.report_windows and report_writer is not None:

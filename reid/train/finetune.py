@@ -242,35 +242,22 @@ def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dic
     return record, values
 
 
-def record_calibration(path: str, calibration: dict[str, Any]) -> None:
-    """Store the calibration in the checkpoint's ``extra`` (atomically; weights untouched)."""
-    import io as _io
-
-    from reid.models.checkpoint import load_checkpoint_payload
-
-    payload = load_checkpoint_payload(path)
-    payload["extra"] = {**(payload.get("extra") or {}), "calibration": calibration}
-    buffer = _io.BytesIO()
-    torch.save(payload, buffer)
-    io.write_bytes_atomic(path, buffer.getvalue())
-
-
 def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_run_id: str | None
            ) -> dict[str, Any]:
     """Best checkpoint → thresholds calibrated on validation (stored in the checkpoint), test metrics,
     TorchScript export, MLflow artifacts."""
     from reid.calibration import distance_histogram_png, pair_distances
     from reid.datasets import sequence_dataset
-    from reid.models.checkpoint import load_model_checkpoint
+    from reid.models.checkpoint import load_model_checkpoint, save_model_checkpoint
     from reid.models.export import export_torchscript
     from reid.tracking import Tracker
 
     best = _best_checkpoint(result) if cfg.select == "best" else result.checkpoint
     best_model = common.publish_model(best.path, cfg.storage, cfg.name)
     out_dir = io.join(cfg.storage, cfg.name, "final")
-    model, _, _ = load_model_checkpoint(best_model)
+    model, _, extra = load_model_checkpoint(best_model)
     calibration, val = calibrate_model(model, cfg, val_sequences)
-    record_calibration(best_model, calibration)
+    save_model_checkpoint(model, best_model, extra={**extra, "calibration": calibration})  # same weights
     log.info("finetune: assigner calibrated on %d validation windows: threshold %.3g, link threshold %.3g "
              "(window AMI %.3f)", calibration["windows"], calibration["threshold"], calibration["link_threshold"],
              calibration["window_AMI"])

@@ -76,14 +76,13 @@ def _calibrate_and_label(model, out: Path, p: dict, cfg) -> dict:
     from reid.data import formats
     from reid.label import LabelConfig, run_label
     from reid.models.checkpoint import save_model_checkpoint
-    from reid.train.finetune import FinetuneConfig, calibrate_model, record_calibration
+    from reid.train.finetune import FinetuneConfig, calibrate_model
 
     path = str(out / "model.pt")
-    save_model_checkpoint(model, path)
     ft = FinetuneConfig(crops=p["crops"], sequences=f"{p['corpus']}/data/comics_seq", name=out.name,
                         face_size=model.config.face_size, body_size=model.config.body_size)
     calibration, _ = calibrate_model(model, ft, formats.read_split(ft.sequences, "validation"))
-    record_calibration(path, calibration)
+    save_model_checkpoint(model, path, extra={"calibration": calibration})
     run_label(LabelConfig(model=path, crops=p["crops"], out=p["labels"], ground_truth=f"{p['corpus']}/ground_truth.csv",
                           comics_root=p["corpus"], report_windows=0, mlflow_uri=f"sqlite:///{out}/mlflow.db",
                           name=f"{out.name}-label"))
