@@ -17,8 +17,8 @@ from reid.crop import CropConfig, run_crop  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(CropConfig, argv, description=__doc__)
     totals = run_crop(cfg)
-    print(f"crops: {totals['rows']} written, {totals['error_rows']} errors (see {cfg.out}/errors/), "
-          f"output in {cfg.out}")
+    print(f"crops: {totals['rows']} written, {totals['error_rows']} boxes not cropped, "
+          f"{totals['input_error_rows']} bad input rows left out (see {cfg.out}/errors/), output in {cfg.out}")
 
 
 if __name__ == "__main__":

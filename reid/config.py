@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from reid import io
+from reid import console, io
 from reid.errors import ConfigError
 
 C = TypeVar("C")
@@ -126,6 +126,9 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,
                         help="YAML file of field: value (same names as these flags, with _); flags override it")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's, MLflow's and the workers' logs live (default: our lines and progress "
+                             "bars only; the rest goes to the job's log file, named at the end)")
     for name, f in _fields(cls).items():
         base, _ = _base_type(f.type)
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -152,8 +155,12 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
         value = getattr(args, name)
         if value is not None:
             values[name] = value
-    return absolute_paths(from_dict(cls, values, source=args.config or "command line"))
+    cfg = absolute_paths(from_dict(cls, values, source=args.config or "command line"))
+    console.log_for(cfg, cls.__name__.removesuffix("Config").lower())  # the job's log file (reid.console)
+    return cfg
 
+
+MLFLOW_URI_PREFIXES = ("models:/", "runs:/")  # a model in MLflow (reid.registry), not a path
 
 PATH_FIELDS = ("comics_root", "instances", "crops", "sequences", "ssl_checkpoint", "storage", "model", "out",
                "ground_truth", "backbone_weights", "source")
@@ -167,7 +174,8 @@ def absolute_paths(cfg: C) -> C:
     names = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
     changes = {name: io.absolute(getattr(cfg, name)) for name in PATH_FIELDS
                if name in names and isinstance(getattr(cfg, name), str) and getattr(cfg, name)
-               and not io.is_uri(getattr(cfg, name))}
+               and not io.is_uri(getattr(cfg, name))
+               and not getattr(cfg, name).startswith(MLFLOW_URI_PREFIXES)}
     changes = {k: v for k, v in changes.items() if v != getattr(cfg, k)}
     return dataclasses.replace(cfg, **changes) if changes else cfg  # type: ignore[type-var]
 
@@ -177,6 +185,19 @@ def replace(cfg: C, **changes: Any) -> C:
     values = to_dict(cfg)
     values.update(changes)
     return from_dict(type(cfg), values)
+
+
+def strict_field(what: str):
+    """The ``--strict`` flag of a job that reads row-level input: stop at the first bad row instead of
+    recording it in the job's ``errors/`` table and going on."""
+    return dataclasses.field(default=False, metadata={"help": f"stop at {what} (default: record it in errors/ "
+                                                              "and go on)"})
+
+
+def max_bad_fraction_field(what: str):
+    """The ``--max-bad-row-fraction`` of a job: above it, the input is the wrong file and is refused."""
+    return dataclasses.field(default=0.01, metadata={"help": f"refuse {what} when more than this fraction of "
+                                                             "its rows are bad (0.01 = 1%%)"})
 
 
 def check(condition: bool, message: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from reid import config, faults, io
+from reid import config, console, faults, io
 from reid.contracts.crops import CROP_SCHEMA, crop_relpath, shard_id
 from reid.contracts.manifest import (
     ShardedOutput,
@@ -58,6 +58,8 @@ class CropConfig:
                                                                   "or sqlite runs/mlflow.db)"})
     experiment: str = "comic-reid"
     name: str = field(default="crop", metadata={"help": "run name; the MLflow run key"})
+    strict: bool = config.strict_field("the first bad row of the instance CSV")
+    max_bad_row_fraction: float = config.max_bad_fraction_field("the instance CSV")
     fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
                                                                 "(os._exit) after committing this many shards"})
 
@@ -67,6 +69,8 @@ class CropConfig:
         config.check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         config.check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
         config.check(self.num_cpus_per_task > 0, "num_cpus_per_task must be > 0")
+        config.check(0 <= self.max_bad_row_fraction <= 1,
+                     f"max_bad_row_fraction must be in [0, 1], got {self.max_bad_row_fraction}")
         config.check(self.shards_per_task >= 1, f"shards_per_task must be >= 1, got {self.shards_per_task}")
 
     @property
@@ -74,21 +78,21 @@ class CropConfig:
         return self.instances or io.join(self.comics_root, "data", "ssl", "merged_face_body.csv")
 
 
-def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int]:
+def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int, list[formats.BadRow]]:
     """Validate the instance CSV (streaming) and write it, split by shard, under ``<out>/_plan``.
 
-    Returns (sorted shard ids, number of input rows, number of pages). One CSV chunk in memory at a time.
+    Returns (sorted shard ids, number of good input rows, number of pages, the bad rows left out). One CSV
+    chunk in memory at a time. A bad row raises with ``--strict``; otherwise it is left out and returned, and
+    the file is refused only when more than ``max_bad_row_fraction`` of its rows are bad.
     """
     plan_root = io.join(cfg.out, "_plan")
     shards: set[str] = set()
     pages: set[tuple[int, int]] = set()
     rows = 0
     seen_ids: set[str] = set()
-    for chunk_no, chunk in enumerate(formats.iter_instances(cfg.instances_path)):
-        dup = chunk["instance_id"][chunk["instance_id"].isin(seen_ids) | chunk["instance_id"].duplicated()]
-        if len(dup):
-            raise DataFormatError(cfg.instances_path, f"instance {dup.iloc[0]!r} appears twice")
-        seen_ids.update(chunk["instance_id"])
+    bad: list[formats.BadRow] | None = None if cfg.strict else []
+    for chunk_no, chunk in enumerate(formats.iter_instances(cfg.instances_path, bad=bad)):
+        chunk = formats.drop_duplicate_instances(chunk, seen_ids, cfg.instances_path, bad)
         rows += len(chunk)
         pages.update(zip(chunk["series_id"].tolist(), chunk["page"].tolist(), strict=True))
         chunk["shard"] = [shard_id(s, p, cfg.pages_per_shard) for s, p in zip(chunk["series_id"], chunk["page"],
@@ -98,7 +102,13 @@ def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int]:
             table = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
             io.write_bytes_atomic(io.join(plan_root, str(shard), f"{chunk_no:06d}.parquet"),
                                   table_to_parquet_bytes(table))
-    return sorted(shards), rows, len(pages)
+    bad = bad or []
+    try:
+        formats.RowPolicy(cfg.strict, cfg.max_bad_row_fraction).check(cfg.instances_path, bad, rows + len(bad))
+    except DataFormatError:
+        io.remove_tree(plan_root)
+        raise
+    return sorted(shards), rows, len(pages), bad
 
 
 def _read_plan(cfg: CropConfig, shard: str) -> pa.Table:
@@ -171,6 +181,12 @@ def run_crop(cfg: CropConfig) -> dict:
     from reid.raycluster import TASK_POOL_OVERRIDES, data_context, init_ray
     from reid.tracking import open_tracker
 
+    images = io.join(cfg.comics_root, "raw_panel_images")
+    if not io.is_dir(images):
+        raise DataFormatError(cfg.comics_root, "no raw_panel_images/ folder here: is --comics-root the corpus root "
+                              "(the folder that holds raw_panel_images/ and data/)?")
+    if not io.exists(cfg.instances_path):
+        raise DataFormatError(cfg.instances_path, "instance CSV not found (--instances)")
     output = ShardedOutput(cfg.out, "instance_id")
     output.bind_job({"comics_root": cfg.comics_root, "instances": cfg.instances_path,
                      "face_scale": cfg.face_scale, "pages_per_shard": cfg.pages_per_shard,
@@ -178,7 +194,12 @@ def run_crop(cfg: CropConfig) -> dict:
     start = time.time()
     tracker = open_tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "crop"},
                            spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
-    shards, input_rows, pages = plan_shards(cfg)
+    shards, input_rows, pages, bad_rows = plan_shards(cfg)
+    console.open_log()  # the input is checked: from here on the job writes, its log file included
+    output.write_input_errors(error_table([b.as_error("input") for b in bad_rows]))
+    if bad_rows:
+        log.warning("crop: %d bad row(s) of %s left out and recorded in %s (first: %s: %s)", len(bad_rows),
+                    cfg.instances_path, output.input_errors_path(), bad_rows[0].where, bad_rows[0].reason)
     done = output.committed()
     pending = [s for s in shards if s not in done]
     log.info("crop: %d shards (%d already committed), %d boxes on %d pages", len(shards), len(done), input_rows,
@@ -207,6 +228,7 @@ def run_crop(cfg: CropConfig) -> dict:
     totals = output.finalize(shards, expected_input_rows=input_rows,
                              extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": committed_now})
     metrics = {"boxes": totals["input_rows"], "crops": totals["rows"], "errors": totals["error_rows"],
+               "bad_input_rows": totals["input_error_rows"],
                "pages": pages, "seconds": elapsed, "crops_per_s": crops / elapsed if elapsed else 0.0}
     tracker = tracker.result()
     tracker.log_params({**config.to_dict(cfg), "shards": len(shards), "input_rows": input_rows})

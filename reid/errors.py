@@ -17,6 +17,9 @@ class DataFormatError(ReidError, ValueError):
         location = f"{source}, {where}" if where else source
         super().__init__(f"{location}: {reason}")
 
+    def __reduce__(self):  # picklable across Ray processes (the default would call __init__(message))
+        return (self.__class__, (self.source, self.reason, self.where))
+
 
 class ConfigError(ReidError, ValueError):
     """A configuration value is invalid; raised before any work starts."""

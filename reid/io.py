@@ -45,6 +45,11 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def is_dir(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
 def makedirs(path: str) -> None:
     fs, p = resolve(path)
     fs.create_dir(p, recursive=True)
@@ -95,6 +100,13 @@ def delete_file(path: str) -> None:
     fs, p = resolve(path)
     if fs.get_file_info(p).type != pafs.FileType.NotFound:
         fs.delete_file(p)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a folder and everything under it (nothing when it does not exist)."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir(p)
 
 
 def read_parquet(path: str, columns: list[str] | None = None, filters=None):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reid import config
+from reid import config, console
 from reid.errors import ConfigError, ReidError
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
     if not cfg.mlflow_uri and not cfg.submit:
         cfg = config.replace(cfg, mlflow_uri=f"sqlite:///{p['mlflow_db']}")
     commands = stage_commands(cfg)
+    log.info("pipeline: stages %s → %s (log: %s)", ", ".join(cfg.stage_list), p["out"], console.open_log())
     for stage in cfg.stage_list:
         if stage == "corpus" and os.path.exists(f"{p['corpus']}/summary.json"):
             log.info("=== stage corpus: %s exists (generation is deterministic), skipping", p["corpus"])

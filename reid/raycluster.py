@@ -27,23 +27,41 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
     """
     import ray
 
+    from reid import console
+
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        # the workers' output reaches this console only with --verbose; else it stays in Ray's session logs
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=console.verbose())
         else:
             port = free_port()
             os.environ["RAY_GCS_SERVER_PORT"] = str(port)
             os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
             try:
                 ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
-                         _node_ip_address="127.0.0.1")
+                         _node_ip_address="127.0.0.1", log_to_driver=console.verbose())
             finally:
                 del os.environ["RAY_GCS_SERVER_PORT"]  # only for this start; `ray start` elsewhere must not see it
+        console.quiet_libraries()
+        resources = ray.cluster_resources()
+        log.info("Ray: %s, %d node(s), %g CPU%s; worker logs in %s", address or "local instance",
+                 len([n for n in ray.nodes() if n.get("Alive")]), resources.get("CPU", 0),
+                 f", {resources['GPU']:g} GPU" if resources.get("GPU") else "", session_logs_dir())
     ctx = ray.data.DataContext.get_current()
     ctx.max_errored_blocks = 0  # never drop blocks silently (docs/DATA.md)
     if quiet_data:
         ctx.enable_progress_bars = False  # our jobs show their own progress bar
+
+
+def session_logs_dir() -> str:
+    """Where Ray keeps this session's logs (on the head node for a cluster): the workers' output, Ray Data's."""
+    try:
+        import ray._private.worker as worker
+
+        return worker._global_node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - a private API: only for the message
+        return "the Ray session folder (/tmp/ray/session_latest/logs on the head node)"
 
 
 # Ray Data's per-operator resource reservation keeps part of the CPUs back for operators that may come later.

@@ -43,6 +43,9 @@ def _client(uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow.tracking import MlflowClient
 
+    from reid import console
+
+    console.quiet_libraries()  # MLflow's own stderr handler: its lines go to the job's log file
     return MlflowClient(tracking_uri=uri)
 
 
@@ -192,6 +195,21 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._call("_tags_op", {k: str(v) for k, v in tags.items()})
+
+    def metric_history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        """The logged (step, value) history of each of ``keys`` that has one (for plots); {} while MLflow is
+        unavailable."""
+        out: dict[str, list[tuple[int, float]]] = {}
+
+        def read() -> None:
+            for key in keys:
+                history = self._client.get_metric_history(self.run_id, key)
+                if history:
+                    out[key] = sorted((m.step, m.value) for m in history)
+
+        if self.run_id and self._client is not None:
+            self._try(read)
+        return out
 
     def close(self, status: str = "FINISHED", retries: int = 3, backoff_s: float = 2.0) -> list[str]:
         """End the run. Retries buffered operations; returns (and spools to disk) what could not be logged."""

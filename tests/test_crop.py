@@ -112,18 +112,61 @@ def test_killed_job_resumes_exactly_once(tiny_corpus, tmp_path, ray_session, job
     assert third.returncode == 0 and sorted(_all_ids(out)) == sorted(ids)
 
 
-def test_malformed_csv_fails_fast(tiny_corpus, tmp_path, job_env):
+def test_malformed_csv_fails_fast_with_strict(tiny_corpus, tmp_path, job_env):
     corpus = tmp_path / "corpus"
     (corpus / "data/ssl").mkdir(parents=True)
+    (corpus / "raw_panel_images").mkdir()
     frame = pd.read_csv(tiny_corpus / "data/ssl/merged_face_body.csv", dtype=str)
     frame.loc[5, "x1"] = "-"
     frame.to_csv(corpus / "data/ssl/merged_face_body.csv", index=False)
     result = subprocess.run([sys.executable, str(REPO / "jobs/crop.py"), "--comics-root", str(corpus),
-                             "--out", str(tmp_path / "out")], env=job_env, capture_output=True, text=True,
-                            timeout=120)
+                             "--out", str(tmp_path / "out"), "--strict"], env=job_env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 2
     assert "merged_face_body.csv, line 7: column 'x1' must be a number" in result.stderr
     assert not (tmp_path / "out" / "data").exists()
+
+
+def _corpus_with_bad_rows(tiny_corpus, tmp_path, mutations) -> tuple[Path, pd.DataFrame]:
+    corpus = tmp_path / "corpus"
+    (corpus / "data/ssl").mkdir(parents=True)
+    (corpus / "raw_panel_images").symlink_to(tiny_corpus / "raw_panel_images")
+    frame = pd.read_csv(tiny_corpus / "data/ssl/merged_face_body.csv", dtype=str)
+    for row, column, value in mutations:
+        frame.loc[row, column] = value
+    frame.to_csv(corpus / "data/ssl/merged_face_body.csv", index=False)
+    return corpus, frame
+
+
+def test_bad_rows_are_recorded_and_the_job_goes_on(tiny_corpus, tiny_crops, tmp_path, mlflow_uri):
+    """One inverted box and one page id that is a path among the rows: both recorded in errors/_input.parquet
+    with their line, every other box cropped exactly once."""
+    good = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv"))
+    corpus, frame = _corpus_with_bad_rows(tiny_corpus, tmp_path, [(5, "x1", "-1"), (9, "page_id", "../../etc_1")])
+    out = tmp_path / "out"
+    totals = run_crop(CropConfig(comics_root=str(corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
+                                 name="bad-rows", max_bad_row_fraction=0.02))  # 2 of 172 rows: over the 1 % default
+    assert totals["input_error_rows"] == 2 and totals["input_rows"] == len(good) - 2
+    bad = pq.read_table(out / "errors" / "_input.parquet").to_pylist()
+    assert [(b["id"], b["stage"]) for b in bad] == [("line 7", "input"), ("line 11", "input")]
+    assert "x1 (-1.0) < x_0" in bad[0]["reason"] and "'../../etc_1' is not '<page>_<panel>'" in bad[1]["reason"]
+    assert all(b["source"].endswith("merged_face_body.csv") for b in bad)
+    ids = read_crops(str(out), ["instance_id"]).column("instance_id").to_pylist() + [
+        r["id"] for r in pq.read_table(out / "errors").to_pylist() if r["stage"] != "input"]
+    expected = set(good["instance_id"]) - {good["instance_id"][5], good["instance_id"][9]}
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+
+
+def test_too_many_bad_rows_refuse_the_file_before_any_work(tiny_corpus, tmp_path, mlflow_uri):
+    corpus, frame = _corpus_with_bad_rows(tiny_corpus, tmp_path, [(i, "type", "hand") for i in range(0, 30, 3)])
+    out = tmp_path / "out"
+    with pytest.raises(DataFormatError, match=r"10 of \d+ rows are bad .*right file\? First: line 2: type must"):
+        run_crop(CropConfig(comics_root=str(corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
+                            name="bad-file"))
+    assert not (out / "data").exists() and not (out / "_plan").exists() and not (out / "_SUCCESS").exists()
+    totals = run_crop(CropConfig(comics_root=str(corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
+                                 name="bad-file", max_bad_row_fraction=0.5))
+    assert totals["input_error_rows"] == 10
 
 
 def test_bad_config_and_changed_arguments_refused(tiny_corpus, tiny_crops, tmp_path):
@@ -156,3 +199,26 @@ def test_task_pool_datasets_run_without_resource_reservation(ray_session):
     assert ds.context.op_resource_reservation_enabled is False  # the dataset keeps the setting ...
     assert ctx.op_resource_reservation_enabled == before  # ... and the process-wide context is restored
     assert ds.count() == 4
+
+
+def test_console_shows_our_lines_and_the_log_file_the_rest(tiny_corpus, tmp_path, ray_session, job_env, mlflow_uri):
+    """What a user sees on a tiny job: the Ray line, our bar and our summary; none of Ray Data's execution
+    plans or progress chatter, no FutureWarning. Those are in the job's log file, which the console names."""
+    out = tmp_path / "crops"
+    args = [sys.executable, str(REPO / "jobs/crop.py"), "--comics-root", str(tiny_corpus), "--out", str(out),
+            "--pages-per-shard", "2", "--mlflow-uri", mlflow_uri, "--name", "crop-console"]
+    result = subprocess.run(args, env=job_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert "INFO Ray: " in console and "worker logs in" in console
+    assert "crop: 100%" in console and "box/s" in console
+    assert "crops: " in console and "bad input rows left out" in console
+    log = out / "logs" / "crop.log"
+    assert f"log: {log}" in console
+    for noise in ("Execution plan of Dataset", "Starting execution of Dataset", "FutureWarning",
+                  "Progress bars disabled", "mlflow.store.db.utils"):
+        assert noise not in console, noise
+    assert "Execution plan of Dataset" in log.read_text()
+    verbose = subprocess.run([*args, "--out", str(tmp_path / "again"), "--verbose"], env=job_env,
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0 and "Execution plan of Dataset" in verbose.stdout + verbose.stderr

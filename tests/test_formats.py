@@ -61,11 +61,71 @@ def test_read_instances_rejects(tmp_path, mutate, message, line):
         assert info.value.where == line
 
 
+def test_bad_rows_are_collected_not_raised_when_asked(tmp_path):
+    """Every kind of bad row at once: each one recorded with its line and reason, the good rows kept."""
+    text = MERGED.replace("1443,58_6,face,1,1,70,10,90,35", "1443,58_6,face,1,1,70,10,60,35")  # inverted, line 4
+    text = text.replace("58_7,body,0,0,1.5", "../../etc_1,body,0,0,1.5")  # a path as page id, line 5
+    text += "1443,58_6,face,0,3,1,1,2,2,0\n"  # duplicate instance id, line 8
+    text += "1443,58_10,hand,0,0,1,1,2,2,0\n"  # unknown type, line 9
+    text += "1443,58_11,face,0,0,nan,1,2,2,0\n"  # not a finite number, line 10
+    text += "1443,58_12,face,0,0,1,inf,2,2,0\n"  # line 11
+    text += "1443,58_13,face,x,0,1,1,2,2,0\n"  # unparsable integer, line 12
+    path = _write(tmp_path, "merged_face_body.csv", text)
+    bad: list[formats.BadRow] = []
+    frame = formats.read_instances(path, bad=bad)
+    assert [(b.where, b.reason) for b in bad] == [
+        ("line 4", "x1 (60.0) < x_0 (70.0)"),
+        ("line 5", "page_id '../../etc_1' is not '<page>_<panel>' with integer parts"),
+        ("line 9", "type must be 'face' or 'body', got 'hand'"),
+        ("line 10", "column 'x_0' must be a number, got 'nan'"),
+        ("line 11", "column 'y_0' must be a number, got 'inf'"),
+        ("line 12", "column 'index' must be an integer, got 'x'"),
+        ("line 8", "instance '1443_58_6_face_0' appears twice"),
+    ]
+    assert all(b.source == path for b in bad)
+    assert list(frame["instance_id"]) == ["1443_58_6_face_0", "1443_58_6_body_0", "1443_58_8_face_0",
+                                          "1443_58_9_body_0"]
+    assert list(frame["line"]) == [2, 3, 6, 7]
+    assert bad[0].as_error("input") == {"id": "line 4", "shard": "", "stage": "input", "source": path,
+                                        "reason": "x1 (60.0) < x_0 (70.0)"}
+
+
+def test_row_policy_refuses_the_wrong_file_not_a_few_bad_rows():
+    bad = [formats.BadRow("f.csv", f"line {i}", "why") for i in range(2, 5)]
+    formats.RowPolicy(max_bad_fraction=0.01).check("f.csv", bad, 1000)  # 3 of 1000: recorded, goes on
+    formats.RowPolicy().check("f.csv", [], 0)
+    with pytest.raises(DataFormatError, match=r"f.csv: 3 of 100 rows are bad .*0.01.*First: line 2: why"):
+        formats.RowPolicy(max_bad_fraction=0.01).check("f.csv", bad, 100)
+
+
+def test_bad_sequence_entries_are_left_out_and_recorded(tmp_path):
+    known = set(formats.read_instances(_write(tmp_path, "m.csv", MERGED))["instance_id"])
+    data = _good_sequences()
+    unknown = json.loads(json.dumps(data[0]))
+    unknown["seq_id"] = "1443_58_7+1443_58_8+1443_58_9+1443_58_10"
+    unknown["annotations"] = [{"charId": "z", "charInstances": [{"face": "1443_58_8_face_9"}]}]
+    data += [unknown, data[0], {"seq_id": "1443_1"}]
+    path = _write(tmp_path, "train_sequences.json", json.dumps(data))
+    sequences, bad = formats.read_sequences_checked(path, formats.RowPolicy(max_bad_fraction=1.0), known)
+    assert [s.seq_id for s in sequences] == [SEQ_ID]
+    assert [b.where.split(" (")[0] for b in bad] == ["entry 1", "entry 2", "entry 3"]
+    assert "'1443_58_8_face_9' is absent from the instance CSV" in bad[0].reason
+    assert "appears twice" in bad[1].reason
+    with pytest.raises(DataFormatError, match="3 of 4 sequences are bad"):
+        formats.read_sequences_checked(path, formats.RowPolicy(), known)
+    with pytest.raises(DataFormatError, match="entry 1 .*absent from the instance CSV"):
+        formats.read_sequences_checked(path, formats.RowPolicy(strict=True), known)
+
+
 def test_read_instances_missing_and_empty(tmp_path):
     with pytest.raises(DataFormatError, match="file not found"):
         formats.read_instances(str(tmp_path / "nope.csv"))
     with pytest.raises(DataFormatError, match="empty"):
         formats.read_instances(_write(tmp_path, "empty.csv", ""))
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(DataFormatError, match="not a text CSV file|not a valid CSV|missing column"):
+        formats.read_instances(str(binary), bad=[])  # a wrong file is refused even when rows may be skipped
 
 
 def test_read_filtered_parses_last_path_parts(tmp_path):

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers.labeling import cli_args, crop_ids, label_config, random_reid_model
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -43,10 +44,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model_checkpoint(ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)), str(path))
-    return path
+    return random_reid_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -95,28 +93,14 @@ def thresholds(reference) -> tuple[float, float]:
     return threshold, threshold * 0.8
 
 
-def _config(crops_root: Path, out: Path, model_path: Path, thresholds, mlflow_uri: str, **kw) -> LabelConfig:
-    kw = {"num_cpus_per_actor": 0.5, "num_cpus_per_task": 0.5, "max_actors": 2, **kw}
-    return LabelConfig(model=str(model_path), crops=str(crops_root), out=str(out), threshold=thresholds[0],
-                       link_threshold=thresholds[1], batch_size=16, mlflow_uri=mlflow_uri, **kw)
-
-
-def _cli_args(cfg: LabelConfig) -> list[str]:
-    args = []
-    for key in ("model", "crops", "out", "threshold", "link_threshold", "num_cpus_per_actor", "num_cpus_per_task",
-                "max_actors", "batch_size", "mlflow_uri", "name", "report_windows"):
-        args += ["--" + key.replace("_", "-"), str(getattr(cfg, key))]
-    return args
-
-
 @pytest.fixture(scope="module")
 def resumed(ray_session, crops, model_path, thresholds, tmp_path_factory, mlflow_uri):
     """Sliding windows: the driver is killed after its first shard (a subprocess), then the job is re-run."""
     out = tmp_path_factory.mktemp("labels") / "sliding"
-    cfg = _config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-kill", report_windows=0)
+    cfg = label_config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-kill", report_windows=0)
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    first = subprocess.run([sys.executable, str(REPO / "jobs/label.py"), *_cli_args(cfg), "--fail-after-shards", "1"],
+    first = subprocess.run([sys.executable, str(REPO / "jobs/label.py"), *cli_args(cfg), "--fail-after-shards", "1"],
                            env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 3, first.stderr[-3000:]
     committed_before = len(list((out / "_windows" / "_manifest").glob("*.json")))
@@ -132,7 +116,7 @@ def annotated(ray_session, crops, model_path, thresholds, tmp_path_factory, mlfl
     hold every CPU; the job would hang if Ray Data stopped fusing them)."""
     out = tmp_path_factory.mktemp("labels") / "annotated"
     defaults = LabelConfig()
-    cfg = _config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-seq",
+    cfg = label_config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-seq",
                   num_cpus_per_actor=defaults.num_cpus_per_actor, num_cpus_per_task=defaults.num_cpus_per_task,
                   max_actors=0,
                   sequences=str(tiny_corpus / "data/comics_seq/train_sequences.json"),
@@ -141,13 +125,6 @@ def annotated(ray_session, crops, model_path, thresholds, tmp_path_factory, mlfl
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
-
-def _crop_ids(crops_root: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """(ok crop id -> panel id, failed crop id -> reason)."""
-    ok = pq.read_table(crops_root / "data", columns=["instance_id", "panel_id"]).to_pylist()
-    errors = pq.read_table(crops_root / "errors").to_pylist()
-    return {r["instance_id"]: r["panel_id"] for r in ok}, {e["id"]: e["reason"] for e in errors}
-
 
 def _panel(instance_id: str) -> str:
     return str(parse_instance_id(instance_id).panel_id)
@@ -226,7 +203,7 @@ def test_killed_job_resumes_with_every_instance_once(resumed, crops):
     assert 1 <= committed_before < total_shards
     assert result["totals"]["shards_this_run"] == total_shards - committed_before
     labels = read_labels(str(out)).to_pylist()
-    ok, failed = _crop_ids(crops[0])
+    ok, failed = crop_ids(crops[0])
     ids = [r["instance_id"] for r in labels]
     assert len(ids) == len(set(ids)) == len(ok) + len(failed)  # stride = window size: one window each
     assert set(ids) == set(ok) | set(failed)
@@ -240,7 +217,7 @@ def test_killed_job_resumes_with_every_instance_once(resumed, crops):
 def test_unassigned_rows_carry_the_reason(resumed, crops):
     out, _, _ = resumed
     crops_root, broken, partner = crops
-    _, failed = _crop_ids(crops_root)
+    _, failed = crop_ids(crops_root)
     assert failed, "the shared corpus injects missing, corrupt and off-page faults"
     labels = {r["instance_id"]: r for r in read_labels(str(out)).to_pylist()}
     unassigned = {i: r for i, r in labels.items() if r["status"] == "unassigned"}
@@ -303,17 +280,17 @@ def test_face_and_body_share_labels_and_series_links_match_reference(resumed, re
 def test_rerun_of_a_finished_job_changes_nothing(resumed, crops, model_path, thresholds, mlflow_uri):
     out, _, _ = resumed
     before = sorted(read_labels(str(out)).column("row_id").to_pylist())
-    cfg = _config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-kill", report_windows=0)
+    cfg = label_config(crops[0], out, model_path, thresholds, mlflow_uri, name="label-kill", report_windows=0)
     result = run_label(cfg)
     assert result["totals"]["shards_this_run"] == 0
     assert sorted(read_labels(str(out)).column("row_id").to_pylist()) == before
     with pytest.raises(ConfigError, match="threshold"):
-        run_label(_config(crops[0], out, model_path, (0.5, 0.5), mlflow_uri, name="label-kill"))
+        run_label(label_config(crops[0], out, model_path, (0.5, 0.5), mlflow_uri, name="label-kill"))
 
 
 def test_annotated_windows_every_pair_once_and_evaluated(annotated, crops, tiny_corpus, mlflow_uri):
     out, cfg, result = annotated
-    ok, failed = _crop_ids(crops[0])
+    ok, failed = crop_ids(crops[0])
     by_panel = defaultdict(list)
     for iid in [*ok, *failed]:
         by_panel[_panel(iid)].append(iid)
@@ -329,6 +306,9 @@ def test_annotated_windows_every_pair_once_and_evaluated(annotated, crops, tiny_
     assert metrics["rows"] + metrics["unassigned"] == len(row_ids)
     logged = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.metrics
     assert logged["bcubed_f1"] == pytest.approx(metrics["bcubed_f1"]) and logged["rows"] == metrics["rows"]
+    artifacts = [a.path for a in MlflowClient(mlflow_uri).list_artifacts(result["run_id"], "plots")]
+    assert artifacts == ["plots/identities_per_series.png"]
+    assert (out / "identities_per_series.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_html_references_existing_pngs(annotated):

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "reid"
 STAGES = ("reid.crop", "reid.train", "reid.label", "reid.report", "reid.sweeps", "reid.pipeline", "reid.import_checkpoint")
-RUNTIME = ("reid.raycluster", "reid.tracking", "reid.faults", "reid.datasets", "reid.localcluster")
+RUNTIME = ("reid.raycluster", "reid.tracking", "reid.registry", "reid.faults", "reid.datasets", "reid.localcluster")
 ALLOWED_STAGE_EDGES = {("reid.sweeps", "reid.train")}
 FOREIGN_RUNTIME = ("ray", "mlflow")
 

@@ -23,7 +23,7 @@ def test_commit_resume_and_finalize(tmp_path):
     out.commit("s1", _rows(["d"]), error_table([]), input_rows=1)
     out.commit("s1", _rows(["d"]), error_table([]), input_rows=1)
     totals = out.finalize(["s0", "s1"], expected_input_rows=4)
-    assert totals == {"shards": 2, "input_rows": 4, "rows": 3, "error_rows": 1}
+    assert totals == {"shards": 2, "input_rows": 4, "rows": 3, "error_rows": 1, "input_error_rows": 0}
     assert sorted(out.read().column("instance_id").to_pylist()) == ["a", "b", "d"]
     assert out.read_errors().column("reason").to_pylist() == ["bad"]
     assert json.loads((tmp_path / "o" / "_SUCCESS").read_text())["rows"] == 3

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from reid.config import replace
+from reid.contracts.crops import read_crops
 from reid.errors import CheckpointError, ConfigError
 from reid.models.checkpoint import load_model_checkpoint
 from reid.models.export import example_inputs
+from reid.registry import resolve_model_uri
 from reid.train.finetune import FinetuneConfig, run_finetune
 from reid.train.pretrain import PretrainConfig, run_pretrain
 
@@ -107,9 +110,30 @@ def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, pre
     assert [step for step, _ in _history(mlflow_uri, "pt", "loss")] == [0, 1, 2, 3, 4, 5]  # each epoch once
 
 
-def test_changed_architecture_refuses_to_resume(pretrained, pretrain_cfg):
-    with pytest.raises(Exception, match="cannot resume"):
-        run_pretrain(replace(pretrain_cfg, epochs=7, proj_dim=64, max_failures=0))
+def test_changed_architecture_refuses_to_resume_at_once(pretrained, pretrain_cfg):
+    """The worker's CheckpointError is not retried (max_failures=3 would restart the worker group three times)
+    and reaches the driver as itself. Had Ray Train retried it, fit would raise its own WorkerGroupError after
+    the fourth attempt: only the non-retry path (reid.train.failures) re-raises the worker's CheckpointError."""
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        run_pretrain(replace(pretrain_cfg, epochs=7, proj_dim=64, max_failures=3))
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_newest_valid_one(pretrained, pretrain_cfg, mlflow_uri):
+    """A disk that filled up while the newest checkpoint was written: the re-run skips it, says so, and goes
+    on from the one before (epoch 4 of the 6 that test_resume... trained)."""
+    run = Path(pretrain_cfg.storage, "pt")
+    newest, older = sorted((p for p in run.glob("checkpoint_*") if p.is_dir()), reverse=True)[:2]
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
+    result, _ = run_pretrain(replace(pretrain_cfg, epochs=7))
+    assert result.metrics["epoch"] == 6
+    with result.checkpoint.as_directory() as folder:
+        assert torch.load(os.path.join(folder, "state.pt"), weights_only=True)["epoch"] == 6
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("comic-reid").experiment_id],
+                                  filter_string="tags.`reid.run_key` = 'pt'")
+    assert mlrun.data.tags["reid.resume_skipped"].endswith(newest.name)
+    assert mlrun.data.tags["reid.resumed_at_epoch"] == "5"  # the epoch after the valid checkpoint (epoch 4)
 
 
 @pytest.mark.fault
@@ -125,10 +149,18 @@ def test_worker_death_restarts_from_checkpoint(pretrain_cfg, mlflow_uri):
     assert [s for s, _ in _history(mlflow_uri, "pt-fault", "loss")] == [0, 1, 2]
 
 
-def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri):
+def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri, tmp_path):
+    """Fine-tuning from the SSL model *as MLflow logged it* (a runs:/ URI), then everything a user of MLflow
+    looks for: the registered model (pytorch flavour + our checkpoint), the embedding pyfunc, the plots."""
     _, ssl_model = pretrained
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    (pt_run,) = client.search_runs([client.get_experiment_by_name("comic-reid").experiment_id],
+                                   filter_string="tags.`reid.run_key` = 'pt'")
+    ssl_uri = pt_run.data.tags["reid.ssl_model_uri"]
+    assert ssl_uri.startswith("runs:/") and ssl_uri.endswith("/ssl_model/model.pt")
+    assert {a.path for a in client.list_artifacts(pt_run.info.run_id, "plots")} == {"plots/curves.png"}
     cfg = FinetuneConfig(crops=pretrain_cfg.crops, sequences=str(tiny_corpus / "data/comics_seq"),
-                         ssl_checkpoint=ssl_model, storage=pretrain_cfg.storage, name="ft", face_size=32,
+                         ssl_checkpoint=ssl_uri, storage=pretrain_cfg.storage, name="ft", face_size=32,
                          body_size=48, epochs=2, sequences_per_batch=4, workers=2, cpus_per_worker=0.5,
                          data_cpus=0.25, mlflow_uri=mlflow_uri)
     out = run_finetune(cfg)
@@ -147,6 +179,22 @@ def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_
     model.eval()
     with torch.no_grad():
         assert torch.allclose(scripted(*inputs), model(*inputs), atol=1e-4)
+    # registered: models:/comic-reid/N resolves to this very checkpoint; the pyfunc embeds image bytes
+    assert out["registered_model_uri"] == f"models:/comic-reid/{out['model_version']}"
+    path, provenance = resolve_model_uri(out["registered_model_uri"], mlflow_uri, str(tmp_path / "dl"))
+    assert Path(path).read_bytes() == Path(out["best_model"]).read_bytes()
+    assert provenance["registered_model"] == "comic-reid" and provenance["model_version"] == out["model_version"]
+    mlflow.set_tracking_uri(mlflow_uri)
+    embedder = mlflow.pyfunc.load_model(out["embedder_uri"])
+    crops = read_crops(pretrain_cfg.crops, ["type", "image"]).to_pylist()
+    face = next(c["image"] for c in crops if c["type"] == "face")
+    body = next(c["image"] for c in crops if c["type"] == "body")
+    embeddings = embedder.predict(pd.DataFrame({"face": [face, None], "body": [body, body]}))
+    assert embeddings.shape == (2, 256) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    run_id = client.get_model_version("comic-reid", out["model_version"]).run_id
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/curves.png", "plots/val_distances.png"}
+    assert (Path(cfg.storage) / "ft" / "progress.json").exists()  # what the driver's bar was drawn from
 
 
 def test_the_paper_recipe_loads_and_runs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri):

@@ -49,10 +49,13 @@ def crops_output(crops_root: str) -> ShardedOutput:
 
 
 def committed_crop_files(crops_root: str) -> list[str]:
-    """Data files of a finished crop job; refuses an unfinished one."""
+    """Data files of a finished crop job; refuses an unfinished one and one whose shard files were damaged
+    after the commit (:meth:`ShardedOutput.verify`)."""
     output = crops_output(crops_root)
     if not output.is_complete():
         raise DataFormatError(crops_root, "crop output is incomplete or missing (no _SUCCESS): run jobs/crop.py")
+    output.verify(remedy=f"; to redo it, delete its entry in {crops_root}/_manifest/ and {crops_root}/_SUCCESS, "
+                         "then re-run jobs/crop.py with the same arguments (only that shard is cropped again)")
     return output.data_files()
 
 
@@ -62,11 +65,19 @@ def crop_job_params(crops_root: str) -> dict[str, Any]:
 
 
 def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:
-    """All committed crops of a finished crop job (refuses an unfinished one)."""
+    """All committed crops of a finished crop job (refuses an unfinished or damaged one)."""
+    committed_crop_files(crops_root)
+    return crops_output(crops_root).read(columns)
+
+
+def known_instance_ids(crops_root: str) -> set[str]:
+    """Every instance id the crop job accepted from its input: cropped ones and those it could not crop (an
+    instance with no crop is still an instance; a sequence may name it and have it masked)."""
     output = crops_output(crops_root)
-    if not output.is_complete():
-        raise DataFormatError(crops_root, "crop output is incomplete (no _SUCCESS): re-run the crop job")
-    return output.read(columns)
+    ids = set(read_crops(crops_root, ["instance_id"]).column("instance_id").to_pylist())
+    for path in output.error_files():
+        ids.update(io.read_parquet(path, ["id"]).column("id").to_pylist())
+    return ids
 
 
 def read_shard_crops(crops_root: str, shard: str, columns: list[str] | None = None, filters: Any = None

@@ -11,6 +11,7 @@ Layout under ``root``::
     _job.json                 the job's identity (arguments that must match on resume)
     data/<shard>.parquet      rows
     errors/<shard>.parquet    rows that could not be produced, with a reason
+    errors/_input.parquet     input rows refused before any shard (bad CSV lines, bad sequences), with a reason
     _manifest/<shard>.json    {shard, input_rows, rows, error_rows, checksum}
     _SUCCESS                  totals, written last
 """
@@ -32,6 +33,9 @@ from reid.errors import ConfigError, ReidError
 
 ERROR_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("stage", pa.string()),
                           ("source", pa.string()), ("reason", pa.string())])
+
+
+INPUT_ERRORS = "_input"
 
 
 class ShardIntegrityError(ReidError):
@@ -119,6 +123,18 @@ class ShardedOutput:
         """A per-shard file that a job writes beside its rows before the commit (``<root>/<kind>/<shard>.parquet``)."""
         return self._path(kind, f"{shard}.parquet")
 
+    def input_errors_path(self) -> str:
+        """The error rows of the job's input: rows refused while planning, before any shard exists."""
+        return self._path("errors", f"{INPUT_ERRORS}.parquet")
+
+    def write_input_errors(self, errors: pa.Table) -> None:
+        """Record the input rows the job left out (replaced on every run: planning re-reads the input)."""
+        io.write_bytes_atomic(self.input_errors_path(), table_to_parquet_bytes(errors))
+
+    def read_input_errors(self) -> pa.Table:
+        path = self.input_errors_path()
+        return io.read_parquet(path).cast(ERROR_SCHEMA) if io.exists(path) else ERROR_SCHEMA.empty_table()
+
     def summary(self, shard: str) -> ShardSummary:
         """The manifest entry of a committed shard (``skipped=True``: committed by an earlier attempt)."""
         entry = json.loads(io.read_text(self._path("_manifest", f"{shard}.json")))
@@ -144,6 +160,24 @@ class ShardedOutput:
         io.write_text_atomic(self._path("_manifest", f"{shard}.json"), json.dumps(summary.to_dict()))
         return summary
 
+    def verify(self, remedy: str = "") -> None:
+        """Check, from each committed shard's Parquet footer alone, that its data and error files are whole and
+        hold the rows its manifest entry says (a file truncated or replaced after the commit). Cheap: no data
+        pages are read. Raises :class:`ShardIntegrityError` naming the shard, the file and ``remedy``."""
+        for shard, summary in sorted(self.committed().items()):
+            for path, expected in ((self.data_path(shard), summary.rows), (self.errors_path(shard),
+                                                                            summary.error_rows)):
+                try:
+                    fs, inner = io.resolve(path)
+                    with fs.open_input_file(inner) as handle:
+                        rows = pq.ParquetFile(handle).metadata.num_rows
+                except (OSError, pa.ArrowException) as exc:
+                    raise ShardIntegrityError(f"{path}: shard {shard} of {self.root} is unreadable (truncated or "
+                                              f"corrupt: {exc}){remedy}") from None
+                if rows != expected:
+                    raise ShardIntegrityError(f"{path}: shard {shard} of {self.root} holds {rows} rows, its "
+                                              f"manifest entry says {expected}{remedy}")
+
     def data_files(self) -> list[str]:
         """Paths of committed data files (only shards with a manifest entry)."""
         return [self._path("data", f"{s}.parquet") for s in sorted(self.committed())]
@@ -155,7 +189,8 @@ class ShardedOutput:
         return _concat([io.read_parquet(p, columns) for p in self.data_files()])
 
     def read_errors(self) -> pa.Table:
-        tables = [io.read_parquet(p) for p in self.error_files()]
+        """Error rows of every committed shard and of the input."""
+        tables = [io.read_parquet(p) for p in self.error_files()] + [self.read_input_errors()]
         return _concat(tables) if tables else ERROR_SCHEMA.empty_table()
 
     def finalize(self, expected_shards: Iterable[str], expected_input_rows: int | None = None,
@@ -188,6 +223,7 @@ class ShardedOutput:
         if expected_input_rows is not None and totals["input_rows"] != expected_input_rows:
             raise ShardIntegrityError(f"{self.root}: {totals['input_rows']} input rows committed, "
                                       f"expected {expected_input_rows}")
+        totals["input_error_rows"] = self.read_input_errors().num_rows
         totals.update(extra or {})
         io.write_text_atomic(self._path("_SUCCESS"), json.dumps(totals, indent=1))
         return totals

@@ -50,60 +50,116 @@ def _int_column(frame: pd.DataFrame, column: str, source: str, row_offset: int) 
     return values.to_numpy().astype(np.int64)
 
 
-def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0) -> pd.DataFrame:
+_PAGE_ID = r"(\d+)_(\d+)"
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One input row (CSV line) or entry (JSON sequence) that a job skipped, and why."""
+
+    source: str
+    where: str
+    reason: str
+
+    def as_error(self, stage: str) -> dict[str, str]:
+        """This row as a row of the jobs' error tables (:data:`reid.contracts.manifest.ERROR_SCHEMA`)."""
+        return {"id": self.where, "shard": "", "stage": stage, "source": self.source, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class RowPolicy:
+    """What a reader does with a bad row: ``strict`` raises at the first one; otherwise bad rows are collected
+    (the caller records them in its job's error table) and the file is refused only when more than
+    ``max_bad_fraction`` of its rows are bad (then it is the wrong file, not a few odd rows)."""
+
+    strict: bool = False
+    max_bad_fraction: float = 0.01
+
+    def check(self, source: str, bad: list[BadRow], total: int, unit: str = "rows") -> None:
+        """Refuse ``source`` when too many of its ``total`` rows are bad."""
+        if bad and len(bad) > self.max_bad_fraction * max(total, 1):
+            first = "; ".join(f"{b.where}: {b.reason}" for b in bad[:3])
+            raise DataFormatError(source, f"{len(bad)} of {total} {unit} are bad (more than "
+                                  f"--max-bad-row-fraction {self.max_bad_fraction:g}): is this the right file? "
+                                  f"First: {first}")
+
+
+STRICT = RowPolicy(strict=True)
+
+
+def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
+                       bad: list[BadRow] | None = None) -> pd.DataFrame:
     """Validate one chunk of ``merged_face_body.csv`` and add derived columns.
 
     Returns a frame with the docs/DATA.md columns typed, plus ``page`` / ``panel`` (ints), ``panel_id`` and
     ``instance_id`` (strings). ``row_offset`` is the chunk's first data-row index, for error messages.
+    A missing column is a file-level error and always raises. A bad row (unparsable number, unknown type,
+    page id that is not ``<page>_<panel>``, inverted box, negative id) raises at the first one when ``bad`` is
+    None; otherwise it is appended to ``bad`` (file, line, reason) and left out of the result.
     """
     _require_columns(frame, INSTANCE_COLUMNS, source)
+    frame = frame.reset_index(drop=True)
+    reasons = pd.Series("", index=frame.index, dtype=object)
+
+    def flag(mask: pd.Series, message: pd.Series | str) -> None:
+        new = np.asarray(mask, dtype=bool) & (reasons == "").to_numpy()
+        if new.any():
+            reasons[new] = message[new] if isinstance(message, pd.Series) else message
+
+    def integers(column: str) -> pd.Series:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        flag(values.isna() | (values != np.floor(values)),
+             f"column {column!r} must be an integer, got " + frame[column].map(repr))
+        return values
+
     out = pd.DataFrame(index=frame.index)
-    out["series_id"] = _int_column(frame, "series_id", source, row_offset)
-    pages, panels = [], []
-    for i, text in enumerate(frame["page_id"].astype(str)):
-        parts = text.split("_")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise DataFormatError(source, f"page_id {text!r} is not '<page>_<panel>' with integer parts",
-                                  _csv_line(row_offset + i))
-        pages.append(int(parts[0]))
-        panels.append(int(parts[1]))
-    out["page"] = np.asarray(pages, dtype=np.int64)
-    out["panel"] = np.asarray(panels, dtype=np.int64)
+    series = integers("series_id")
+    page_id = frame["page_id"].astype(str)
+    parts = page_id.str.fullmatch(_PAGE_ID)
+    flag(~parts, "page_id " + page_id.map(repr) + " is not '<page>_<panel>' with integer parts")
+    split = page_id.where(parts, "0_0").str.split("_", n=1, expand=True)
     types = frame["type"].astype(str).str.strip()
-    bad_type = ~types.isin(["face", "body"])
-    if bad_type.any():
-        i = int(np.flatnonzero(bad_type.to_numpy())[0])
-        raise DataFormatError(source, f"type must be 'face' or 'body', got {frame['type'].iloc[i]!r}",
-                              _csv_line(row_offset + i))
-    out["type"] = types.to_numpy()
-    out["index"] = _int_column(frame, "index", source, row_offset)
-    out["char_index"] = _int_column(frame, "char_index", source, row_offset)
+    flag(~types.isin(["face", "body"]), "type must be 'face' or 'body', got " + frame["type"].map(repr))
+    index, char_index = integers("index"), integers("char_index")
+    boxes = {}
     for column in BOX_COLUMNS:
         values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            i = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataFormatError(source, f"column {column!r} must be a number, got {frame[column].iloc[i]!r}",
-                                  _csv_line(row_offset + i))
-        out[column] = values.to_numpy().astype(np.float64)
+        flag(~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan)),
+             f"column {column!r} must be a number, got " + frame[column].map(repr))
+        boxes[column] = values.astype(np.float64)
     for lo, hi in (("x_0", "x1"), ("y_0", "y_1")):
-        bad = out[hi] < out[lo]
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataFormatError(source, f"{hi} ({out[hi].iloc[i]}) < {lo} ({out[lo].iloc[i]})",
-                                  _csv_line(row_offset + i))
-    negative = (out[["series_id", "page", "panel", "index"]] < 0).any(axis=1)
-    if negative.any():
-        i = int(np.flatnonzero(negative.to_numpy())[0])
-        raise DataFormatError(source, "ids must be non-negative", _csv_line(row_offset + i))
+        flag(boxes[hi] < boxes[lo], f"{hi} (" + boxes[hi].astype(str) + f") < {lo} (" + boxes[lo].astype(str) + ")")
+    page, panel = pd.to_numeric(split[0]), pd.to_numeric(split[1])
+    flag((series < 0) | (page < 0) | (panel < 0) | (index < 0), "ids must be non-negative")
+    bad_rows = np.flatnonzero((reasons != "").to_numpy())
+    if len(bad_rows):
+        if bad is None:
+            i = int(bad_rows[0])
+            raise DataFormatError(source, str(reasons.iloc[i]), _csv_line(row_offset + i))
+        bad.extend(BadRow(source, _csv_line(row_offset + int(i)), str(reasons.iloc[i])) for i in bad_rows)
+    keep = (reasons == "").to_numpy()
+    out["series_id"] = series.to_numpy().astype(np.float64)
+    out["page"], out["panel"] = page.to_numpy(), panel.to_numpy()
+    out["type"] = types.to_numpy()
+    out["index"], out["char_index"] = index.to_numpy().astype(np.float64), char_index.to_numpy().astype(np.float64)
+    for column in BOX_COLUMNS:
+        out[column] = boxes[column].to_numpy().astype(np.float64)
+    out = out[keep].reset_index(drop=True)
+    for column in ("series_id", "page", "panel", "index", "char_index"):
+        out[column] = out[column].astype(np.int64)
+    out = out[["series_id", "page", "panel", "type", "index", "char_index", *BOX_COLUMNS]]
     out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"
                        + out["panel"].astype(str))
     out["instance_id"] = out["panel_id"] + "_" + out["type"] + "_" + out["index"].astype(str)
-    return out.reset_index(drop=True)
+    out["line"] = [row_offset + int(i) + 2 for i in np.flatnonzero(keep)]  # CSV line (header: line 1)
+    return out
 
 
-def iter_instances(path: str, chunk_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+def iter_instances(path: str, chunk_rows: int = 200_000, bad: list[BadRow] | None = None
+                   ) -> Iterator[pd.DataFrame]:
     """Stream ``merged_face_body.csv`` in validated chunks (flat memory for the full corpus).
 
+    With ``bad`` (a list), bad rows are collected there instead of raising (:func:`validate_instances`).
     Duplicate instance ids are only detected within a chunk here; :func:`read_instances` checks globally.
     """
     fs, fs_path = io.resolve(path)
@@ -116,24 +172,41 @@ def iter_instances(path: str, chunk_rows: int = 200_000) -> Iterator[pd.DataFram
             reader = pd.read_csv(stream, dtype=str, keep_default_na=False, chunksize=chunk_rows)
             row_offset = 0
             for chunk in reader:
-                yield validate_instances(chunk, path, row_offset)
+                yield validate_instances(chunk, path, row_offset, bad)
                 row_offset += len(chunk)
         except pd.errors.EmptyDataError:
             raise DataFormatError(path, "file is empty (no header)") from None
         except pd.errors.ParserError as exc:
             raise DataFormatError(path, f"not a valid CSV: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(path, f"not a text CSV file: {exc.reason} at byte {exc.start}") from None
 
 
-def read_instances(path: str) -> pd.DataFrame:
-    """Read and validate the whole ``merged_face_body.csv`` (one row per face/body box)."""
-    chunks = list(iter_instances(path))
-    frame = pd.concat(chunks, ignore_index=True) if chunks else validate_instances(
-        pd.DataFrame(columns=list(INSTANCE_COLUMNS)), path)
-    dup = frame["instance_id"].duplicated()
+def drop_duplicate_instances(chunk: pd.DataFrame, seen: set[str], source: str,
+                             bad: list[BadRow] | None = None) -> pd.DataFrame:
+    """Rows of ``chunk`` whose instance id was not seen before (in ``seen``, which is updated, or earlier in
+    the chunk). A repeat raises when ``bad`` is None, else it is recorded there and left out: the first
+    occurrence wins."""
+    ids = chunk["instance_id"]
+    dup = (ids.isin(seen) | ids.duplicated()).to_numpy()
     if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataFormatError(path, f"instance {frame['instance_id'].iloc[i]!r} appears twice", _csv_line(i))
-    return frame
+        where = [f"line {n}" for n in chunk["line"].to_numpy()[dup]]
+        reasons = [f"instance {i!r} appears twice" for i in ids[dup]]
+        if bad is None:
+            raise DataFormatError(source, reasons[0], where[0])
+        bad.extend(BadRow(source, w, r) for w, r in zip(where, reasons, strict=True))
+        chunk = chunk[~dup].reset_index(drop=True)
+    seen.update(chunk["instance_id"])
+    return chunk
+
+
+def read_instances(path: str, bad: list[BadRow] | None = None) -> pd.DataFrame:
+    """Read and validate the whole ``merged_face_body.csv`` (one row per face/body box). With ``bad`` (a list),
+    bad rows are collected there and left out instead of raising."""
+    seen: set[str] = set()
+    chunks = [drop_duplicate_instances(c, seen, path, bad) for c in iter_instances(path, bad=bad)]
+    return pd.concat(chunks, ignore_index=True) if chunks else validate_instances(
+        pd.DataFrame(columns=list(INSTANCE_COLUMNS)), path)
 
 
 def parse_crop_path(img_path: str, type_: str) -> tuple[int, int, int, int]:
@@ -295,19 +368,39 @@ def _parse_sequence(entry: object, where: str, known: set[str] | None, source: s
 
 
 def read_sequences(path: str, known_instances: set[str] | None = None,
-                   panels_per_window: int = 4) -> list[Sequence]:
-    """Read ``<split>_sequences.json``. With ``known_instances``, every referenced id must be in it."""
+                   panels_per_window: int = 4, bad: list[BadRow] | None = None) -> list[Sequence]:
+    """Read ``<split>_sequences.json``. With ``known_instances``, every referenced id must be in it.
+
+    A file that is not JSON or not a list always raises. A bad entry (unparsable seq id, a character naming an
+    instance of another panel or an unknown instance, a repeated seq id) raises when ``bad`` is None; otherwise
+    it is appended to ``bad`` (file, entry and seq id, reason) and the whole entry is left out."""
     data = _read_json(path)
     if not isinstance(data, list):
         raise DataFormatError(path, f"top level must be a list of sequences, got {type(data).__name__}")
     sequences, seen = [], set()
     for i, entry in enumerate(data):
-        seq = _parse_sequence(entry, f"entry {i}", known_instances, path, panels_per_window)
-        if seq.seq_id in seen:
-            raise DataFormatError(path, f"seq_id {seq.seq_id!r} appears twice", f"entry {i}")
+        try:
+            seq = _parse_sequence(entry, f"entry {i}", known_instances, path, panels_per_window)
+            if seq.seq_id in seen:
+                raise DataFormatError(path, f"seq_id {seq.seq_id!r} appears twice", f"entry {i}")
+        except DataFormatError as exc:
+            if bad is None:
+                raise
+            bad.append(BadRow(path, exc.where or f"entry {i}", exc.reason))
+            continue
         seen.add(seq.seq_id)
         sequences.append(seq)
     return sequences
+
+
+def read_sequences_checked(path: str, policy: RowPolicy, known_instances: set[str] | None = None,
+                           panels_per_window: int = 4) -> tuple[list[Sequence], list[BadRow]]:
+    """:func:`read_sequences` under a :class:`RowPolicy`: (good sequences, bad entries left out); raises at the
+    first bad entry when strict, or when more than the policy's fraction of the entries are bad."""
+    bad: list[BadRow] | None = None if policy.strict else []
+    sequences = read_sequences(path, known_instances, panels_per_window, bad)
+    policy.check(path, bad or [], len(sequences) + len(bad or []), unit="sequences")
+    return sequences, bad or []
 
 
 def read_char_map(path: str, known_instances: set[str] | None = None) -> dict[str, list[str]]:
@@ -347,8 +440,14 @@ def split_file(seq_root: str, split: str, kind: str) -> str:
 
 
 def read_split(seq_root: str, split: str, known_instances: set[str] | None = None) -> list[Sequence]:
-    """Read the sequences of one split from the ``data/comics_seq`` folder."""
+    """Read the sequences of one split from the ``data/comics_seq`` folder (strict: a bad entry raises)."""
     return read_sequences(split_file(seq_root, split, "sequences"), known_instances)
+
+
+def read_split_checked(seq_root: str, split: str, policy: RowPolicy, known_instances: set[str] | None = None
+                       ) -> tuple[list[Sequence], list[BadRow]]:
+    """One split under a :class:`RowPolicy` (:func:`read_sequences_checked`)."""
+    return read_sequences_checked(split_file(seq_root, split, "sequences"), policy, known_instances)
 
 
 def panel_image_path(comics_root: str, panel: PanelId | str) -> str:

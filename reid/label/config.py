@@ -14,6 +14,7 @@ from reid.calibration import PAPER_THRESHOLD
 from reid.contracts.crops import (
     committed_crop_files,
     crop_job_params,
+    known_instance_ids,
 )
 from reid.data import formats
 from reid.errors import CheckpointError, ConfigError, DataFormatError
@@ -80,12 +81,16 @@ class LabelConfig:
                                                                   "or sqlite runs/mlflow.db)"})
     experiment: str = "comic-reid"
     name: str = field(default="label", metadata={"help": "run name; the MLflow run key"})
+    strict: bool = config.strict_field("a bad entry of --sequences")
+    max_bad_row_fraction: float = config.max_bad_fraction_field("--sequences")
     fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
                                                                 "(os._exit) after this many window shards; "
                                                                 "actors pause 1 s before each commit"})
 
     def __post_init__(self) -> None:
         config.check(bool(self.model), "--model is required")
+        config.check(0 <= self.max_bad_row_fraction <= 1,
+                     f"max_bad_row_fraction must be in [0, 1], got {self.max_bad_row_fraction}")
         config.check(self.window_size >= 1, f"window_size must be >= 1, got {self.window_size}")
         config.check(self.stride >= 1, f"stride must be >= 1, got {self.stride}")
         config.check(all(t is None or t > 0 for t in (self.threshold, self.link_threshold)),
@@ -157,11 +162,38 @@ def check_inputs(cfg: LabelConfig) -> dict[str, Any]:
         raise ConfigError(f"--instances {cfg.instances} is not the CSV the crops in {cfg.crops} were made from "
                           f"({params.get('instances')})")
     model, sha256, extra = load_reid_model(cfg, with_extra=True)
-    if cfg.sequences:
-        formats.read_sequences(cfg.sequences, panels_per_window=cfg.window_size)
+    sequences, bad = read_label_sequences(cfg)
     if cfg.ground_truth and not io.exists(cfg.ground_truth):
         raise DataFormatError(cfg.ground_truth, "ground truth file not found")
-    return {**params, "model_sha256": sha256, "model_config": model.config.to_dict(), "model_extra": extra}
+    return {**params, "model_sha256": sha256, "model_config": model.config.to_dict(), "model_extra": extra,
+            "sequences": sequences, "bad_sequences": bad}
+
+
+def resolve_model(cfg: LabelConfig) -> tuple[LabelConfig, dict[str, str]]:
+    """``--model models:/NAME/VERSION`` (or ``@ALIAS``, or ``runs:/ID/PATH``): the checkpoint downloaded into
+    ``<out>/_model/`` (where every labeling actor can read it), and the exact version it is (recorded in the
+    run). A plain path is returned unchanged, with no provenance."""
+    from reid import registry
+    from reid.tracking import default_tracking_uri
+
+    if not registry.is_model_uri(cfg.model):
+        return cfg, {}
+    if io.is_uri(cfg.out):
+        raise ConfigError(f"--model {cfg.model} is downloaded next to the output: give a local or shared-filesystem "
+                          f"--out, not {cfg.out}")
+    path, provenance = registry.resolve_model_uri(cfg.model, default_tracking_uri(cfg.mlflow_uri),
+                                                  io.join(cfg.out, "_model"))
+    return config.replace(cfg, model=path), provenance
+
+
+def read_label_sequences(cfg: LabelConfig) -> tuple[list[formats.Sequence], list[formats.BadRow]]:
+    """The annotated windows to label (none without ``--sequences``) and the entries left out: a sequence that
+    names an instance the crop job never saw, or is malformed, is recorded, not labelled (``--strict``:
+    refused)."""
+    if not cfg.sequences:
+        return [], []
+    return formats.read_sequences_checked(cfg.sequences, formats.RowPolicy(cfg.strict, cfg.max_bad_row_fraction),
+                                          known_instance_ids(cfg.crops), cfg.window_size)
 
 
 def _normpath(path: str) -> str:

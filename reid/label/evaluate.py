@@ -14,20 +14,18 @@ from reid.contracts.labels import (
     iter_labels,
     read_embeddings,
 )
-from reid.data import formats
 from reid.label.config import LabelConfig
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: LabelConfig) -> tuple[dict[str, float], list[dict[str, float]] | None]:
-    """Scores against the ground truth the config names (annotated sequences, a ground-truth CSV): (metrics,
-    per-series quality with a ground-truth CSV, else None)."""
+def evaluate(cfg: LabelConfig, sequences: list) -> tuple[dict[str, float], list[dict[str, float]] | None]:
+    """Scores against the ground truth the config names (the annotated ``sequences`` that were labelled, a
+    ground-truth CSV): (metrics, per-series quality with a ground-truth CSV, else None)."""
     metrics: dict[str, float] = {}
     per_series = None
     if cfg.sequences:
-        metrics.update(evaluate_sequences(cfg.out, formats.read_sequences(cfg.sequences,
-                                                                          panels_per_window=cfg.window_size)))
+        metrics.update(evaluate_sequences(cfg.out, sequences))
     if cfg.ground_truth:
         scores, per_series = ground_truth_scores(cfg.out, cfg.ground_truth)
         metrics.update(scores)

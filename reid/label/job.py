@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reid import config, io
+from reid import config, console, io
 from reid.contracts.crops import (
     crops_output,
 )
@@ -18,11 +18,13 @@ from reid.contracts.labels import (
     labels_output,
     windows_output,
 )
-from reid.label.config import LabelConfig, check_inputs, job_identity, resolve_thresholds
+from reid.contracts.manifest import error_table
+from reid.label.config import LabelConfig, check_inputs, job_identity, resolve_model, resolve_thresholds
 from reid.label.evaluate import evaluate
 from reid.label.plan import plan_items
 from reid.label.series import check_cannot_link, run_series_pass
 from reid.label.windows import run_windows_pass
+from reid.plots import identities_png
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,9 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     from reid.raycluster import init_ray
     from reid.tracking import Tracker
 
+    cfg, model_source = resolve_model(cfg)  # models:/ or runs:/ → the checkpoint file, and which version it is
     inputs = check_inputs(cfg)
+    console.open_log()  # the inputs are checked: from here on the job writes, its log file included
     cfg, threshold_sources = resolve_thresholds(cfg, inputs["model_extra"])
     log.info("label: window threshold %.3g (%s), link threshold %.3g (%s)", cfg.threshold,
              threshold_sources["threshold"], cfg.link_threshold, threshold_sources["link_threshold"])
@@ -46,14 +50,22 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     windows_out.bind_job(identity)
     final.bind_job(identity)
     crops = crops_output(cfg.crops)
-    items = plan_items(cfg, crops, inputs["pages_per_shard"])
+    items = plan_items(cfg, crops, inputs["pages_per_shard"], inputs["sequences"])
+    bad = inputs["bad_sequences"]
+    final.write_input_errors(error_table([b.as_error("input") for b in bad]))
+    if bad:
+        log.warning("label: %d sequence(s) of %s left out and recorded in %s (first: %s: %s)", len(bad),
+                    cfg.sequences, final.input_errors_path(), bad[0].where, bad[0].reason)
     shards = [i["shard"] for i in items]
     start = time.time()
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "label"},
                       spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
     tracker.log_params({**config.to_dict(cfg), "model_sha256": inputs["model_sha256"], "shards": len(shards),
                         **{f"model_{k}": v for k, v in inputs["model_config"].items()},
-                        **{f"{k}_source": v for k, v in threshold_sources.items()}})
+                        **{f"{k}_source": v for k, v in threshold_sources.items()},
+                        **({"model": model_source["model_uri"]} if model_source else {})})
+    if model_source:
+        tracker.set_tags({f"reid.{k}": v for k, v in model_source.items()})
     model_id = {"model": cfg.model, "model_sha256": inputs["model_sha256"], "run_id": tracker.run_id or ""}
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     counts = run_windows_pass(cfg, items, model_id, inputs["model_config"], inputs["pages_per_shard"], tracker)
@@ -70,13 +82,18 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
                "seconds": elapsed, "shards_this_run": counts["shards"], "embed_seconds": counts["seconds"],
                "instances_per_s": (counts["rows"] + counts["errors"]) / counts["seconds"] if counts["seconds"]
                else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0),
-               "first_result_seconds": counts.get("first_result_seconds", 0.0), **checked}
-    scores, per_series = evaluate(cfg)
+               "first_result_seconds": counts.get("first_result_seconds", 0.0), "bad_sequences": len(bad),
+               **checked}
+    scores, per_series = evaluate(cfg, inputs["sequences"])
     metrics.update(scores)
+    metrics.update(model_source)  # which registered model version was used, when --model was an MLflow URI
     metrics.update(threshold=cfg.threshold, link_threshold=cfg.link_threshold,
                    **{f"{k}_source": v for k, v in threshold_sources.items()})
+    plot = None
     if per_series is not None:
         io.write_text_atomic(io.join(cfg.out, QUALITY_FILE), json.dumps(per_series, indent=1))
+        plot = io.join(cfg.out, "identities_per_series.png")
+        io.write_bytes_atomic(plot, identities_png(per_series, "identities per series: found vs ground truth"))
     io.write_text_atomic(io.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=1, sort_keys=True))
     report = None
     if cfg.report_windows and report_writer is not None:
@@ -86,6 +103,8 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=0)
     if not io.is_uri(cfg.out):
         tracker.log_artifact(io.join(cfg.out, "metrics.json"))
+        if plot:
+            tracker.log_artifact(plot, "plots")
         if report:
             tracker.log_artifact(os.path.dirname(report), "report")
     tracker.close()

@@ -50,12 +50,14 @@ def sliding_windows(panel_ids: Iterator[str] | list[str], window_size: int, stri
     return windows
 
 
-def plan_items(cfg: LabelConfig, crops: ShardedOutput, pages_per_shard: int) -> list[dict[str, Any]]:
-    """Work items of pass 1: ``{"shard", "windows"}``; windows are listed only with ``--sequences``."""
+def plan_items(cfg: LabelConfig, crops: ShardedOutput, pages_per_shard: int,
+               sequences: list[formats.Sequence]) -> list[dict[str, Any]]:
+    """Work items of pass 1: ``{"shard", "windows"}``; windows (the annotated ``sequences``, read and checked
+    by :func:`reid.label.config.read_label_sequences`) are listed only with ``--sequences``."""
     if not cfg.sequences:
         return [{"shard": s, "windows": []} for s in sorted(crops.committed())]
     by_shard: dict[str, list[str]] = defaultdict(list)
-    for seq in formats.read_sequences(cfg.sequences, panels_per_window=cfg.window_size):
+    for seq in sequences:
         first = seq.panels[0]
         by_shard[shard_id(first.series, first.page, pages_per_shard)].append(seq.seq_id)
     if not by_shard:

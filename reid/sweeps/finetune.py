@@ -27,6 +27,9 @@ class FinetuneSweepConfig(FinetuneConfig, SweepSettings):
     name: str = field(default="finetune-sweep", metadata={
         "help": "sweep name: same name = resume; MLflow parent run key; trials are <name>-<trial id>"})
     workers: int = field(default=2, metadata={"help": "Train workers of each trial"})
+    register_as: str = field(default="", metadata={"help": "trials are not registered in the MLflow model "
+                                                           "registry"})
+    log_model: bool = field(default=False, metadata={"help": "log each trial's model as an MLflow model"})
     pos_margin_min: float = 0.0
     pos_margin_max: float = 0.3
     neg_margin_min: float = 0.6

@@ -81,6 +81,7 @@ def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:
     """Embeddings, labels (unique per window and charId) and window ids of the split's instances."""
     import torch
 
+    from reid.contracts.crops import known_instance_ids
     from reid.data import formats
     from reid.datasets import sequence_dataset
     from reid.embedding import embed_batches
@@ -88,9 +89,12 @@ def embed_split(cfg: ThresholdSweepConfig) -> dict[str, np.ndarray]:
     from reid.raycluster import init_ray
 
     model, model_config, _ = load_model_checkpoint(cfg.model, expected_kind="reid")
+    sequences, bad = formats.read_split_checked(cfg.sequences, cfg.split, formats.RowPolicy(),
+                                                known_instance_ids(cfg.crops))  # on the driver, before Ray
+    for row in bad:
+        log.warning("sweep: sequence left out: %s, %s: %s", row.source, row.where, row.reason)
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     device = torch.device("cuda" if cfg.gpu and torch.cuda.is_available() else "cpu")
-    sequences = formats.read_split(cfg.sequences, cfg.split)
     dataset = sequence_dataset(cfg.crops, sequences, model_config.face_size, model_config.body_size, False,
                                cfg.data_cpus, transform=model_config.transform)
     return embed_batches(model.to(device), dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),

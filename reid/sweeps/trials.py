@@ -140,11 +140,11 @@ def run_trial(params: dict[str, Any], spec: SweepSpec, base: dict[str, Any], swe
     name = trial_run_name(sweep_name, ray.tune.get_context().get_trial_id())
     cfg = config.from_dict(spec.job_cls, {**base, **params, "name": name, "storage": trials_dir},
                            source=f"trial {name}")
+    base_config = common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
     run_config = dataclasses.replace(
-        common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures),
-        failure_config=FailureConfig(max_failures=cfg.max_failures,
-                                     controller_failure_limit=controller_failure_limit),
-        callbacks=[TuneReportCallback()])
+        base_config, failure_config=FailureConfig(max_failures=cfg.max_failures,
+                                                  controller_failure_limit=controller_failure_limit),
+        callbacks=[*base_config.callbacks, TuneReportCallback()])
     spec.run_job(cfg, parent_run_id=parent_run_id, run_config=run_config)
 
 

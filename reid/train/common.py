@@ -93,20 +93,51 @@ def save_state(folder: str, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def load_state(checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               run_config: dict[str, Any], architecture_keys: tuple[str, ...]) -> tuple[int, int, float | None]:
-    """Restore from a Ray checkpoint; refuses one whose architecture differs (nanoGPT). → (next epoch, step, best)."""
-    with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-    previous = state.get("run_config", {})
-    changed = [k for k in architecture_keys if previous.get(k) != run_config.get(k)]
-    if changed:
-        raise CheckpointError(f"cannot resume: the checkpoint was trained with other {changed} "
-                              f"({[previous.get(k) for k in changed]} vs {[run_config.get(k) for k in changed]}); "
-                              "use a new --name")
-    unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"] + 1, state["global_step"], state["best"]
+               run_config: dict[str, Any], architecture_keys: tuple[str, ...]
+               ) -> tuple[int, int, float | None, list[str]]:
+    """Restore from a Ray checkpoint; refuses one whose architecture differs (nanoGPT).
+
+    When the newest checkpoint cannot be read (truncated by a full disk or a kill while writing), the older
+    ones of the same run are tried, newest first, and each skipped one is logged.
+    → (next epoch, step, best, paths of the checkpoints skipped)."""
+    import ray.train
+
+    skipped: list[str] = []
+    for path in _resume_candidates(checkpoint):
+        try:
+            with ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory() as folder:
+                state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: try the next older one
+            log.warning("resume: skipped checkpoint %s: unreadable (%s: %s)", path, type(exc).__name__,
+                        str(exc)[:200])
+            skipped.append(path)
+            continue
+        previous = state.get("run_config", {})
+        changed = [k for k in architecture_keys if previous.get(k) != run_config.get(k)]
+        if changed:
+            raise CheckpointError(f"cannot resume: the checkpoint was trained with other {changed} "
+                                  f"({[previous.get(k) for k in changed]} vs "
+                                  f"{[run_config.get(k) for k in changed]}); use a new --name")
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if skipped:
+            log.warning("resume: resumed from %s (epoch %d), the newest readable checkpoint", path, state["epoch"])
+        return state["epoch"] + 1, state["global_step"], state["best"], skipped
+    raise CheckpointError(f"cannot resume: no readable checkpoint in {os.path.dirname(checkpoint.path)} "
+                          f"(skipped {skipped}); use a new --name")
+
+
+def _resume_candidates(checkpoint: Any) -> list[str]:
+    """The checkpoint Ray Train hands back, then the older ``checkpoint_*`` folders beside it, newest first
+    (Ray names them by time)."""
+    import pyarrow.fs as pafs
+
+    parent, newest = os.path.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name < newest), reverse=True)
+    return [checkpoint.path] + [f"{parent}/{name}" for name in older]
 
 
 def end_epoch(metrics: dict[str, float], rank: int, tracker: Any, *, model: nn.Module,
@@ -163,9 +194,12 @@ def train_flops_per_sample(model: nn.Module, inputs: tuple[torch.Tensor, ...], s
 def trainer_run_config(name: str, storage_path: str, max_failures: int):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
+    from reid.train.failures import StopOnNonRetryable
+
     return RunConfig(name=name, storage_path=os.path.abspath(storage_path) if not io.is_uri(storage_path)
                      else storage_path,
-                     failure_config=FailureConfig(max_failures=max_failures),
+                     failure_config=FailureConfig(max_failures=max_failures),  # lost workers and nodes only:
+                     callbacks=[StopOnNonRetryable()],  # our own errors (ReidError) are never retried
                      checkpoint_config=CheckpointConfig(num_to_keep=2))
 
 

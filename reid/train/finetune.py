@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from reid import config, faults, io
+from reid import config, console, faults, io
 from reid.data import formats
 from reid.embedding import collate_sequences, embed_batches, normalize_uint8
 from reid.errors import CheckpointError, ConfigError
 from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
 from reid.models.backbone import REID_FIELDS
 from reid.train import common
+from reid.train.progress import Progress
 
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = (*REID_FIELDS, "ssl_checkpoint")
@@ -63,14 +64,22 @@ class FinetuneConfig:
     data_cpus: float = 0.5
     bf16: bool = True
     max_failures: int = 2
+    register_as: str = field(default="comic-reid", metadata={"help": "register the fine-tuned model in the MLflow "
+                                                                    "model registry under this name ('' = don't)"})
+    log_model: bool = field(default=True, metadata={"help": "log the model as an MLflow model (pytorch flavour "
+                                                            "and the embedding pyfunc)"})
     seed: int = 0
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     mlflow_uri: str | None = None
     experiment: str = "comic-reid"
+    strict: bool = config.strict_field("a bad sequence entry")
+    max_bad_row_fraction: float = config.max_bad_fraction_field("a split's sequences file")
     fault_epoch: int = -1
 
     def __post_init__(self) -> None:
+        config.check(0 <= self.max_bad_row_fraction <= 1,
+                     f"max_bad_row_fraction must be in [0, 1], got {self.max_bad_row_fraction}")
         config.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         config.check(self.sequences_per_batch >= self.workers,
                      f"sequences_per_batch ({self.sequences_per_batch}) must be >= workers ({self.workers})")
@@ -119,10 +128,10 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
     start_epoch, step, best = 0, 0, None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, skipped = ray.train.get_checkpoint(), []
     if checkpoint:
-        start_epoch, step, best = common.load_state(checkpoint, model, optimizer, scheduler, loop_config["cfg"],
-                                                    ARCHITECTURE_KEYS)
+        start_epoch, step, best, skipped = common.load_state(checkpoint, model, optimizer, scheduler,
+                                                             loop_config["cfg"], ARCHITECTURE_KEYS)
     net = common.prepare_for_device(model, rt.device, channels_last=False, sync_bn=False,
                                     world_size=rt.world_size, compile_model=False)
     loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner)
@@ -134,8 +143,15 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
                           parent_run_id=loop_config.get("parent_run_id"), spool_dir=loop_config.get("spool_dir"))
         tracker.log_params(loop_config["cfg"])
         if checkpoint:
-            tracker.set_tags({"reid.resumed_at_epoch": start_epoch})
+            tracker.set_tags({"reid.resumed_at_epoch": start_epoch,
+                              **({"reid.resume_skipped": ", ".join(skipped)} if skipped else {})})
     per_worker = cfg.sequences_per_batch // rt.world_size
+    progress = Progress(loop_config["marker_dir"] if rt.rank == 0 else None, cfg.epochs,
+                        loop_config.get("steps_per_epoch", 1))
+    for path in skipped:
+        progress.note(f"resume: skipped the unreadable checkpoint {path}")
+    if checkpoint:
+        progress.note(f"resumed from a checkpoint: continuing at epoch {start_epoch}")
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -158,6 +174,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
                 faults.worker_exit_once(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
             samples += len(batch["labels"])
             total += loss.item()
+            progress.update(epoch, batches, total / batches, samples * rt.world_size / max(time.time() - start, 1e-9))
         scheduler.step()
         elapsed = time.time() - start
         metrics: dict[str, float] = {"epoch": epoch, "loss": total / max(1, batches), "batches": batches,
@@ -176,6 +193,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
         common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
                          epoch=epoch, step=step, best=best, run_config=loop_config["cfg"], stage="finetune",
                          name=cfg.name)
+        progress.update(epoch + 1, 0, metrics["loss"], metrics["samples_per_s"], force=True)
     if tracker:
         tracker.close()
 
@@ -189,16 +207,26 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     from ray.train import CheckpointConfig
     from ray.train.torch import TorchTrainer
 
+    from reid import registry
     from reid.datasets import sequence_dataset
     from reid.raycluster import init_ray
+    from reid.train.failures import fit
 
+    if registry.is_model_uri(cfg.ssl_checkpoint):  # models:/ or runs:/ → a file on the run's storage
+        from reid.tracking import default_tracking_uri
+
+        path, provenance = registry.resolve_model_uri(cfg.ssl_checkpoint, default_tracking_uri(cfg.mlflow_uri),
+                                                      io.join(common.run_dir(cfg.storage, cfg.name), "_ssl_model"))
+        log.info("finetune: SSL checkpoint %s (%s)", path, provenance)
+        cfg = config.replace(cfg, ssl_checkpoint=path)
     if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
         raise CheckpointError(f"{cfg.ssl_checkpoint}: SSL checkpoint not found")
     model = build_model(cfg)  # fail fast on a bad checkpoint, before any Ray work
+    splits = read_splits(cfg)
+    console.open_log()
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
-    splits = {s: formats.read_split(cfg.sequences, s) for s in ("train", "validation", "test")}
     if len(splits["train"]) < cfg.sequences_per_batch:
         raise ConfigError(f"{cfg.sequences}: {len(splits['train'])} train sequences, fewer than one batch "
                           f"({cfg.sequences_per_batch})")
@@ -208,7 +236,8 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
                                 cfg.data_cpus, transform=model.config.transform),
     }
     loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id,
-                   "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
+                   "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name),
+                   "steps_per_epoch": max(1, len(splits["train"]) // cfg.sequences_per_batch)}
     run_config = run_config or common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
     run_config.checkpoint_config = (
         CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECT_METRIC, checkpoint_score_order="max")
@@ -217,10 +246,30 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
                            dataset_config=common.data_config(["train"]),
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config)
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
+    result = fit(trainer, common.run_dir(cfg.storage, cfg.name), "finetune")
     return finish(cfg, result, splits["validation"], splits["test"], parent_run_id)
+
+
+def read_splits(cfg: FinetuneConfig) -> dict[str, list]:
+    """The train/validation/test sequences, checked on the driver against the crop job's instances (which
+    must be complete). Bad entries are left out and recorded in ``<storage>/<name>/errors/sequences.parquet``
+    (``--strict``: refused); more than ``--max-bad-row-fraction`` of a split refuses the file."""
+    from reid.contracts.crops import known_instance_ids
+    from reid.contracts.manifest import error_table, table_to_parquet_bytes
+
+    known = known_instance_ids(cfg.crops)
+    policy = formats.RowPolicy(cfg.strict, cfg.max_bad_row_fraction)
+    splits, bad = {}, []
+    for split in ("train", "validation", "test"):
+        splits[split], left_out = formats.read_split_checked(cfg.sequences, split, policy, known)
+        bad += left_out
+    path = io.join(common.run_dir(cfg.storage, cfg.name), "errors", "sequences.parquet")
+    io.write_bytes_atomic(path, table_to_parquet_bytes(error_table([b.as_error("input") for b in bad])))
+    if bad:
+        log.warning("finetune: %d sequence(s) left out and recorded in %s (first: %s, %s: %s)", len(bad), path,
+                    bad[0].source, bad[0].where, bad[0].reason)
+    return splits
 
 
 def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -250,6 +299,7 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     from reid.datasets import sequence_dataset
     from reid.models.checkpoint import load_model_checkpoint, save_model_checkpoint
     from reid.models.export import export_torchscript
+    from reid.registry import log_reid_model
     from reid.tracking import Tracker
 
     best = _best_checkpoint(result) if cfg.select == "best" else result.checkpoint
@@ -277,15 +327,34 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     io.write_bytes_atomic(histogram, distance_histogram_png(
         positive, negative, calibration["threshold"],
         f"validation pairs within a window; calibrated threshold {calibration['threshold']:.3g}"))
+    registered: dict[str, str] = {}
     if not io.is_uri(best_model):
         tracker.log_artifact(best_model, "model")
         tracker.log_artifact(exported, "model")
         tracker.log_artifact(histogram, "plots")
+        tracker.log_artifact(_curves(tracker, cfg, out_dir), "plots")
+        if cfg.log_model:
+            registered = log_reid_model(tracker, model, best_model, cfg.register_as)
     tracker.set_tags({"reid.best_checkpoint": best.path})
     tracker.close()
     log.info("finetune: test %s; best model %s", test, best_model)
     return {"best_model": best_model, "exported": exported, "test": test, "result": result,
-            "calibration": calibration}
+            "calibration": calibration, **registered}
+
+
+def _curves(tracker, cfg: FinetuneConfig, out_dir: str) -> str:
+    """``<out>/curves.png``: the training loss and the validation retrieval metrics per epoch (from the run's
+    logged history)."""
+    from reid.plots import curves_png
+
+    keys = ["loss", "val_precision_at_1", "val_mean_average_precision_at_r"]
+    history = tracker.metric_history(keys)
+    path = io.join(out_dir, "curves.png")
+    io.write_bytes_atomic(path, curves_png(
+        {"training loss": {"loss": history.get("loss", [])},
+         "validation (within sequence)": {k.removeprefix("val_"): [p for p in history.get(k, []) if p[1] == p[1]]
+                                          for k in keys[1:]}}, f"fine-tuning {cfg.name}"))
+    return path
 
 
 def _best_checkpoint(result):

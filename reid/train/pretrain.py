@@ -8,6 +8,7 @@ latest checkpoint (the interrupted epoch restarts; Ray Data does not restore a m
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reid import config, faults
+from reid import config, console, faults, io
 from reid.datasets import is_validation_key
 from reid.embedding import normalize_uint8
 from reid.errors import ConfigError
 from reid.models import ModelConfig, SSLNet
 from reid.models.backbone import SSL_FIELDS
 from reid.train import common
+from reid.train.progress import Progress
 
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = SSL_FIELDS
@@ -132,10 +134,10 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, common.cosine_lambda(
         cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch))
     start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, skipped = ray.train.get_checkpoint(), []
     if checkpoint:
-        start_epoch, step, _ = common.load_state(checkpoint, model, optimizer, scheduler, loop_config["cfg"],
-                                                    ARCHITECTURE_KEYS)
+        start_epoch, step, _, skipped = common.load_state(checkpoint, model, optimizer, scheduler,
+                                                             loop_config["cfg"], ARCHITECTURE_KEYS)
     net = common.prepare_for_device(FaceBodyEmbedder(model), rt.device, cfg.channels_last, cfg.sync_bn,
                                     rt.world_size, cfg.compile)
     loss_fn = IdentityAwareSSLLoss(cfg.temperature, cfg.face_weight if cfg.use_faces else 0.0,
@@ -144,9 +146,15 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
                                    gather_distributed=rt.world_size > 1)
     tracker = _tracker(cfg, loop_config) if rt.rank == 0 else None
     if tracker and checkpoint:
-        tracker.set_tags({"reid.resumed_at_epoch": start_epoch})
+        tracker.set_tags({"reid.resumed_at_epoch": start_epoch,
+                          **({"reid.resume_skipped": ", ".join(skipped)} if skipped else {})})
         tracker.log_metrics({"restart_epoch": float(start_epoch)}, step=int(time.time()))
     flops_per_sample, val = None, None
+    progress = Progress(loop_config["marker_dir"] if rt.rank == 0 else None, cfg.epochs, steps_per_epoch)
+    for path in skipped:
+        progress.note(f"resume: skipped the unreadable checkpoint {path}")
+    if checkpoint:
+        progress.note(f"resumed from a checkpoint: continuing at epoch {start_epoch}")
     train_shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
@@ -180,6 +188,8 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
             sums["loss"] += total.item()
             for k, v in terms.items():
                 sums[k] += float(v.item())
+            progress.update(epoch, batches, sums["loss"] / batches,
+                            samples * rt.world_size / max(time.time() - start, 1e-9))
         end = time.time()
         elapsed = end - start
         metrics = {k: v / max(1, batches) for k, v in sums.items()}
@@ -198,6 +208,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
         common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
                          epoch=epoch, step=step, run_config=loop_config["cfg"], stage="pretrain",
                          name=cfg.name)
+        progress.update(epoch + 1, 0, metrics["loss"], metrics["samples_per_s"], force=True)
     if tracker:
         tracker.close()
 
@@ -257,17 +268,21 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     import ray
     from ray.train.torch import TorchTrainer
 
+    from reid.contracts.crops import committed_crop_files
     from reid.datasets import count_character_instances, ssl_dataset
     from reid.raycluster import init_ray
+    from reid.train.failures import fit
 
-    init_ray(cfg.ray_address, cfg.ray_num_cpus)
-    if cfg.gpu and not ray.cluster_resources().get("GPU"):
-        raise ConfigError("--gpu was given but the Ray cluster has no GPU")
-    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale)
+    committed_crop_files(cfg.crops)  # on the driver, before Ray: a finished, undamaged crop output
     train_instances = count_character_instances(cfg.crops)
     if train_instances < cfg.batch_size:
         raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "
                           f"({cfg.batch_size}); lower --batch-size")
+    console.open_log()
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    if cfg.gpu and not ray.cluster_resources().get("GPU"):
+        raise ConfigError("--gpu was given but the Ray cluster has no GPU")
+    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale)
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
                    "val": _put(_validation_arrays(cfg.crops, cfg)), "parent_run_id": parent_run_id,
                    "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
@@ -276,8 +291,31 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config or common.trainer_run_config(cfg.name, cfg.storage,
                                                                              cfg.max_failures))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    return result, common.publish_model(result.checkpoint.path, cfg.storage, cfg.name)
+    # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
+    result = fit(trainer, common.run_dir(cfg.storage, cfg.name), "pretrain")
+    model_path = common.publish_model(result.checkpoint.path, cfg.storage, cfg.name)
+    log_to_mlflow(cfg, model_path, parent_run_id)
+    return result, model_path
+
+
+def log_to_mlflow(cfg: PretrainConfig, model_path: str, parent_run_id: str | None) -> None:
+    """The driver's part of the run's MLflow record: the loss curves (a PNG of the logged history) and the SSL
+    model (``runs:/<id>/ssl_model/model.pt``, what ``jobs/finetune.py --ssl-checkpoint`` accepts)."""
+    from reid.plots import curves_png
+    from reid.registry import log_ssl_model
+    from reid.tracking import Tracker
+
+    if io.is_uri(model_path):
+        return
+    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
+                      spool_dir=common.spool_dir(cfg.storage, cfg.name))
+    history = tracker.metric_history(["loss", "face", "body", "identity", "val_face_body_p1"])
+    plot = io.join(os.path.dirname(model_path), "curves.png")
+    io.write_bytes_atomic(plot, curves_png(
+        {"training loss": {k: history.get(k, []) for k in ("loss", "face", "body", "identity")},
+         "validation": {"face-body precision@1": history.get("val_face_body_p1", [])}},
+        f"pretraining {cfg.name}"))
+    tracker.log_artifact(plot, "plots")
+    log_ssl_model(tracker, None, model_path)
+    tracker.close()
 

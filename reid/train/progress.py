@@ -1,0 +1,106 @@
+"""A training run's progress bar on the driver.
+
+Ray Train runs the loop in worker processes and hands the driver nothing until the run ends. Rank 0 therefore
+writes ``<run dir>/progress.json`` (at most once a second, and at the end of every epoch; atomically, on the
+run's storage that the driver also reads), and the driver draws it as a tqdm bar: steps done of all epochs,
+rate and ETA, and the epoch, loss and samples/s of the latest step. Notes the loop writes (e.g. the checkpoint
+a resume skipped) are printed above the bar.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from reid import io
+
+PROGRESS_FILE = "progress.json"
+
+
+def progress_path(run_dir: str) -> str:
+    return io.join(run_dir, PROGRESS_FILE)
+
+
+class Progress:
+    """Rank 0's side: ``update`` after each step, ``note`` for a line the user should see."""
+
+    def __init__(self, run_dir: str | None, epochs: int, steps_per_epoch: int, attempt: str = "") -> None:
+        self.path = progress_path(run_dir) if run_dir else None
+        self.state: dict[str, Any] = {"epochs": epochs, "steps_per_epoch": max(1, steps_per_epoch), "epoch": 0,
+                                      "step": 0, "loss": None, "samples_per_s": None, "notes": [],
+                                      "attempt": attempt or str(time.time())}
+        self._last = 0.0
+
+    def update(self, epoch: int, step: int, loss: float | None = None, samples_per_s: float | None = None,
+               force: bool = False) -> None:
+        self.state.update(epoch=epoch, step=step, loss=loss, samples_per_s=samples_per_s)
+        now = time.monotonic()
+        if force or now - self._last >= 1.0:
+            self._write()
+            self._last = now
+
+    def note(self, message: str) -> None:
+        self.state["notes"].append(message)
+        self._write()
+
+    def _write(self) -> None:
+        if self.path:
+            try:
+                io.write_text_atomic(self.path, json.dumps(self.state))
+            except OSError:  # progress is for the eyes only: never fail training over it
+                pass
+
+
+def _read(path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(io.read_text(path))
+    except (OSError, ValueError):
+        return None
+
+
+class ProgressBar:
+    """The driver's side: a thread that polls the progress file and draws it until :meth:`close`."""
+
+    def __init__(self, run_dir: str, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.path, self.desc = progress_path(run_dir), desc
+        self.start_state = _read(self.path)  # a previous run's file: ignored until this run writes its own
+        self.bar = tqdm(total=0, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+        self.notes_seen = 0
+        self.attempt: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"progress-{desc}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.refresh()
+
+    def refresh(self) -> None:
+        state = _read(self.path)
+        if not state or state == self.start_state:
+            return
+        if state.get("attempt") != self.attempt:  # a new worker group (start, resume, restart after a failure)
+            self.attempt, self.notes_seen = state.get("attempt"), 0
+        steps = int(state["steps_per_epoch"])
+        self.bar.total = int(state["epochs"]) * steps
+        self.bar.n = min(self.bar.total, int(state["epoch"]) * steps + int(state["step"]))
+        postfix = {"epoch": f"{int(state['epoch']) + 1}/{state['epochs']}"}
+        if state.get("loss") is not None:
+            postfix["loss"] = f"{state['loss']:.4f}"
+        if state.get("samples_per_s"):
+            postfix["samples/s"] = f"{state['samples_per_s']:.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        for note in state.get("notes", [])[self.notes_seen:]:
+            self.bar.write(f"{self.desc}: {note}")
+        self.notes_seen = len(state.get("notes", []))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.refresh()
+        self.bar.close()
