@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
           f"output in {cfg.out}")
     if out["report"]:
         print(f"report: {out['report']}")
-    print(f"MLflow run {out['run_id']}: mlflow ui --backend-store-uri {out['tracking_uri']}")
+    print(f"MLflow run {out['run_id']}: {out['mlflow_ui']}")
 
 
 if __name__ == "__main__":

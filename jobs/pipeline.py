@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  report:  {p['labels']}/report/index.html  (open it in a browser; works offline)")
     print(f"  model:   {p['reid_model']}")
     if not cfg.submit:
-        print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{p['mlflow_db']} --host 127.0.0.1")
+        print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{p['mlflow_db']} --host 127.0.0.1, then "
+              "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training view)")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def log_for(cfg: object, job: str) -> str | None:
     folder = os.path.join(storage, name) if storage and name else out
     if not folder:
         return None
+    if os.path.splitext(str(folder))[1] or os.path.isfile(str(folder)):  # --out names a file: log beside it
+        folder = os.path.dirname(str(folder)) or "."
     if "://" in str(folder):
         folder = os.path.join("runs", "logs", job)
     return log_to(os.path.abspath(os.path.join(folder, "logs", f"{job}.log")))

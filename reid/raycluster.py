@@ -29,6 +29,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
 
     from reid import console
 
+    console.quiet_libraries()  # Ray's own console handlers: its lines go to the job's log file
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         # the workers' output reaches this console only with --verbose; else it stays in Ray's session logs
@@ -43,12 +44,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
                          _node_ip_address="127.0.0.1", log_to_driver=console.verbose())
             finally:
                 del os.environ["RAY_GCS_SERVER_PORT"]  # only for this start; `ray start` elsewhere must not see it
-        console.quiet_libraries()
         resources = ray.cluster_resources()
         log.info("Ray: %s, %d node(s), %g CPU%s; worker logs in %s", address or "local instance",
                  len([n for n in ray.nodes() if n.get("Alive")]), resources.get("CPU", 0),
                  f", {resources['GPU']:g} GPU" if resources.get("GPU") else "", session_logs_dir())
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()  # imports Ray Data, which adds its own console handlers
+    console.quiet_libraries()
     ctx.max_errored_blocks = 0  # never drop blocks silently (docs/DATA.md)
     if quiet_data:
         ctx.enable_progress_bars = False  # our jobs show their own progress bar

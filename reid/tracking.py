@@ -65,13 +65,26 @@ def local_artifact_location(uri: str) -> str | None:
     return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
 
 
+def ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
+    """How to look at a run in the MLflow UI. MLflow 3.17's UI opens every experiment in its GenAI view (a
+    global toggle, kept in the browser; the experiment's ``mlflow.experimentKind`` tag is not consulted while the
+    toggle is on), so the link asks for the model-training view (``?workflowType=machine_learning``)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else "#/experiments"
+    query = "?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}{query}"
+    return (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open "
+            f"http://127.0.0.1:5000/{page}{query}")
+
+
 class Tracker:
     """A resilient handle on one MLflow run."""
 
     def __init__(self, uri: str | None, run_key: str, experiment: str = DEFAULT_EXPERIMENT,
                  run_name: str | None = None, tags: dict[str, str] | None = None,
-                 parent_run_id: str | None = None, spool_dir: str | None = None) -> None:
+                 parent_run_id: str | None = None, spool_dir: str | None = None, mark_resumed: bool = True) -> None:
         self.uri = default_tracking_uri(uri)
+        self.mark_resumed = mark_resumed  # False: the driver's part of the same attempt, not a resumed run
         self.run_key = run_key
         self.experiment = experiment
         self.run_name = run_name or run_key
@@ -80,6 +93,7 @@ class Tracker:
         # absolute: the warning must say where the file is (a Ray worker runs in a session temp dir)
         self.spool_path = os.path.abspath(os.path.join(spool_dir or ".", f"mlflow_unlogged_{run_key}.jsonl"))
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self._pending: list[tuple[str, tuple, dict]] = []
         self._logged_steps: dict[str, int] = {}
         self._params: dict[str, str] = {}
@@ -110,6 +124,7 @@ class Tracker:
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if exp and exp.tags.get(EXPERIMENT_KIND_TAG) is None:
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        self.experiment_id = exp_id
         runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.run_key}'",
                                   max_results=1)
         if runs:
@@ -121,7 +136,7 @@ class Tracker:
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             self.run_id = run.info.run_id
-            tags = {**self.tags, "reid.resumed": "true"}
+            tags = {**self.tags, **({"reid.resumed": "true"} if self.mark_resumed else {})}
         else:
             tags = {**self.tags, RUN_KEY_TAG: self.run_key, "mlflow.runName": self.run_name}
             if self.parent_run_id:

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from reid.data import formats
+from reid.data import filtered, formats
 from reid.errors import DataFormatError
 
 MERGED = textwrap.dedent("""\
@@ -133,16 +133,16 @@ def test_read_filtered_parses_last_path_parts(tmp_path):
                    "img_path,other\n/data/comics_crops_large_faces/1443/58_6/0.jpg,x\ncrops/1443/58_6/1.jpg,y\n")
     bodies = _write(tmp_path, "filtered_all_body.csv",
                     "img_path\n/mnt/a/b/comics_crops/1443/58_6/bodies/0.jpg\n")
-    f = formats.read_filtered(faces, "face")
+    f = filtered.read_filtered(faces, "face")
     assert list(f["instance_id"]) == ["1443_58_6_face_0", "1443_58_6_face_1"]
-    b = formats.read_filtered(bodies, "body")
+    b = filtered.read_filtered(bodies, "body")
     assert list(b["instance_id"]) == ["1443_58_6_body_0"]
     bad = _write(tmp_path, "bad_body.csv", "img_path\ncomics_crops/1443/58_6/0.jpg\n")
     with pytest.raises(DataFormatError, match="bodies") as info:
-        formats.read_filtered(bad, "body")
+        filtered.read_filtered(bad, "body")
     assert info.value.where == "line 2"
     with pytest.raises(DataFormatError, match="missing column"):
-        formats.read_filtered(_write(tmp_path, "nocol.csv", "path\na/1/2_3/4.jpg\n"), "face")
+        filtered.read_filtered(_write(tmp_path, "nocol.csv", "path\na/1/2_3/4.jpg\n"), "face")
 
 
 def _good_sequences():

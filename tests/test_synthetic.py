@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reid.data import formats
+from reid.data import filtered, formats
 from reid.data.ids import parse_instance_id, parse_seq_id
 from reid.data.synthetic import (
     PRESETS,
@@ -167,8 +167,8 @@ def test_the_project_readers_accept_the_generated_files(tiny):
             char_map = formats.read_char_map(formats.split_file(seq_root, split, kind), known)
             assert set(char_map) <= {c.char_id for s in sequences for c in s.characters}
     for type_ in ("face", "body"):
-        filtered = formats.read_filtered(f"{root}/data/ssl/filtered_all_{type_}.csv", type_)
-        assert set(filtered["instance_id"]) <= known
+        listed = filtered.read_filtered(f"{root}/data/ssl/filtered_all_{type_}.csv", type_)
+        assert set(listed["instance_id"]) <= known
 
 
 # --------------------------------------------------------------------------------------- consistency

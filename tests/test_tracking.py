@@ -53,3 +53,15 @@ def test_local_store_keeps_artifacts_beside_it_and_is_a_model_training_experimen
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert exp.artifact_location == f"file://{tmp_path}/run/mlartifacts"
     assert list((tmp_path / "run" / "mlartifacts").rglob("a.txt")) and not (tmp_path / "mlruns").exists()
+
+
+def test_ui_hint_opens_the_model_training_view():
+    """MLflow 3.17's UI picks GenAI or model training from a browser-wide toggle, not from the experiment: our
+    links ask for the model-training view."""
+    from reid.tracking import ui_hint
+
+    assert ui_hint("http://127.0.0.1:5000/", "3", "abc") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    local = ui_hint("sqlite:////x/mlflow.db", "1", "r")
+    assert local.startswith("mlflow ui --backend-store-uri sqlite:////x/mlflow.db") and \
+        local.endswith("#/experiments/1/runs/r?workflowType=machine_learning")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from reid import io
 from reid.data.ids import IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
+from reid.data.rows import BadRow, RowPolicy
 from reid.errors import DataFormatError
 
 INSTANCE_COLUMNS: tuple[str, ...] = ("series_id", "page_id", "type", "index", "char_index",
@@ -51,40 +52,6 @@ def _int_column(frame: pd.DataFrame, column: str, source: str, row_offset: int) 
 
 
 _PAGE_ID = r"(\d+)_(\d+)"
-
-
-@dataclass(frozen=True)
-class BadRow:
-    """One input row (CSV line) or entry (JSON sequence) that a job skipped, and why."""
-
-    source: str
-    where: str
-    reason: str
-
-    def as_error(self, stage: str) -> dict[str, str]:
-        """This row as a row of the jobs' error tables (:data:`reid.contracts.manifest.ERROR_SCHEMA`)."""
-        return {"id": self.where, "shard": "", "stage": stage, "source": self.source, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class RowPolicy:
-    """What a reader does with a bad row: ``strict`` raises at the first one; otherwise bad rows are collected
-    (the caller records them in its job's error table) and the file is refused only when more than
-    ``max_bad_fraction`` of its rows are bad (then it is the wrong file, not a few odd rows)."""
-
-    strict: bool = False
-    max_bad_fraction: float = 0.01
-
-    def check(self, source: str, bad: list[BadRow], total: int, unit: str = "rows") -> None:
-        """Refuse ``source`` when too many of its ``total`` rows are bad."""
-        if bad and len(bad) > self.max_bad_fraction * max(total, 1):
-            first = "; ".join(f"{b.where}: {b.reason}" for b in bad[:3])
-            raise DataFormatError(source, f"{len(bad)} of {total} {unit} are bad (more than "
-                                  f"--max-bad-row-fraction {self.max_bad_fraction:g}): is this the right file? "
-                                  f"First: {first}")
-
-
-STRICT = RowPolicy(strict=True)
 
 
 def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
@@ -207,50 +174,6 @@ def read_instances(path: str, bad: list[BadRow] | None = None) -> pd.DataFrame:
     chunks = [drop_duplicate_instances(c, seen, path, bad) for c in iter_instances(path, bad=bad)]
     return pd.concat(chunks, ignore_index=True) if chunks else validate_instances(
         pd.DataFrame(columns=list(INSTANCE_COLUMNS)), path)
-
-
-def parse_crop_path(img_path: str, type_: str) -> tuple[int, int, int, int]:
-    """``.../<series>/<page>_<panel>/<idx>.jpg`` (faces) or ``.../<series>/<page>_<panel>/bodies/<idx>.jpg``
-    (bodies) → (series, page, panel, index). Only the last path parts are meaningful."""
-    parts = posixpath.normpath(str(img_path).replace("\\", "/")).split("/")
-    if type_ == "body":
-        if len(parts) < 4 or parts[-2] != "bodies":
-            raise ValueError(f"body crop path {img_path!r} does not end in <series>/<page>_<panel>/bodies/<idx>.jpg")
-        series, page_panel, name = parts[-4], parts[-3], parts[-1]
-    else:
-        if len(parts) < 3:
-            raise ValueError(f"face crop path {img_path!r} does not end in <series>/<page>_<panel>/<idx>.jpg")
-        series, page_panel, name = parts[-3], parts[-2], parts[-1]
-    stem, ext = posixpath.splitext(name)
-    pp = page_panel.split("_")
-    if (ext.lower() not in (".jpg", ".jpeg", ".png") or not stem.isdigit() or not series.isdigit()
-            or len(pp) != 2 or not all(p.isdigit() for p in pp)):
-        raise ValueError(f"{type_} crop path {img_path!r} does not end in <series>/<page>_<panel>/"
-                         f"{'bodies/' if type_ == 'body' else ''}<idx>.jpg with integer parts")
-    return int(series), int(pp[0]), int(pp[1]), int(stem)
-
-
-def read_filtered(path: str, type_: str) -> pd.DataFrame:
-    """Read ``filtered_all_{face,body}[_100k].csv``: the curated SSL instances.
-
-    Returns columns ``img_path``, ``series_id``, ``page``, ``panel``, ``index``, ``panel_id``, ``instance_id``.
-    """
-    if type_ not in ("face", "body"):
-        raise ValueError(f"type must be 'face' or 'body', got {type_!r}")
-    frame = _read_csv(path)
-    _require_columns(frame, ("img_path",), path)
-    rows = []
-    for i, img_path in enumerate(frame["img_path"]):
-        try:
-            series, page, panel, index = parse_crop_path(img_path, type_)
-        except ValueError as exc:
-            raise DataFormatError(path, str(exc), _csv_line(i)) from None
-        rows.append((img_path, series, page, panel, index))
-    out = pd.DataFrame(rows, columns=["img_path", "series_id", "page", "panel", "index"])
-    out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"
-                       + out["panel"].astype(str))
-    out["instance_id"] = out["panel_id"] + f"_{type_}_" + out["index"].astype(str)
-    return out
 
 
 def _read_csv(path: str) -> pd.DataFrame:

@@ -37,7 +37,7 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     ``report_writer(labels_root, crops_root, comics_root, out_dir, windows, series, members) -> index.html``.
     """
     from reid.raycluster import init_ray
-    from reid.tracking import Tracker
+    from reid.tracking import Tracker, ui_hint
 
     cfg, model_source = resolve_model(cfg)  # models:/ or runs:/ → the checkpoint file, and which version it is
     inputs = check_inputs(cfg)
@@ -109,4 +109,4 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
             tracker.log_artifact(os.path.dirname(report), "report")
     tracker.close()
     return {"totals": totals, "metrics": metrics, "report": report, "run_id": tracker.run_id,
-            "tracking_uri": tracker.uri}
+            "tracking_uri": tracker.uri, "mlflow_ui": ui_hint(tracker.uri, tracker.experiment_id, tracker.run_id)}

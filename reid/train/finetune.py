@@ -148,6 +148,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
     per_worker = cfg.sequences_per_batch // rt.world_size
     progress = Progress(loop_config["marker_dir"] if rt.rank == 0 else None, cfg.epochs,
                         loop_config.get("steps_per_epoch", 1))
+    progress.forward_warnings()
     for path in skipped:
         progress.note(f"resume: skipped the unreadable checkpoint {path}")
     if checkpoint:
@@ -317,7 +318,7 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     exported = io.join(out_dir, "reid_net.torchscript.pt")
     export_torchscript(model, exported)
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
-                      spool_dir=common.spool_dir(cfg.storage, cfg.name))
+                      spool_dir=common.spool_dir(cfg.storage, cfg.name), mark_resumed=False)
     tracker.log_metrics(test, step=cfg.epochs)
     tracker.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
                          if isinstance(v, int | float)}, step=cfg.epochs)

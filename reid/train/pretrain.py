@@ -151,6 +151,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
         tracker.log_metrics({"restart_epoch": float(start_epoch)}, step=int(time.time()))
     flops_per_sample, val = None, None
     progress = Progress(loop_config["marker_dir"] if rt.rank == 0 else None, cfg.epochs, steps_per_epoch)
+    progress.forward_warnings()
     for path in skipped:
         progress.note(f"resume: skipped the unreadable checkpoint {path}")
     if checkpoint:
@@ -308,7 +309,11 @@ def log_to_mlflow(cfg: PretrainConfig, model_path: str, parent_run_id: str | Non
     if io.is_uri(model_path):
         return
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
-                      spool_dir=common.spool_dir(cfg.storage, cfg.name))
+                      spool_dir=common.spool_dir(cfg.storage, cfg.name), mark_resumed=False)
+    if tracker.run_id is None:  # MLflow is down: the loop's own tracker has spooled what it could not log
+        log.warning("pretrain: MLflow unavailable; the curves and the SSL model were not logged (model: %s)",
+                    model_path)
+        return
     history = tracker.metric_history(["loss", "face", "body", "identity", "val_face_body_p1"])
     plot = io.join(os.path.dirname(model_path), "curves.png")
     io.write_bytes_atomic(plot, curves_png(

@@ -10,6 +10,7 @@ a resume skipped) are printed above the bar.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from reid import io
 
 PROGRESS_FILE = "progress.json"
+log = logging.getLogger(__name__)
 
 
 def progress_path(run_dir: str) -> str:
@@ -45,12 +47,30 @@ class Progress:
         self.state["notes"].append(message)
         self._write()
 
+    def forward_warnings(self) -> None:
+        """Send this worker's own warnings (``reid.*`` loggers, WARNING and up) to the driver as notes: the
+        workers' output reaches the driver's console only with ``--verbose``, our warnings always should."""
+        if self.path:
+            logging.getLogger("reid").addHandler(_NoteHandler(self))
+
     def _write(self) -> None:
         if self.path:
             try:
                 io.write_text_atomic(self.path, json.dumps(self.state))
             except OSError:  # progress is for the eyes only: never fail training over it
                 pass
+
+
+class _NoteHandler(logging.Handler):
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.WARNING)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.progress.note(f"{record.levelname}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - a note must never fail the training step that logged it
+            pass
 
 
 def _read(path: str) -> dict[str, Any] | None:
@@ -71,6 +91,7 @@ class ProgressBar:
         self.bar = tqdm(total=0, desc=desc, unit="step", dynamic_ncols=True, leave=True)
         self.notes_seen = 0
         self.attempt: str | None = None
+        self.last: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"progress-{desc}")
         self._thread.start()
@@ -81,21 +102,26 @@ class ProgressBar:
 
     def refresh(self) -> None:
         state = _read(self.path)
-        if not state or state == self.start_state:
-            return
+        if not state or state == self.start_state or state == self.last:
+            return  # nothing new: no redraw (each redraw is a line where stderr is not a terminal)
+        self.last = state
         if state.get("attempt") != self.attempt:  # a new worker group (start, resume, restart after a failure)
             self.attempt, self.notes_seen = state.get("attempt"), 0
         steps = int(state["steps_per_epoch"])
         self.bar.total = int(state["epochs"]) * steps
         self.bar.n = min(self.bar.total, int(state["epoch"]) * steps + int(state["step"]))
-        postfix = {"epoch": f"{int(state['epoch']) + 1}/{state['epochs']}"}
+        postfix = {"epoch": f"{min(int(state['epoch']) + 1, int(state['epochs']))}/{state['epochs']}"}
         if state.get("loss") is not None:
             postfix["loss"] = f"{state['loss']:.4f}"
         if state.get("samples_per_s"):
             postfix["samples/s"] = f"{state['samples_per_s']:.1f}"
         self.bar.set_postfix(postfix, refresh=False)
         for note in state.get("notes", [])[self.notes_seen:]:
-            self.bar.write(f"{self.desc}: {note}")
+            level, _, text = note.partition(": ")
+            if level in ("WARNING", "ERROR", "CRITICAL"):
+                log.log(getattr(logging, level), "%s (worker): %s", self.desc, text)
+            else:
+                log.info("%s: %s", self.desc, note)
         self.notes_seen = len(state.get("notes", []))
         self.bar.refresh()
 
