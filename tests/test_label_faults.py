@@ -137,3 +137,28 @@ def test_bad_sequences_are_recorded_and_the_rest_labelled(ray_session, tiny_corp
     assert result["metrics"]["bad_sequences"] == 1 and result["totals"]["input_error_rows"] == 1
     windows = {r["window_id"] for r in read_labels(str(out)).to_pylist()}
     assert windows and windows <= {s["seq_id"] for s in sequences[1:]} and bad["seq_id"] not in windows
+
+
+def test_label_with_a_registered_model_records_its_version(ray_session, tiny_crops, model_path, tmp_path,
+                                                           mlflow_uri):
+    """`--model models:/NAME/VERSION`: the label job downloads that version next to its output, labels with it,
+    and records which version it was (MLflow tags and metrics.json)."""
+    from mlflow.tracking import MlflowClient
+
+    from reid.models import load_model_checkpoint
+    from reid.registry import log_reid_model
+    from reid.tracking import Tracker
+
+    tracker = Tracker(mlflow_uri, "register-for-label")
+    logged = log_reid_model(tracker, load_model_checkpoint(str(model_path))[0], str(model_path), "label-test-model")
+    tracker.close()
+    uri = f"models:/label-test-model/{logged['model_version']}"
+    out = tmp_path / "labels"
+    result = run_label(label_config(tiny_crops, out, uri, THRESHOLDS, mlflow_uri, name="label-registered",
+                                    report_windows=0))
+    metrics = result["metrics"]
+    assert (metrics["model_uri"], metrics["model_version"]) == (uri, logged["model_version"])
+    tags = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.tags
+    assert tags["reid.model_version"] == logged["model_version"] and tags["reid.registered_model"] == "label-test-model"
+    assert (out / "_model" / "extra_files" / "model.pt").read_bytes() == model_path.read_bytes()
+    _assert_exactly_once(out, tiny_crops)
