@@ -200,6 +200,11 @@ def max_bad_fraction_field(what: str):
                                                              "its rows are bad (0.01 = 1%%)"})
 
 
+def check_bad_fraction(value: float) -> None:
+    """The check of a :func:`max_bad_fraction_field` value, the same in every job."""
+    check(0 <= value <= 1, f"max_bad_row_fraction must be in [0, 1], got {value}")
+
+
 def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless ``condition``; for use in ``__post_init__``."""
     if not condition:

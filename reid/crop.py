@@ -69,8 +69,7 @@ class CropConfig:
         config.check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         config.check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
         config.check(self.num_cpus_per_task > 0, "num_cpus_per_task must be > 0")
-        config.check(0 <= self.max_bad_row_fraction <= 1,
-                     f"max_bad_row_fraction must be in [0, 1], got {self.max_bad_row_fraction}")
+        config.check_bad_fraction(self.max_bad_row_fraction)
         config.check(self.shards_per_task >= 1, f"shards_per_task must be >= 1, got {self.shards_per_task}")
 
     @property

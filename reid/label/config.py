@@ -89,8 +89,7 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         config.check(bool(self.model), "--model is required")
-        config.check(0 <= self.max_bad_row_fraction <= 1,
-                     f"max_bad_row_fraction must be in [0, 1], got {self.max_bad_row_fraction}")
+        config.check_bad_fraction(self.max_bad_row_fraction)
         config.check(self.window_size >= 1, f"window_size must be >= 1, got {self.window_size}")
         config.check(self.stride >= 1, f"stride must be >= 1, got {self.stride}")
         config.check(all(t is None or t > 0 for t in (self.threshold, self.link_threshold)),

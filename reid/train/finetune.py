@@ -78,8 +78,7 @@ class FinetuneConfig:
     fault_epoch: int = -1
 
     def __post_init__(self) -> None:
-        config.check(0 <= self.max_bad_row_fraction <= 1,
-                     f"max_bad_row_fraction must be in [0, 1], got {self.max_bad_row_fraction}")
+        config.check_bad_fraction(self.max_bad_row_fraction)
         config.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         config.check(self.sequences_per_batch >= self.workers,
                      f"sequences_per_batch ({self.sequences_per_batch}) must be >= workers ({self.workers})")
