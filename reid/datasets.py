@@ -2,7 +2,9 @@
 
 - :func:`character_instances`: one row per character instance (a face and/or a body with the same
   ``char_index`` in one panel; docs/DATA.md). Each crops shard file holds whole panels, so pairing is done
-  file by file, with no shuffle and nothing gathered in the driver.
+  file by file, with nothing gathered in the driver. Training passes a ``seed``: the files are then read in a
+  seeded random order, so that the trainer's local shuffle buffer mixes series and pages (a shard holds a few
+  pages of one series; read in order, a batch holds the same few characters many times over).
 - :func:`ssl_dataset`: those rows decoded and augmented (two strong views + one weak view per modality)
   as uint8 arrays, normalised on the training device.
 - :func:`sequence_dataset`: one row per labelled sequence (window) with every instance's face and body, for
@@ -40,11 +42,14 @@ def _pair_file(item: dict[str, Any]) -> list[dict[str, Any]]:
     return pair_rows(io.read_parquet(item["path"]))
 
 
-def character_instances(crops_root: str):
-    """Ray Dataset of character instances (one row each), read shard file by shard file."""
+def character_instances(crops_root: str, seed: int | None = None):
+    """Ray Dataset of character instances (one row each), read shard file by shard file (in a random order
+    drawn from ``seed`` when one is given, else in the crop job's order)."""
     import ray
 
     files = committed_crop_files(crops_root)
+    if seed is not None:
+        files = [files[k] for k in np.random.default_rng(seed).permutation(len(files))]
     # fractional CPUs: on a small node, whole-CPU read tasks would starve beside the train workers
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files))) \
         .flat_map(_pair_file, num_cpus=0.25)
@@ -108,13 +113,13 @@ def _ssl_views(batch: dict[str, np.ndarray], face_size: int, body_size: int, hue
 
 
 def ssl_dataset(crops_root: str, face_size: int, body_size: int, num_cpus: float = 0.5, hue: float = 0.1,
-                grayscale: float = 0.2):
+                grayscale: float = 0.2, seed: int | None = None):
     """Ray Dataset of augmented SSL samples (see :class:`SSLViews`).
 
     Decoding runs in tasks with fractional CPUs, not an actor pool: tasks release their CPUs between
     batches, so the pipeline cannot starve the training workers on a small node.
     """
-    train = character_instances(crops_root).filter(lambda row: not is_validation_key(row["key"]), num_cpus=0.25)
+    train = character_instances(crops_root, seed).filter(lambda row: not is_validation_key(row["key"]), num_cpus=0.25)
     return train.map_batches(_ssl_views, fn_kwargs={"face_size": face_size, "body_size": body_size, "hue": hue,
                                                     "grayscale": grayscale},
                              batch_size=32, num_cpus=num_cpus)
@@ -215,14 +220,20 @@ class SequenceCrops:
 
 
 def sequence_dataset(crops_root: str, sequences: list[Sequence], face_size: int, body_size: int,
-                     augment_train: bool, num_cpus: float = 0.5, transform: dict[str, Any] | None = None):
+                     augment_train: bool, num_cpus: float = 0.5, transform: dict[str, Any] | None = None,
+                     seed: int | None = None):
     """Ray Dataset with one row per labelled sequence (see :class:`SequenceCrops`); evaluation crops get the
-    model's recorded ``transform`` (its ``ModelConfig.transform``; None: the default eval transform)."""
+    model's recorded ``transform`` (its ``ModelConfig.transform``; None: the default eval transform).
+
+    ``seed`` (training): the rows in a seeded random order. A sequences file lists one series after another;
+    in that order a batch holds sequences of one series only, and the loss's other-series negatives vanish."""
     import ray
 
     rows = sequence_rows(sequences, crop_job_params(crops_root)["pages_per_shard"])
     if not rows:
         raise DataFormatError(crops_root, "no labelled sequence has any instance")
+    if seed is not None:
+        rows = [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), 16)).map_batches(
         _sequence_crops, fn_kwargs={"crops_root": crops_root, "face_size": face_size, "body_size": body_size,
                                     "augment_train": augment_train,

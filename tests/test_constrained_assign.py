@@ -14,7 +14,7 @@ from reid.assign import (
     link_windows,
     panel_conflicts,
 )
-from reid.calibration import calibrate, choose_threshold, grid_scores
+from reid.calibration import calibrate, choose_threshold, grid_scores, link_threshold_rule
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -101,6 +101,14 @@ def test_calibration_finds_the_gap_between_positive_and_negative_distances() -> 
     assert record["threshold"] == pytest.approx(chosen["threshold"])
     assert record["threshold"] <= record["link_threshold"] <= 1.9
     assert record["window_AMI"] > 0.999 and record["link_pair_f1"] > 0.999
+
+
+def test_the_link_threshold_is_never_tighter_than_the_window_threshold() -> None:
+    """Linking compares the instance distances the window threshold separates; a link threshold below it (as the
+    labelled pairs chose on the 51-test-sequence corpus: 0.85 under 1.15) keeps one character's windows apart."""
+    assert link_threshold_rule(0.85, 1.15) == (1.15, "window threshold (floor)")
+    assert link_threshold_rule(1.3, 1.15) == (1.3, "labelled pairs, loosest of the best")
+    assert link_threshold_rule(1.15, 1.15)[0] == 1.15
 
 
 def test_link_ties_prefer_the_loosest_threshold() -> None:

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 import torch
 
 from reid.config import replace
@@ -284,3 +285,30 @@ def test_training_flops_per_sample_counts_every_view_and_the_backward() -> None:
     assert train_flops_per_sample(ThreeViews(), (views,), samples=4) == 3 * 3 * 2 * 16 * 8
     with pytest.raises(ValueError):
         train_flops_per_sample(ThreeViews(), (views,), samples=0)
+
+
+def test_training_rows_are_read_in_a_seeded_order_that_mixes_series(tiny_crops, tiny_corpus, monkeypatch):
+    """The sequences file and the crop shards list one series after another; read in that order, a training
+    batch held one series only (no other-series negatives for the sequence loss, the same few characters many
+    times over in an NT-Xent batch). With a seed, the order is random, the same for the same seed."""
+    from reid.contracts.crops import committed_crop_files
+    from reid.data import formats
+    from reid.datasets import character_instances, sequence_dataset
+
+    train = formats.read_split(str(tiny_corpus / "data/comics_seq"), "train")
+    options = ray.data.DataContext.get_current().execution_options
+    monkeypatch.setattr(options, "preserve_order", True)  # take_all() in the datasets' own order
+
+    def series_order(seed):
+        rows = sequence_dataset(str(tiny_crops), train, 32, 48, False, 0.25, seed=seed).take_all()
+        return [int(r["series_id"]) for r in rows]
+
+    in_file = [s.series_id for s in train if s.characters]
+    assert series_order(None) == in_file and in_file == sorted(in_file)  # the file's order: grouped by series
+    shuffled = series_order(0)
+    assert sorted(shuffled) == sorted(in_file) and shuffled != in_file
+    assert series_order(0) == shuffled and series_order(1) != shuffled
+    assert len(committed_crop_files(str(tiny_crops))) > 1
+    keys = [r["key"] for r in character_instances(str(tiny_crops), seed=0).take_all()]
+    in_files = [r["key"] for r in character_instances(str(tiny_crops)).take_all()]
+    assert sorted(keys) == sorted(in_files) and keys != in_files

@@ -48,6 +48,9 @@ class FinetuneConfig:
                                                               "the default trains the SSL layers too)"})
     epochs: int = 20
     sequences_per_batch: int = field(default=8, metadata={"help": "whole sequences per global batch"})
+    shuffle_buffer: int = field(default=64, metadata={"help": "sequences each worker holds for its local shuffle "
+                                                              "(training rows are also read in a seeded random "
+                                                              "order, so that batches mix series)"})
     lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (the paper, frozen: 7.5e-4)"})
     weight_decay: float = 0.05
     lr_gamma: float = 0.95
@@ -82,6 +85,7 @@ class FinetuneConfig:
         config.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         config.check(self.sequences_per_batch >= self.workers,
                      f"sequences_per_batch ({self.sequences_per_batch}) must be >= workers ({self.workers})")
+        config.check(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         config.check(self.lr > 0, "lr must be > 0")
         config.check(0 < self.lr_gamma <= 1, "lr_gamma must be in (0, 1]")
         config.check(self.neg_margin > self.pos_margin >= 0,
@@ -157,7 +161,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
         net.train()
         total, batches, samples, start = 0.0, 0, 0, time.time()
         for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
-                                            local_shuffle_buffer_size=per_worker * 4,
+                                            local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
                                             local_shuffle_seed=cfg.seed * 1000 + epoch):
             batch = collate_sequences(raw)
             emb = net(normalize_uint8(batch["face"].to(rt.device)), normalize_uint8(batch["body"].to(rt.device)),
@@ -231,7 +235,8 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
         raise ConfigError(f"{cfg.sequences}: {len(splits['train'])} train sequences, fewer than one batch "
                           f"({cfg.sequences_per_batch})")
     datasets = {
-        "train": sequence_dataset(cfg.crops, splits["train"], cfg.face_size, cfg.body_size, True, cfg.data_cpus),
+        "train": sequence_dataset(cfg.crops, splits["train"], cfg.face_size, cfg.body_size, True, cfg.data_cpus,
+                                  seed=cfg.seed),
         "val": sequence_dataset(cfg.crops, splits["validation"], cfg.face_size, cfg.body_size, False,
                                 cfg.data_cpus, transform=model.config.transform),
     }
@@ -321,7 +326,8 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     tracker.log_metrics(test, step=cfg.epochs)
     tracker.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
                          if isinstance(v, int | float)}, step=cfg.epochs)
-    tracker.set_tags({"reid.calibration_source": calibration["source"]})
+    tracker.set_tags({"reid.calibration_source": calibration["source"],
+                      "reid.calibration_link_rule": calibration.get("link_rule", "")})
     histogram = io.join(out_dir, "val_distances.png")
     positive, negative = pair_distances(val["embeddings"], val["labels"], val["sequences"])
     io.write_bytes_atomic(histogram, distance_histogram_png(

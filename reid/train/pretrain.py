@@ -46,6 +46,9 @@ class PretrainConfig:
     backbone_weights: str | None = field(default=None, metadata={"help": "local torchvision state dict"})
     epochs: int = field(default=100, metadata={"help": "passes over the corpus"})
     batch_size: int = field(default=320, metadata={"help": "global batch (split over workers)"})
+    shuffle_buffer: int = field(default=1024, metadata={"help": "instances each worker holds for its local "
+                                                                "shuffle (shard files are also read in a seeded "
+                                                                "random order): batches mix series and pages"})
     lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate (cosine schedule)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_epochs: int = field(default=0, metadata={"help": "linear warm-up, epochs"})
@@ -82,6 +85,7 @@ class PretrainConfig:
         config.check(self.batch_size >= 2 * self.workers,
                      f"batch_size {self.batch_size} too small for {self.workers} workers")
         config.check(self.lr > 0 and self.temperature > 0, "lr and temperature must be > 0")
+        config.check(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         config.check(0 <= self.hue <= 0.5 and 0 <= self.grayscale <= 1,
                      f"need 0 <= hue <= 0.5 and 0 <= grayscale <= 1, got {self.hue}, {self.grayscale}")
         config.check(self.use_faces or self.use_bodies, "use_faces and use_bodies cannot both be off")
@@ -162,7 +166,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
         sums, samples, start = {"loss": 0.0, "face": 0.0, "body": 0.0, "identity": 0.0}, 0, time.time()
         batches = 0
         for batch in train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device="cpu",
-                                                    local_shuffle_buffer_size=per_worker * 4,
+                                                    local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
                                                     local_shuffle_seed=cfg.seed * 1000 + epoch):
             faces, bodies, nf, nb, npair = _split_views(batch, cfg, rt.device)
             if flops_per_sample is None and rt.device.type == "cuda" and nf and nb:
@@ -283,7 +287,8 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
-    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale)
+    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale,
+                        seed=cfg.seed)
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
                    "val": _put(_validation_arrays(cfg.crops, cfg)), "parent_run_id": parent_run_id,
                    "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
