@@ -15,7 +15,11 @@ centroids of window identities; one character's centroids are closer to each oth
 (averaging removes per-crop noise), so a distance that already counts as "same character" for two crops in a
 window is not too loose for two centroids, and a tighter link only keeps one character's windows apart
 (docs/RESULTS.md, larger corpus: a link threshold of 0.85 under a window threshold of 1.15 split 6 characters into
-19.8 identities per series; 1.15 gave 11.3 and a higher series AMI).
+19.8 identities per series; 1.15 gave 11.3 and a higher series AMI). Nor is it above the loosest window threshold
+within one standard error of the best window score: the distance of two centroids is at most the mean distance of
+their crops, so where clustering crops starts to join two characters, linking their centroids does too (with 11
+validation sequences the labelled pairs alone allowed 1.9, which links everything that the cannot-link constraint
+does not forbid, and would collapse a large cast).
 """
 
 from __future__ import annotations
@@ -62,9 +66,26 @@ def grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
                                           panels=None if panels is None else panels[idx])
                 clusters += int(pred[idx].max()) + 1
             scores = clustering_scores(pred, labels, groups)
+            per_window = [clustering_scores(pred[idx], np.asarray(labels)[idx], np.zeros(len(idx))) for idx in windows]
+            errors = {f"{k}_se": _standard_error([w[k] for w in per_window]) for k in SCORES}
             rows.append({"linkage": linkage, "threshold": round(float(threshold), 6),
-                         **{k: float(scores[k]) for k in SCORES}, "clusters": clusters})
+                         **{k: float(scores[k]) for k in SCORES}, **errors, "clusters": clusters})
     return rows
+
+
+def _standard_error(values: list[float]) -> float:
+    """Standard error of a mean over windows (NaN scores of one-identity windows left out)."""
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    return float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def loosest_window_threshold(rows: list[dict[str, Any]], objective: str = "AMI") -> float:
+    """The largest window threshold whose score is within one standard error (over windows) of the best one's:
+    beyond it, clustering the crops of a window starts to join different characters."""
+    best = max(rows, key=lambda r: r[objective])
+    floor = best[objective] - best.get(f"{objective}_se", 0.0)
+    return float(max(r["threshold"] for r in rows if r["linkage"] == best["linkage"] and r[objective] >= floor - 1e-12))
 
 
 def choose_threshold(rows: list[dict[str, Any]], objective: str = "AMI", prefer: str = "middle") -> dict[str, Any]:
@@ -226,11 +247,15 @@ def distance_histogram_png(positive: np.ndarray, negative: np.ndarray, threshold
     return out.getvalue()
 
 
-def link_threshold_rule(pairs_threshold: float, window_threshold: float) -> tuple[float, str]:
-    """The series-linking threshold from the one the labelled pairs chose: never below the window threshold
-    (module docstring). Returns (threshold, which rule decided)."""
+def link_threshold_rule(pairs_threshold: float, window_threshold: float,
+                        window_ceiling: float = math.inf) -> tuple[float, str]:
+    """The series-linking threshold from the one the labelled pairs chose, kept between the window threshold
+    and the loosest window threshold within one standard error of the best (module docstring). Returns
+    (threshold, which rule decided)."""
     if pairs_threshold < window_threshold:
         return window_threshold, "window threshold (floor)"
+    if pairs_threshold > window_ceiling:
+        return window_ceiling, "loosest window threshold within one standard error (ceiling)"
     return pairs_threshold, "labelled pairs, loosest within one standard error of the best"
 
 
@@ -252,9 +277,11 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, pa
     # allow (the middle of an exact tie split the demo's 6 characters into 21 identities per series; the loosest
     # exact tie still gave 9.75 and 19.8, docs/RESULTS.md).
     link = loosest_within_one_se(link_rows) if link_rows else {"threshold": window["threshold"]}
-    link_threshold, link_rule = link_threshold_rule(float(link["threshold"]), float(window["threshold"]))
+    ceiling = loosest_window_threshold(window_rows, objective)
+    link_threshold, link_rule = link_threshold_rule(float(link["threshold"]), float(window["threshold"]), ceiling)
     result: dict[str, Any] = {"threshold": float(window["threshold"]), "link_threshold": link_threshold,
                               "link_rule": link_rule, "link_pairs_threshold": float(link["threshold"]),
+                              "link_ceiling": ceiling,
                               "linkage": linkage, "metric": metric, "objective": objective,
                               "link_objective": "pair_f1", "windows": len(np.unique(groups)),
                               "instances": len(labels)}

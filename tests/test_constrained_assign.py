@@ -20,6 +20,7 @@ from reid.calibration import (
     choose_threshold,
     grid_scores,
     link_threshold_rule,
+    loosest_window_threshold,
     loosest_within_one_se,
 )
 
@@ -116,6 +117,13 @@ def test_the_link_threshold_is_never_tighter_than_the_window_threshold() -> None
     assert link_threshold_rule(0.85, 1.15) == (1.15, "window threshold (floor)")
     assert link_threshold_rule(1.3, 1.15) == (1.3, "labelled pairs, loosest within one standard error of the best")
     assert link_threshold_rule(1.15, 1.15)[0] == 1.15
+    # ...nor above the loosest window threshold within one standard error of the best window score
+    assert link_threshold_rule(1.9, 1.05, 1.35) == (1.35, "loosest window threshold within one standard error "
+                                                          "(ceiling)")
+    rows = [{"linkage": "average", "threshold": t, "AMI": a, "AMI_se": 0.03}
+            for t, a in ((0.9, 0.75), (1.05, 0.88), (1.2, 0.87), (1.35, 0.85), (1.4, 0.72), (1.9, 0.69))]
+    assert loosest_window_threshold(rows) == 1.2  # 0.85 is more than 0.03 below 0.88
+    assert loosest_window_threshold([{**r, "AMI_se": 0.05} for r in rows]) == 1.35
 
 
 def test_the_link_rule_takes_the_loosest_threshold_within_one_standard_error() -> None:
