@@ -7,8 +7,8 @@ L2-normalised face and body features of the present modalities, as the Re-ID net
 pytorch-metric-learning's AccuracyCalculator (``reid.eval.metrics.retrieval_metrics``).
 
 Defaults are ``make demo``'s recipe and sizes (demo corpus; ResNet-18 at 48/64 px; SSL batch 64 for 6 epochs
-with the default augmentations; fine-tuning 15 epochs, SSL layers trained, the last epoch kept). Each seed is
-the seed of the corpus and of training, as in tests/bench/quality.py. Every finished (seed, variant) is appended
+with the default augmentations; fine-tuning 15 epochs, SSL layers trained, the last epoch kept). As in
+tests/bench/quality.py the corpus is the demo's (corpus seed 0) and each seed is the seed of training. Every finished (seed, variant) is appended
 to ``<out>/results.jsonl`` and skipped on a re-run; the table prints mean ± sd over the seeds.
 
     python tests/bench/results_table.py --seeds 0 1 2 --out runs/ablation
@@ -69,7 +69,7 @@ def frozen_feature_metrics(model: ReIDNet, test_ds) -> dict[str, float]:
 def run_seed(args: argparse.Namespace, seed: int, out: Path, done: set[str], record) -> None:
     corpus, crops, uri = out / "corpus", out / "crops", f"sqlite:///{out}/mlflow.db"
     if not (corpus / "summary.json").exists():
-        generate_corpus(str(corpus), preset_config("demo", series=args.series, pages=args.pages, seed=seed))
+        generate_corpus(str(corpus), preset_config("demo", series=args.series, pages=args.pages, seed=0))
     if not (crops / "_SUCCESS").exists():
         run_crop(CropConfig(comics_root=str(corpus), out=str(crops), pages_per_shard=4, mlflow_uri=uri))
     sequences = str(corpus / "data/comics_seq")
