@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from reid.assign import assign_window, link_windows
-from reid.eval.metrics import clustering_scores
+from reid.eval.metrics import clustering_scores_per_group, mean_over_groups
 
 OBJECTIVES = ("AMI", "ARI", "bcubed_f1")
 SCORES = ("AMI", "ARI", "bcubed_f1", "bcubed_precision", "bcubed_recall")
@@ -65,11 +65,10 @@ def grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
                 pred[idx] = assign_window(embeddings[idx], float(threshold), metric, linkage,
                                           panels=None if panels is None else panels[idx])
                 clusters += int(pred[idx].max()) + 1
-            scores = clustering_scores(pred, labels, groups)
-            per_window = [clustering_scores(pred[idx], np.asarray(labels)[idx], np.zeros(len(idx))) for idx in windows]
-            errors = {f"{k}_se": _standard_error([w[k] for w in per_window]) for k in SCORES}
+            per_window = clustering_scores_per_group(pred, labels, groups)
             rows.append({"linkage": linkage, "threshold": round(float(threshold), 6),
-                         **{k: float(scores[k]) for k in SCORES}, **errors, "clusters": clusters})
+                         **{k: mean_over_groups(per_window[k]) for k in SCORES},
+                         **{f"{k}_se": _standard_error(per_window[k]) for k in SCORES}, "clusters": clusters})
     return rows
 
 
@@ -126,16 +125,16 @@ def pair_counts(pred: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.
 
 
 def _pair_f1(tp: Any, fp: Any, fn: Any) -> Any:
+    """(precision, recall, F1) of pair counts; arrays of counts give arrays."""
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)
     return precision, recall, np.where(precision + recall > 0, 2 * precision * recall /
                                        np.maximum(precision + recall, 1e-12), 0.0)
 
 
-def pair_scores(pred: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """Pairwise precision/recall/F1 of ``pred`` over the labelled pairs only (:func:`pair_counts`)."""
-    tp, fp, fn = pair_counts(pred, labels, groups).sum(axis=0)
-    precision, recall, f1 = _pair_f1(tp, fp, fn)
+def pair_scores(counts: np.ndarray) -> dict[str, float]:
+    """Pairwise precision/recall/F1 pooled over the groups of :func:`pair_counts`."""
+    precision, recall, f1 = _pair_f1(*counts.sum(axis=0))
     return {"pair_precision": float(precision), "pair_recall": float(recall), "pair_f1": float(f1)}
 
 
@@ -168,7 +167,7 @@ def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndar
     ``window_threshold`` with cannot-link by panel); then all half-window clusters of one series are linked at
     every threshold, exactly as the label job's series pass links window clusters (cannot-link by panel), and
     the result is scored on the pairs whose relation is known: pairs inside one labelled window
-    (:func:`pair_scores`; ``pair_f1`` is the objective). Groups with one panel are skipped.
+    (:func:`pair_counts`, :func:`pair_scores`; ``pair_f1`` is the objective). Groups with one panel are skipped.
     """
     points = np.asarray(embeddings, np.float64)
     panels, series = np.asarray(panels, dtype=object), np.asarray(series)
@@ -194,10 +193,8 @@ def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndar
         linked = link_windows(points[used], np.asarray(half_labels), np.asarray(half_ids), series[used],
                               float(threshold), metric, linkage, members=members)
         counts = pair_counts(linked, np.asarray(labels)[used], np.asarray(groups)[used])
-        precision, recall, f1 = _pair_f1(*counts.sum(axis=0))
-        out.append({"linkage": linkage, "threshold": round(float(threshold), 6), "pair_precision": float(precision),
-                    "pair_recall": float(recall), "pair_f1": float(f1), "counts": counts,
-                    "clusters": int(len(np.unique(linked)))})
+        out.append({"linkage": linkage, "threshold": round(float(threshold), 6), **pair_scores(counts),
+                    "counts": counts, "clusters": int(len(np.unique(linked)))})
     return out
 
 

@@ -81,12 +81,13 @@ def retrieval_metrics(
         if len(np.unique(sequence_labels)) < 2:
             continue
         per_sequence.append(calculator.get_accuracy(points[rows], torch.from_numpy(sequence_labels)))
-    result = {name: _nanmean([r[name] for r in per_sequence]) for name in RETRIEVAL_METRICS}
+    result = {name: mean_over_groups([r[name] for r in per_sequence]) for name in RETRIEVAL_METRICS}
     result["num_sequences"] = len(per_sequence)
     return result
 
 
-def _nanmean(values: list[float]) -> float:
+def mean_over_groups(values: list[float]) -> float:
+    """Mean of per-group scores, NaN ones (a group where the score is undefined) left out; NaN if none is left."""
     finite = [v for v in values if not np.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
@@ -111,6 +112,25 @@ def bcubed(pred: Any, labels: Any) -> tuple[float, float, float]:
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
+CLUSTERING_SCORES = ("ARI", "AMI", "bcubed_precision", "bcubed_recall", "bcubed_f1")
+
+
+def clustering_scores_per_group(pred: Any, labels: Any, group_ids: Any) -> dict[str, list[float]]:
+    """Each of :data:`CLUSTERING_SCORES` per group (in sorted group order): pred (N,) predicted identity,
+    labels (N,) true identity, group_ids (N,) the window/sequence of each row."""
+    pred_values, label_values = _numpy(pred).reshape(-1), _numpy(labels).reshape(-1)
+    if pred_values.shape != label_values.shape:
+        raise ValueError(f"pred and labels differ in shape: {pred_values.shape} vs {label_values.shape}")
+    scores: dict[str, list[float]] = {k: [] for k in CLUSTERING_SCORES}
+    for rows in _groups(group_ids, len(pred_values)):
+        p, y = _as_int_labels(pred_values[rows]), _as_int_labels(label_values[rows])
+        scores["ARI"].append(adjusted_rand_score(y, p))
+        scores["AMI"].append(adjusted_mutual_info_score(y, p))
+        for name, value in zip(("bcubed_precision", "bcubed_recall", "bcubed_f1"), bcubed(p, y), strict=True):
+            scores[name].append(value)
+    return scores
+
+
 def clustering_scores(pred: Any, labels: Any, group_ids: Any) -> dict[str, float]:
     """ARI, AMI and B-cubed precision/recall/F1 of predicted identities, per group, averaged over groups.
 
@@ -118,18 +138,7 @@ def clustering_scores(pred: Any, labels: Any, group_ids: Any) -> dict[str, float
     row: predictions and labels are compared only within a group. Returns ``ARI``, ``AMI``,
     ``bcubed_precision``, ``bcubed_recall``, ``bcubed_f1`` and ``num_groups``.
     """
-    pred_values, label_values = _numpy(pred).reshape(-1), _numpy(labels).reshape(-1)
-    if pred_values.shape != label_values.shape:
-        raise ValueError(f"pred and labels differ in shape: {pred_values.shape} vs {label_values.shape}")
-    scores: dict[str, list[float]] = {
-        k: [] for k in ("ARI", "AMI", "bcubed_precision", "bcubed_recall", "bcubed_f1")
-    }
-    for rows in _groups(group_ids, len(pred_values)):
-        p, y = _as_int_labels(pred_values[rows]), _as_int_labels(label_values[rows])
-        scores["ARI"].append(adjusted_rand_score(y, p))
-        scores["AMI"].append(adjusted_mutual_info_score(y, p))
-        for name, value in zip(("bcubed_precision", "bcubed_recall", "bcubed_f1"), bcubed(p, y), strict=True):
-            scores[name].append(value)
-    result = {name: _nanmean(values) for name, values in scores.items()}
+    scores = clustering_scores_per_group(pred, labels, group_ids)
+    result: dict[str, float] = {name: mean_over_groups(values) for name, values in scores.items()}
     result["num_groups"] = len(scores["ARI"])
     return result
