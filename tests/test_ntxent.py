@@ -1,4 +1,5 @@
-"""NT-Xent against a float64 loop-by-loop reference, and its 2-process gloo equivalence."""
+"""NT-Xent against a float64 loop-by-loop reference, and the 2-process gloo equivalence of the gathered losses
+(NT-Xent, the identity-aware SSL loss and the fine-tuning sequence loss) with one process on the whole batch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from reid.losses.identity_ssl import IdentityAwareSSLLoss
+from reid.losses.metric import SequencePairLoss
 from reid.losses.ntxent import NTXentLoss
 
 
@@ -93,6 +95,13 @@ NTXENT_CASES = {"equal": [4, 4], "unequal": [3, 5], "one_empty": [0, 3]}
 IDENTITY_SIZES = ([4, 2], [3, 3], [2, 0])
 IDENTITY_WEIGHTS = {"face_weight": 1.0, "body_weight": 0.5, "identity_weight": 2.0}
 TEMPERATURE = 0.1
+# Sequence loss: rank 0 holds sequences 0 and 1 (series 7), rank 1 sequence 2 (series 7) and 3 (series 9), with
+# *local* sequence ids 0 and 1 on both ranks (as collate_sequences numbers them), so ids collide across ranks.
+SEQ_CHARS = torch.tensor([0, 0, 1, 2, 0, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0])
+SEQ_GLOBAL = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+SEQ_LOCAL = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1])
+SEQ_SERIES = torch.tensor([7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 9, 9, 9, 9])
+SEQ_SIZES = [8, 7]
 
 
 def _global_batch(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +114,10 @@ def _global_batch(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _local(tensors: tuple[torch.Tensor, ...], sizes: list[int], rank: int) -> list[torch.Tensor]:
     start = sum(sizes[:rank])
     return [t[start : start + sizes[rank]].clone().requires_grad_(True) for t in tensors]
+
+
+def _sequence_embeddings() -> torch.Tensor:
+    return torch.randn(len(SEQ_CHARS), 6, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -134,6 +147,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             {k: v.detach() for k, v in terms.items()},
             [t.grad for t in inputs],
         )
+        (emb,) = _local((_sequence_embeddings(),), SEQ_SIZES, rank)
+        rows = slice(sum(SEQ_SIZES[:rank]), sum(SEQ_SIZES[: rank + 1]))
+        seq_loss = SequencePairLoss(0.1, 0.9, gather_distributed=True)(
+            emb, SEQ_CHARS[rows], SEQ_LOCAL[rows], SEQ_SERIES[rows]
+        )
+        seq_loss.backward()
+        results["sequence"] = (seq_loss.detach(), emb.grad)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -206,6 +226,26 @@ def test_gathered_identity_loss_equals_single_process(gloo_results: list[dict]) 
         gathered = torch.cat([r["identity"][2][i] for r in gloo_results]) / world
         assert gathered.shape[0] == sum(sizes)
         torch.testing.assert_close(gathered, tensor.grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_gathered_sequence_loss_equals_single_process(gloo_results: list[dict]) -> None:
+    """DDP fine-tuning optimises the loss of the whole global batch, pairs across ranks' sequences included."""
+    emb = _sequence_embeddings().requires_grad_(True)
+    want = SequencePairLoss(0.1, 0.9)(emb, SEQ_CHARS, SEQ_GLOBAL, SEQ_SERIES)
+    want.backward()
+    world = len(gloo_results)
+    for result in gloo_results:  # every rank computes the global loss
+        assert result["sequence"][0].item() == pytest.approx(want.item(), rel=1e-12)
+    grad = torch.cat([r["sequence"][1] for r in gloo_results]) / world  # what DDP's gradient average gives
+    torch.testing.assert_close(grad, emb.grad, rtol=1e-10, atol=1e-13)
+    # Had the ids not been made unique per rank, rank 1's sequence 2 would count as rank 0's sequence 0.
+    collided = SequencePairLoss(0.1, 0.9)(emb.detach(), SEQ_CHARS, SEQ_LOCAL, SEQ_SERIES)
+    assert collided.item() != pytest.approx(want.item(), rel=1e-6)
+    # And each rank alone (no gather) sees a different loss: cross-rank pairs are real pairs.
+    alone = SequencePairLoss(0.1, 0.9)(emb.detach()[:8], SEQ_CHARS[:8], SEQ_LOCAL[:8], SEQ_SERIES[:8])
+    assert alone.item() != pytest.approx(want.item(), rel=1e-6)
 
 
 def test_autocast_keeps_the_logits_in_float32() -> None:

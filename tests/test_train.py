@@ -228,6 +228,8 @@ def test_finetune_fails_fast_on_bad_inputs(tiny_crops, tmp_path):
         FinetuneConfig(pos_margin=1.0, neg_margin=0.5)
     with pytest.raises(ConfigError, match="batch_size 2 too small"):
         PretrainConfig(batch_size=2, workers=2)
+    with pytest.raises(ConfigError, match="sync_bn needs --gpu"):  # DDP would refuse it only inside the workers
+        PretrainConfig(sync_bn=True)
 
 
 def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import ContrastiveLoss
 from pytorch_metric_learning.miners import PairMarginMiner
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
+
+from reid.losses.distributed import gather_rows, world_size
 
 MINERS = (None, "pair_margin")
 
@@ -53,6 +56,13 @@ class SequencePairLoss(nn.Module):
     With ``miner="pair_margin"`` a ``PairMarginMiner(miner_pos_margin, miner_neg_margin)`` first keeps
     only positives farther than ``miner_pos_margin`` and negatives closer than ``miner_neg_margin``.
 
+    With ``gather_distributed=True`` and ``torch.distributed`` initialised, every rank gathers the whole
+    global batch (embeddings with gradients) and computes the loss on it, as one process would on the
+    concatenated batch; sequence ids need only be unique within a rank's batch (they are made unique per
+    rank here). DDP then averages identical losses, and since the gather's backward sums every rank's
+    gradient into the rows' owner, the averaged parameter gradients are those of the single-process loss.
+    Every rank must call the loss the same number of times.
+
     Shapes: embeddings (N, D); char_labels, sequence_ids, series_ids int (N,) (charIds are compared
     only within a sequence) -> scalar. A batch without labelled pairs gives 0.
     """
@@ -64,8 +74,10 @@ class SequencePairLoss(nn.Module):
         miner: str | None = None,
         miner_pos_margin: float = 0.2,
         miner_neg_margin: float = 0.8,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         if miner not in MINERS:
             raise ValueError(f"miner={miner!r}: expected one of {MINERS}")
         self.loss = ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin, distance=LpDistance())
@@ -84,8 +96,15 @@ class SequencePairLoss(nn.Module):
     ) -> torch.Tensor:
         device = embeddings.device
         char_labels, sequence_ids, series_ids = (
-            t.to(device) for t in (char_labels, sequence_ids, series_ids)
+            t.to(device).long() for t in (char_labels, sequence_ids, series_ids)
         )
+        world = world_size() if self.gather_distributed else 1
+        if world > 1:
+            ranks = torch.full_like(sequence_ids, dist.get_rank())
+            embeddings = gather_rows(embeddings)[0]
+            ids = gather_rows(torch.stack([char_labels, sequence_ids, series_ids, ranks], dim=1))[0]
+            char_labels, series_ids = ids[:, 0], ids[:, 2]
+            sequence_ids = ids[:, 1] * world + ids[:, 3]  # (rank, sequence) -> one id
         labels = sequence_identity_labels(char_labels, sequence_ids)
         pairs = self.miner(embeddings, labels) if self.miner else lmu.get_all_pairs_indices(labels)
         pairs = restrict_to_labelled_pairs(pairs, sequence_ids, series_ids)

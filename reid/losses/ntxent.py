@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
-
-def _distributed_world() -> int:
-    """World size when a process group is up, else 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+from reid.losses.distributed import gather_rows, world_size
 
 
 def _at_least_float32(z: torch.Tensor) -> torch.Tensor:
@@ -21,25 +14,10 @@ def _at_least_float32(z: torch.Tensor) -> torch.Tensor:
 
 
 def _gather_pairs(z_a: torch.Tensor, z_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """All-gather both views from every rank, with gradients; local batches may differ in size.
-
-    Returns (all_a (M, D), all_b (M, D), offset of this rank's rows in them, M).
-    """
-    world, rank = dist.get_world_size(), dist.get_rank()
-    size = torch.tensor([z_a.shape[0]], device=z_a.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    total = sum(counts)
-    if total == 0:
-        return z_a, z_b, 0, 0
-    # all_gather needs equal shapes: pad to the largest local batch, then drop the padding.
-    pairs = torch.cat([z_a, z_b], dim=1)
-    padded = F.pad(pairs, (0, 0, 0, max(counts) - pairs.shape[0]))
-    gathered = dist_nn.all_gather(padded)  # backward sums every rank's gradient into the owner's rows
-    rows = torch.cat([part[:count] for part, count in zip(gathered, counts, strict=True)])
+    """All-gather both views from every rank, with gradients: (all_a (M, D), all_b (M, D), offset, M)."""
+    rows, offset, total = gather_rows(torch.cat([z_a, z_b], dim=1))
     dim = z_a.shape[1]
-    return rows[:, :dim], rows[:, dim:], sum(counts[:rank]), total
+    return rows[:, :dim], rows[:, dim:], offset, total
 
 
 class NTXentLoss(nn.Module):
@@ -86,7 +64,7 @@ class NTXentLoss(nn.Module):
             )
 
     def _loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        world = _distributed_world() if self.gather_distributed else 1
+        world = world_size() if self.gather_distributed else 1
         if world > 1:
             all_a, all_b, offset, total = _gather_pairs(z_a, z_b)
         else:

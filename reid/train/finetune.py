@@ -137,7 +137,8 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
                                                              loop_config["cfg"], ARCHITECTURE_KEYS)
     net = common.prepare_for_device(model, rt.device, channels_last=False, sync_bn=False,
                                     world_size=rt.world_size, compile_model=False)
-    loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner)
+    # Every rank computes the loss of the whole global batch (pairs across workers' sequences too).
+    loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner, gather_distributed=rt.world_size > 1)
     tracker = None
     if rt.rank == 0:
         from reid.tracking import Tracker

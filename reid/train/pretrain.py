@@ -69,7 +69,8 @@ class PretrainConfig:
     data_cpus: float = field(default=0.5, metadata={"help": "CPUs per Ray Data decode/augment actor"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU"})
     channels_last: bool = True
-    sync_bn: bool = False
+    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across workers (GPU only: torch's "
+                                                        "SyncBatchNorm has no CPU kernel)"})
     compile: bool = False
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts (FailureConfig)"})
     seed: int = 0
@@ -88,6 +89,7 @@ class PretrainConfig:
         config.check(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         config.check(0 <= self.hue <= 0.5 and 0 <= self.grayscale <= 1,
                      f"need 0 <= hue <= 0.5 and 0 <= grayscale <= 1, got {self.hue}, {self.grayscale}")
+        config.check(self.gpu or not self.sync_bn, "sync_bn needs --gpu: torch's SyncBatchNorm runs on CUDA only")
         config.check(self.use_faces or self.use_bodies, "use_faces and use_bodies cannot both be off")
         config.check(min(self.face_weight, self.body_weight, self.identity_weight) >= 0, "weights must be >= 0")
         self.model_config()  # validates arch and sizes
