@@ -69,7 +69,8 @@ def frozen_feature_metrics(model: ReIDNet, test_ds) -> dict[str, float]:
 def run_seed(args: argparse.Namespace, seed: int, out: Path, done: set[str], record) -> None:
     corpus, crops, uri = out / "corpus", out / "crops", f"sqlite:///{out}/mlflow.db"
     if not (corpus / "summary.json").exists():
-        generate_corpus(str(corpus), preset_config("demo", series=args.series, pages=args.pages, seed=0))
+        sizes = {k: v for k, v in (("series", args.series), ("pages", args.pages)) if v is not None}
+        generate_corpus(str(corpus), preset_config("demo", **sizes, seed=0))
     if not (crops / "_SUCCESS").exists():
         run_crop(CropConfig(comics_root=str(corpus), out=str(crops), pages_per_shard=4, mlflow_uri=uri))
     sequences = str(corpus / "data/comics_seq")
