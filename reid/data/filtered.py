@@ -6,7 +6,7 @@ import posixpath
 
 import pandas as pd
 
-from reid.data.formats import _csv_line, _read_csv, _require_columns
+from reid.data.formats import csv_line, read_csv, require_columns
 from reid.errors import DataFormatError
 
 
@@ -38,14 +38,14 @@ def read_filtered(path: str, type_: str) -> pd.DataFrame:
     """
     if type_ not in ("face", "body"):
         raise ValueError(f"type must be 'face' or 'body', got {type_!r}")
-    frame = _read_csv(path)
-    _require_columns(frame, ("img_path",), path)
+    frame = read_csv(path)
+    require_columns(frame, ("img_path",), path)
     rows = []
     for i, img_path in enumerate(frame["img_path"]):
         try:
             series, page, panel, index = parse_crop_path(img_path, type_)
         except ValueError as exc:
-            raise DataFormatError(path, str(exc), _csv_line(i)) from None
+            raise DataFormatError(path, str(exc), csv_line(i)) from None
         rows.append((img_path, series, page, panel, index))
     out = pd.DataFrame(rows, columns=["img_path", "series_id", "page", "panel", "index"])
     out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"

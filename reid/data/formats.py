@@ -31,11 +31,13 @@ _SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _csv_line(row_index: int) -> str:
+def csv_line(row_index: int) -> str:
+    """Where the 0-based data row ``row_index`` of a CSV with a header stands, as an error message says it."""
     return f"line {row_index + 2}"
 
 
-def _require_columns(frame: pd.DataFrame, required: tuple[str, ...], source: str) -> None:
+def require_columns(frame: pd.DataFrame, required: tuple[str, ...], source: str) -> None:
+    """Raise DataFormatError naming ``source`` and the missing columns when ``frame`` lacks one of ``required``."""
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataFormatError(source, f"missing column(s) {missing}; found {list(frame.columns)}")
@@ -47,7 +49,7 @@ def _int_column(frame: pd.DataFrame, column: str, source: str, row_offset: int) 
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataFormatError(source, f"column {column!r} must be an integer, got {frame[column].iloc[i]!r}",
-                              _csv_line(row_offset + i))
+                              csv_line(row_offset + i))
     return values.to_numpy().astype(np.int64)
 
 
@@ -64,7 +66,7 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
     page id that is not ``<page>_<panel>``, inverted box, negative id) raises at the first one when ``bad`` is
     None; otherwise it is appended to ``bad`` (file, line, reason) and left out of the result.
     """
-    _require_columns(frame, INSTANCE_COLUMNS, source)
+    require_columns(frame, INSTANCE_COLUMNS, source)
     frame = frame.reset_index(drop=True)
     reasons = pd.Series("", index=frame.index, dtype=object)
 
@@ -102,8 +104,8 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
     if len(bad_rows):
         if bad is None:
             i = int(bad_rows[0])
-            raise DataFormatError(source, str(reasons.iloc[i]), _csv_line(row_offset + i))
-        bad.extend(BadRow(source, _csv_line(row_offset + int(i)), str(reasons.iloc[i])) for i in bad_rows)
+            raise DataFormatError(source, str(reasons.iloc[i]), csv_line(row_offset + i))
+        bad.extend(BadRow(source, csv_line(row_offset + int(i)), str(reasons.iloc[i])) for i in bad_rows)
     keep = (reasons == "").to_numpy()
     out["series_id"] = series.to_numpy().astype(np.float64)
     out["page"], out["panel"] = page.to_numpy(), panel.to_numpy()
@@ -176,7 +178,9 @@ def read_instances(path: str, bad: list[BadRow] | None = None) -> pd.DataFrame:
         pd.DataFrame(columns=list(INSTANCE_COLUMNS)), path)
 
 
-def _read_csv(path: str) -> pd.DataFrame:
+def read_csv(path: str) -> pd.DataFrame:
+    """A CSV (local or remote path) as strings, every value kept as written; a missing, empty or malformed file is
+    a DataFormatError naming it."""
     try:
         with io.open_input(path) as stream:
             return pd.read_csv(stream, dtype=str, keep_default_na=False)
