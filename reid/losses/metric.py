@@ -100,11 +100,11 @@ class SequencePairLoss(nn.Module):
         )
         world = world_size() if self.gather_distributed else 1
         if world > 1:
-            ranks = torch.full_like(sequence_ids, dist.get_rank())
-            embeddings = gather_rows(embeddings)[0]
-            ids = gather_rows(torch.stack([char_labels, sequence_ids, series_ids, ranks], dim=1))[0]
-            char_labels, series_ids = ids[:, 0], ids[:, 2]
-            sequence_ids = ids[:, 1] * world + ids[:, 3]  # (rank, sequence) -> one id
+            sequence_ids = sequence_ids * world + dist.get_rank()  # (rank, sequence) -> one id
+            (embeddings, ids), _, _ = gather_rows(
+                embeddings, torch.stack([char_labels, sequence_ids, series_ids], dim=1)
+            )
+            char_labels, sequence_ids, series_ids = ids.unbind(dim=1)
         labels = sequence_identity_labels(char_labels, sequence_ids)
         pairs = self.miner(embeddings, labels) if self.miner else lmu.get_all_pairs_indices(labels)
         pairs = restrict_to_labelled_pairs(pairs, sequence_ids, series_ids)

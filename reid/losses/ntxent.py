@@ -13,13 +13,6 @@ def _at_least_float32(z: torch.Tensor) -> torch.Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
-def _gather_pairs(z_a: torch.Tensor, z_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """All-gather both views from every rank, with gradients: (all_a (M, D), all_b (M, D), offset, M)."""
-    rows, offset, total = gather_rows(torch.cat([z_a, z_b], dim=1))
-    dim = z_a.shape[1]
-    return rows[:, :dim], rows[:, dim:], offset, total
-
-
 class NTXentLoss(nn.Module):
     """2N-way NT-Xent between two aligned batches of views.
 
@@ -66,7 +59,9 @@ class NTXentLoss(nn.Module):
     def _loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         world = world_size() if self.gather_distributed else 1
         if world > 1:
-            all_a, all_b, offset, total = _gather_pairs(z_a, z_b)
+            # one collective for both views: gather (N, 2D) rows, then split
+            (pairs,), offset, total = gather_rows(torch.cat([z_a, z_b], dim=1))
+            all_a, all_b = pairs[:, : z_a.shape[1]], pairs[:, z_a.shape[1] :]
         else:
             all_a, all_b, offset, total = z_a, z_b, 0, z_a.shape[0]
         if total == 0:
