@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -14,10 +15,10 @@ from reid.models.reid_net import ReIDNet
 TINY = ModelConfig(arch="resnet18", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
 
 
-@pytest.fixture(scope="module")
-def net() -> ReIDNet:
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "flip_average"])
+def net(request) -> ReIDNet:
     torch.manual_seed(0)
-    model = ReIDNet(TINY)
+    model = ReIDNet(dataclasses.replace(TINY, flip_average=request.param))
     with torch.no_grad():  # non-trivial BN statistics, so eval mode matters
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

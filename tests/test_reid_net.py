@@ -129,3 +129,41 @@ def test_ssl_net_of_another_architecture_is_refused() -> None:
     ssl = SSLNet(dataclasses.replace(TINY, proj_hidden_dim=32))
     with pytest.raises(ConfigError, match="proj_hidden_dim"):
         ReIDNet(TINY, ssl)
+
+
+def test_flip_average_embeds_a_crop_and_its_mirror_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    ssl = SSLNet(TINY)
+    plain = ReIDNet(TINY, ssl)
+    flipped = ReIDNet(dataclasses.replace(TINY, flip_average=True), ssl)  # the same weights
+    flipped.embed.load_state_dict(plain.embed.state_dict())
+    face, body = _inputs()
+    with torch.no_grad():
+        plain.eval(), flipped.eval()
+        want = F.normalize(plain(face, body, FACE_MASK, BODY_MASK)
+                           + plain(face.flip(3), body.flip(3), FACE_MASK, BODY_MASK), dim=1)
+        got = flipped(face, body, FACE_MASK, BODY_MASK)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        # a mirrored input gets the same embedding; without the average it does not
+        torch.testing.assert_close(flipped(face.flip(3), body.flip(3), FACE_MASK, BODY_MASK), got,
+                                   rtol=1e-4, atol=1e-5)
+        assert (plain(face.flip(3), body.flip(3), FACE_MASK, BODY_MASK)
+                - plain(face, body, FACE_MASK, BODY_MASK)).abs().max() > 1e-3
+        plain.train(), flipped.train()  # training mode: one pass, the views are flipped by the augmentations
+        torch.manual_seed(1)
+        a = plain(face, body, FACE_MASK, BODY_MASK)
+        torch.manual_seed(1)
+        b = flipped(face, body, FACE_MASK, BODY_MASK)
+        torch.testing.assert_close(a, b)
+
+
+def test_flip_average_is_kept_by_checkpoints_and_off_for_old_ones(tmp_path) -> None:
+    from reid.models.checkpoint import load_model_checkpoint
+
+    net = ReIDNet(dataclasses.replace(TINY, flip_average=True))
+    path = str(tmp_path / "m.pt")
+    save_model_checkpoint(net, path)
+    _, config, _ = load_model_checkpoint(path, expected_kind="reid")
+    assert config.flip_average
+    old = {k: v for k, v in TINY.to_dict().items() if k != "flip_average"}  # a checkpoint from before the field
+    assert ModelConfig.from_dict(old).flip_average is False

@@ -170,7 +170,7 @@ def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_
     assert [s for s, _ in _history(mlflow_uri, "ft", "val_mean_average_precision_at_r")] == [0, 1]
     assert _history(mlflow_uri, "ft", "test_precision_at_1")
     model, model_cfg, extra = load_model_checkpoint(out["best_model"], expected_kind="reid")
-    assert model_cfg.embed_dim == 256
+    assert model_cfg.embed_dim == 256 and model_cfg.flip_average  # the default: crop and mirror averaged
     # the assigner's thresholds were calibrated on the validation sequences and recorded with the model
     calibration = extra["calibration"]
     assert calibration == out["calibration"] and "validation sequences" in calibration["source"]
@@ -213,9 +213,10 @@ def test_the_paper_recipe_loads_and_runs(pretrained, pretrain_cfg, tiny_corpus, 
         "--storage", pretrain_cfg.storage, "--name", "ft-paper", "--face-size", "32", "--body-size", "48",
         "--epochs", "2", "--sequences-per-batch", "4", "--workers", "2", "--cpus-per-worker", "0.5",
         "--data-cpus", "0.25", "--mlflow-uri", mlflow_uri])
-    assert cfg.freeze_ssl and cfg.select == "best" and cfg.lr == 7.5e-4
+    assert cfg.freeze_ssl and cfg.select == "best" and cfg.lr == 7.5e-4 and not cfg.flip_average
     out = run_finetune(cfg)
-    model, _, _ = load_model_checkpoint(out["best_model"], expected_kind="reid")
+    model, model_cfg, _ = load_model_checkpoint(out["best_model"], expected_kind="reid")
+    assert not model_cfg.flip_average
     ssl, _, _ = load_model_checkpoint(ssl_model, expected_kind="ssl")
     frozen = {k: v for k, v in ssl.state_dict().items() if k.startswith(("backbone.", "trunk."))}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in frozen.items())  # only the Linear trained

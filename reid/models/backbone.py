@@ -33,6 +33,9 @@ class ModelConfig:
     ``transform`` is the model's inference transform spec (:func:`reid.data.augment.check_transform_spec`;
     its sizes are ``face_size``/``body_size``), recorded by models that need their own (imported paper
     checkpoints); None means today's :func:`reid.data.augment.eval_transform`. Read it as :attr:`transform_spec`.
+    ``flip_average``: in eval mode the Re-ID net embeds each crop and its mirror image and averages the two
+    (test-time flip; the training views are flipped at random, so both are in-distribution). Not an
+    architecture field: the same weights load either way; False for checkpoints that predate it (the paper's).
     """
 
     arch: str = "resnet50"
@@ -43,6 +46,7 @@ class ModelConfig:
     embed_dim: int = 256
     backbone_weights: str | None = None
     freeze_ssl: bool = True
+    flip_average: bool = False
     transform: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:

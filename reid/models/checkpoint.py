@@ -161,7 +161,8 @@ def load_model_checkpoint(
     return model_from_payload(load_checkpoint_payload(path), path, expected_kind, expected_config)
 
 
-def reid_net_from_ssl_checkpoint(path: str, embed_dim: int | None = None, freeze_ssl: bool | None = None) -> ReIDNet:
+def reid_net_from_ssl_checkpoint(path: str, embed_dim: int | None = None, freeze_ssl: bool | None = None,
+                                 flip_average: bool | None = None) -> ReIDNet:
     """A Re-ID net with the SSL part of an ``ssl`` checkpoint and a fresh ``embed`` Linear."""
     ssl_net, ssl_config, _ = load_model_checkpoint(path, expected_kind="ssl")
     changes: dict[str, object] = {}
@@ -169,4 +170,6 @@ def reid_net_from_ssl_checkpoint(path: str, embed_dim: int | None = None, freeze
         changes["embed_dim"] = embed_dim
     if freeze_ssl is not None:
         changes["freeze_ssl"] = freeze_ssl
+    if flip_average is not None:
+        changes["flip_average"] = flip_average
     return ReIDNet(dataclasses.replace(ssl_config, **changes), ssl_net)

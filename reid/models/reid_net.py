@@ -23,6 +23,8 @@ class ReIDNet(nn.Module):
     is False contributes exactly zero: its image is never run through the network (so it does not even
     reach batch-norm statistics), and its content does not matter. With ``config.freeze_ssl`` the SSL part
     (backbone + projection trunk) has no gradients and stays in eval mode; only the last Linear trains.
+    With ``config.flip_average``, eval mode embeds every crop and its mirror image in one pass and returns the
+    normalised mean of the two embeddings (training mode is unchanged).
     """
 
     def __init__(self, config: ModelConfig, ssl_net: SSLNet | None = None) -> None:
@@ -76,6 +78,15 @@ class ReIDNet(nn.Module):
         """
         if not _static_graph():
             _check_inputs(face, body, face_mask, body_mask)
+        if self.config.flip_average and not self.training:
+            n = face.shape[0]
+            both = self._embed(torch.cat([face, face.flip(3)]), torch.cat([body, body.flip(3)]),
+                               torch.cat([face_mask, face_mask]), torch.cat([body_mask, body_mask]))
+            return F.normalize(both[:n] + both[n:], dim=1)
+        return self._embed(face, body, face_mask, body_mask)
+
+    def _embed(self, face: torch.Tensor, body: torch.Tensor, face_mask: torch.Tensor, body_mask: torch.Tensor
+               ) -> torch.Tensor:
         fused = self.modality_features(face, face_mask) + self.modality_features(body, body_mask)
         return F.normalize(self.embed(fused), dim=1)
 

@@ -46,6 +46,9 @@ class FinetuneConfig:
     embed_dim: int = 256
     freeze_ssl: bool = field(default=False, metadata={"help": "train only the fusion Linear (the paper's recipe; "
                                                               "the default trains the SSL layers too)"})
+    flip_average: bool = field(default=True, metadata={"help": "the model embeds each crop and its mirror image and "
+                                                                "averages them at inference (validation, "
+                                                                "calibration, labeling); the paper: off"})
     epochs: int = 20
     sequences_per_batch: int = field(default=8, metadata={"help": "whole sequences per global batch"})
     shuffle_buffer: int = field(default=64, metadata={"help": "sequences each worker holds for its local shuffle "
@@ -98,13 +101,14 @@ class FinetuneConfig:
 
 def build_model(cfg: FinetuneConfig) -> ReIDNet:
     if cfg.ssl_checkpoint:
-        net = reid_net_from_ssl_checkpoint(cfg.ssl_checkpoint, embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl)
+        net = reid_net_from_ssl_checkpoint(cfg.ssl_checkpoint, embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl,
+                                           flip_average=cfg.flip_average)
         if (net.config.face_size, net.config.body_size) != (cfg.face_size, cfg.body_size):
             raise CheckpointError(f"{cfg.ssl_checkpoint} was trained at face/body {net.config.face_size}/"
                                   f"{net.config.body_size} px; this run asks for {cfg.face_size}/{cfg.body_size}")
         return net
     return ReIDNet(ModelConfig(arch=cfg.arch, face_size=cfg.face_size, body_size=cfg.body_size,
-                               embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl))
+                               embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl, flip_average=cfg.flip_average))
 
 
 def evaluate(model: ReIDNet, batches, device: torch.device, prefix: str) -> dict[str, float]:

@@ -58,6 +58,7 @@ class Variant:
     other_series: bool = True
     supervised: bool = False  # diagnostic upper bound: ground-truth identities, no SSL
     sup_epochs: int = 0
+    swa_epochs: int = 0  # average the weights (and BatchNorm buffers) over the last N fine-tuning epochs
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,13 +175,17 @@ def pretrain(v: Variant, data: dict[str, Any], seed: int) -> SSLNet:
     return net
 
 
-def embed(model: ReIDNet, items: list[tuple[dict[str, Any], int]], v: Variant) -> np.ndarray:
+def embed(model: ReIDNet, items: list[tuple[dict[str, Any], int]], v: Variant, flip: bool = False) -> np.ndarray:
+    """Embeddings of items; flip=True averages them with those of the mirrored crops (test-time flip)."""
     ef, eb = augment.eval_transform(v.face_size, "face"), augment.eval_transform(v.body_size, "body")
     model.eval()
     with torch.no_grad():
         f, fm = stack([i["face"] for i, _ in items], ef, v.face_size)
         b, bm = stack([i["body"] for i, _ in items], eb, v.body_size)
-        return model(f, b, fm, bm).numpy()
+        out = model(f, b, fm, bm)
+        if flip:
+            out = torch.nn.functional.normalize(out + model(f.flip(3), b.flip(3), fm, bm), dim=1)
+        return out.numpy()
 
 
 def finetune(v: Variant, net: SSLNet, data: dict[str, Any], seed: int) -> ReIDNet:
@@ -200,6 +205,7 @@ def finetune(v: Variant, net: SSLNet, data: dict[str, Any], seed: int) -> ReIDNe
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.95)
     loss_fn = SequencePairLoss()
     rng = np.random.default_rng(seed)
+    averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True) if v.swa_epochs else None
     if v.supervised:
         train = [i for i in data["instances"] if i["split"] == "train"]
         ident = {k: n for n, k in enumerate(sorted({i["identity"] for i in train}))}
@@ -237,16 +243,20 @@ def finetune(v: Variant, net: SSLNet, data: dict[str, Any], seed: int) -> ReIDNe
             loss.backward()
             opt.step()
         sched.step()
+        if averaged is not None and _ >= epochs - v.swa_epochs:
+            averaged.update_parameters(model)
+    if averaged is not None:
+        model.averaged = averaged.module  # evaluated next to the last epoch's weights
     return model
 
 
-def evaluate(model: ReIDNet, data: dict[str, Any], v: Variant) -> dict[str, float]:
+def evaluate(model: ReIDNet, data: dict[str, Any], v: Variant, flip: bool = False) -> dict[str, float]:
     out: dict[str, float] = {}
     per_split = {}
     for split in ("validation", "test"):
         seqs = sequence_items(data, split)
         items = [it for s in seqs for it in s]
-        emb = embed(model, items, v)
+        emb = embed(model, items, v, flip)
         labels = np.array([lab + 100 * s for s, seq in enumerate(seqs) for _, lab in seq])
         seq_ids = np.array([s for s, seq in enumerate(seqs) for _ in seq])
         truth = np.array([i["identity"] for i, _ in items])
@@ -283,8 +293,16 @@ def run(v: Variant, data: dict[str, Any], seed: int) -> dict[str, Any]:
     net = pretrain(v, data, seed)
     t_ssl = time.time() - start
     model = finetune(v, net, data, seed)
+    wall = time.time() - start
     result = {"variant": v.name, "seed": seed, **evaluate(model, data, v), "ssl_s": round(t_ssl, 1),
-              "wall_s": round(time.time() - start, 1)}
+              "wall_s": round(wall, 1)}
+    # paired comparisons on the same trained weights: test-time flip, and the weight average when kept
+    keys = ("test_p1", "test_mapr", "window_ami", "threshold")
+    flipped = evaluate(model, data, v, flip=True)
+    result.update({f"flip_{k}": flipped[k] for k in keys})
+    if getattr(model, "averaged", None) is not None:
+        avg = evaluate(model.averaged, data, v)
+        result.update({f"swa_{k}": avg[k] for k in keys})
     return result
 
 
