@@ -22,7 +22,10 @@ study can be stopped and resumed: finished (row, seed) pairs are skipped).
 validation sequences with the current calibration code (:func:`reid.train.finetune.calibrate_model`, as
 fine-tuning does) and re-runs the label job into ``<run>/labels-relabel``; test metrics and training wall time
 are the run's own. Results go to ``<out>/results-relabel.jsonl``. It measures a change to the calibration or
-the assigner on the same models, in minutes instead of a retraining.
+the assigner on the same models, in minutes instead of a retraining. With ``--model-set FIELD=VALUE`` it first
+changes an inference field of each model's config (e.g. ``flip_average=false``: the same weights without the
+test-time flip) and recomputes the test metrics too, into ``<out>/results-relabel-FIELD=VALUE.jsonl``: a
+comparison paired on the same trained weights.
 """
 
 from __future__ import annotations
@@ -140,12 +143,35 @@ def relabel_row(previous: dict, args) -> dict:
     shutil.rmtree(p["labels"], ignore_errors=True)  # the label job resumes: a fresh folder, not old shards
     source = p["reid_model"] if row in ("product", "paper") else str(out / "model.pt")
     model, _, _ = load_model_checkpoint(source)
+    if args.model_set:
+        model.config = replace(model.config, **args.model_set)
     start = time.time()
-    relabel_dir = out / "relabel"
+    relabel_dir = out / ("relabel" + _suffix(args))
     relabel_dir.mkdir(exist_ok=True)
     scores = _calibrate_and_label(model.eval(), relabel_dir, p, cfg)
-    return {**previous, **{k: v for k, v in scores.items() if isinstance(v, int | float) and not k.startswith("test_")},
-            "relabel_wall_s": round(time.time() - start, 1)}
+    keep_test = bool(args.model_set)  # the model's inference changed: its test metrics are recomputed
+    return {**previous, **{k: v for k, v in scores.items()
+                           if isinstance(v, int | float) and (keep_test or not k.startswith("test_"))},
+            "relabel_wall_s": round(time.time() - start, 1), "model_set": args.model_set}
+
+
+def _suffix(args) -> str:
+    return "".join(f"-{k}={v}" for k, v in sorted(args.model_set.items()))
+
+
+def _model_set(items: list[str]) -> dict:
+    from reid.models import ModelConfig
+
+    fields = {f: v for f, v in ModelConfig().to_dict().items()}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in fields or not isinstance(fields[key], bool):
+            raise SystemExit(f"--model-set {item}: only boolean ModelConfig fields, e.g. flip_average=false")
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"--model-set {item}: expected true or false")
+        out[key] = value.lower() == "true"
+    return out
 
 
 def table(results: list[dict]) -> str:
@@ -179,14 +205,20 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "runs" / "quality"))
     parser.add_argument("--relabel", action="store_true", help="re-calibrate and re-label the finished runs of "
                                                                "--out with the current code (no training)")
+    parser.add_argument("--model-set", action="append", default=[], metavar="FIELD=true|false",
+                        help="with --relabel: change a boolean inference field of each model first, e.g. "
+                             "flip_average=false (test metrics are recomputed)")
     args = parser.parse_args()
+    args.model_set = _model_set(args.model_set)
+    if args.model_set and not args.relabel:
+        parser.error("--model-set needs --relabel")
     args.tag = args.preset + (f"-s{args.series}" if args.series else "") + (f"-p{args.pages}" if args.pages else "")
     results_path = Path(args.out) / "results.jsonl"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
     done = [r for r in done if r.get("preset") == args.tag]
     if args.relabel:
-        relabel_path = Path(args.out) / "results-relabel.jsonl"
+        relabel_path = Path(args.out) / f"results-relabel{_suffix(args)}.jsonl"
         relabelled = []
         for previous in done:
             if previous["seed"] in args.seeds and previous["row"] in args.rows:
