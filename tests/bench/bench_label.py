@@ -11,6 +11,10 @@ instances (the ceiling: the faster of ``--cpus`` threads in one process and ``--
 the layout of the job's CPU actors). ``--rounds`` interleaved rounds; medians are reported.
 Targets: job / forward >= 0.8, wall(4x) / wall(1x) <= 4.4.
 
+``--flip-average`` (both modes): the model embeds each crop and its mirror and averages them (what fine-tuning
+saves by default); the bare forward of the same model in one pass is measured too and the ratio printed: the
+flip's cost at inference.
+
 ``--mode inner`` (no Ray, no MLflow; runs on a bare GPU machine): the actor's inner loop on the same crops,
 decoding in ``--decode-workers`` processes (the CPU tasks of the job) while the device embeds, against the
 bare forward on the same device.
@@ -116,11 +120,19 @@ def make_crops(out: Path, series: int, pages: int, seed: int, use_ray: bool) -> 
     return crops
 
 
-def save_model(path: Path, args) -> Path:
+def save_model(path: Path, args, flip_average: bool | None = None) -> Path:
+    """A randomly initialised Re-ID net (the label job's cost does not depend on its weights); ``flip_average``
+    defaults to ``--flip-average``."""
     torch.manual_seed(0)
-    save_model_checkpoint(ReIDNet(ModelConfig(arch=args.arch, face_size=args.face_size,
-                                              body_size=args.body_size)), str(path))
+    flip = args.flip_average if flip_average is None else flip_average
+    save_model_checkpoint(ReIDNet(ModelConfig(arch=args.arch, face_size=args.face_size, body_size=args.body_size,
+                                              flip_average=flip)), str(path))
     return path
+
+
+def flip_cost_line(flip_rate: float, one_pass_rate: float) -> str:
+    return (f"flip average: bare forward {flip_rate:.0f} against {one_pass_rate:.0f} one pass on the same crops "
+            f"= {flip_rate / one_pass_rate:.2f} x the one-pass rate")
 
 
 def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -235,6 +247,7 @@ def mode_job(args) -> None:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     model_path = save_model(root / "model.pt", args)
+    one_pass_path = save_model(root / "model-one-pass.pt", args, flip_average=False) if args.flip_average else None
     import ray
 
     from reid.raycluster import init_ray
@@ -256,12 +269,15 @@ def mode_job(args) -> None:
             face_mask, body_mask, boxes = masks[scale]
             threads = bare_forward_rate(model_path, face_mask, body_mask, args.batch_size, "cpu", repeats=1)
             procs = bare_forward_rate_procs(model_path, face_mask, body_mask, args.batch_size, args.cpus, repeats=1)
+            one_pass = (bare_forward_rate(one_pass_path, face_mask, body_mask, args.batch_size, "cpu", repeats=1)
+                        if one_pass_path else threads)
             out = crops[scale].parent / f"labels-{int(time.time())}"
             job = run_job(crops[scale], model_path, out, args)
             shutil.rmtree(out, ignore_errors=True)
             per_char = boxes / len(face_mask)
             rounds[r][scale] = {**job, "characters": len(face_mask), "boxes": boxes,
                                 "forward_threads_boxes_per_s": threads * per_char,
+                                "forward_one_pass_threads_boxes_per_s": one_pass * per_char,
                                 "forward_procs_boxes_per_s": procs * per_char,
                                 "forward_boxes_per_s": max(threads, procs) * per_char}
             print(f"round {r + 1}/{args.rounds} {scale}x: " + _line(rounds[r][scale]), flush=True)
@@ -275,6 +291,9 @@ def mode_job(args) -> None:
         print(f"{scale}x: {_line(med)}\n    job/forward per round: whole pass "
               f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f}); steady "
               f"{', '.join(f'{x:.2f}' for x in steady)} (median {statistics.median(steady):.2f})")
+        if args.flip_average:
+            print("    " + flip_cost_line(med["forward_threads_boxes_per_s"],
+                                          med["forward_one_pass_threads_boxes_per_s"]) + " (threads)")
     walls = [r[args.scale]["wall_s"] / r[1]["wall_s"] for r in rounds]
     embeds = [r[args.scale]["embed_s"] / r[1]["embed_s"] for r in rounds]
     peaks = [r[args.scale]["peak_mib"] / r[1]["peak_mib"] for r in rounds]
@@ -315,6 +334,8 @@ def mode_inner(args) -> None:
     print(f"corpus + crops: {time.perf_counter() - start:.1f} s")
     face_mask, body_mask, boxes = character_masks(crops)
     forward = bare_forward_rate(model_path, face_mask, body_mask, args.batch_size, args.device)
+    one_pass = (bare_forward_rate(save_model(root / "model-one-pass.pt", args, flip_average=False), face_mask,
+                                  body_mask, args.batch_size, args.device) if args.flip_average else forward)
     model, cfg, _ = load_model_checkpoint(str(model_path))
     embed = CharacterEmbedder(model, args.device, args.batch_size)
     shards = sorted(ShardedOutput(str(crops), "instance_id").committed())
@@ -337,6 +358,8 @@ def mode_inner(args) -> None:
     print(f"device {args.device}, {args.arch} {cfg.face_size}/{cfg.body_size} px, batch {args.batch_size}: "
           f"{len(face_mask)} character instances ({boxes} boxes) in {len(shards)} shards")
     print(f"bare forward on pre-decoded tensors: {forward:.0f} characters/s")
+    if args.flip_average:
+        print(flip_cost_line(forward, one_pass) + " (characters/s)")
     for workers, rate in results.items():
         print(f"decode in {workers} process(es) + embed: {rate:.0f} characters/s = {rate / forward:.2f} x forward")
 
@@ -360,6 +383,9 @@ def main() -> None:
     parser.add_argument("--cpus-per-task", type=float, default=0,
                         help="Ray CPUs of a decoding task; default: the job's")
     parser.add_argument("--device", default="cpu", help="inner mode: cpu or cuda")
+    parser.add_argument("--flip-average", action="store_true",
+                        help="label with a model that averages each crop with its mirror (the fine-tuning default) "
+                             "and also report its bare forward against the same model in one pass")
     parser.add_argument("--decode-workers", type=int, default=4, help="inner mode: decoding processes")
     args = parser.parse_args()
     mode_job(args) if args.mode == "job" else mode_inner(args)
