@@ -120,13 +120,11 @@ def make_crops(out: Path, series: int, pages: int, seed: int, use_ray: bool) -> 
     return crops
 
 
-def save_model(path: Path, args, flip_average: bool | None = None) -> Path:
-    """A randomly initialised Re-ID net (the label job's cost does not depend on its weights); ``flip_average``
-    defaults to ``--flip-average``."""
+def save_model(path: Path, args, flip_average: bool) -> Path:
+    """A randomly initialised Re-ID net (the label job's cost does not depend on its weights)."""
     torch.manual_seed(0)
-    flip = args.flip_average if flip_average is None else flip_average
     save_model_checkpoint(ReIDNet(ModelConfig(arch=args.arch, face_size=args.face_size, body_size=args.body_size,
-                                              flip_average=flip)), str(path))
+                                              flip_average=flip_average)), str(path))
     return path
 
 
@@ -246,7 +244,7 @@ def run_job(crops: Path, model_path: Path, out: Path, args) -> dict[str, float]:
 def mode_job(args) -> None:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    model_path = save_model(root / "model.pt", args)
+    model_path = save_model(root / "model.pt", args, args.flip_average)
     one_pass_path = save_model(root / "model-one-pass.pt", args, flip_average=False) if args.flip_average else None
     import ray
 
@@ -270,16 +268,17 @@ def mode_job(args) -> None:
             threads = bare_forward_rate(model_path, face_mask, body_mask, args.batch_size, "cpu", repeats=1)
             procs = bare_forward_rate_procs(model_path, face_mask, body_mask, args.batch_size, args.cpus, repeats=1)
             one_pass = (bare_forward_rate(one_pass_path, face_mask, body_mask, args.batch_size, "cpu", repeats=1)
-                        if one_pass_path else threads)
+                        if one_pass_path else None)
             out = crops[scale].parent / f"labels-{int(time.time())}"
             job = run_job(crops[scale], model_path, out, args)
             shutil.rmtree(out, ignore_errors=True)
             per_char = boxes / len(face_mask)
             rounds[r][scale] = {**job, "characters": len(face_mask), "boxes": boxes,
                                 "forward_threads_boxes_per_s": threads * per_char,
-                                "forward_one_pass_threads_boxes_per_s": one_pass * per_char,
                                 "forward_procs_boxes_per_s": procs * per_char,
                                 "forward_boxes_per_s": max(threads, procs) * per_char}
+            if one_pass is not None:
+                rounds[r][scale]["forward_one_pass_threads_boxes_per_s"] = one_pass * per_char
             print(f"round {r + 1}/{args.rounds} {scale}x: " + _line(rounds[r][scale]), flush=True)
     print(json.dumps(rounds, indent=1))
     print(f"bare forward = the faster of {args.cpus} threads in one process and {args.cpus} one-thread processes;"
@@ -328,14 +327,14 @@ def mode_inner(args) -> None:
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    model_path = save_model(root / "model.pt", args)
+    model_path = save_model(root / "model.pt", args, args.flip_average)
     start = time.perf_counter()
     crops = make_crops(root / f"inner-s{args.series}-p{args.pages}-seed{args.seed}", args.series, args.pages, args.seed, use_ray=False)
     print(f"corpus + crops: {time.perf_counter() - start:.1f} s")
     face_mask, body_mask, boxes = character_masks(crops)
     forward = bare_forward_rate(model_path, face_mask, body_mask, args.batch_size, args.device)
     one_pass = (bare_forward_rate(save_model(root / "model-one-pass.pt", args, flip_average=False), face_mask,
-                                  body_mask, args.batch_size, args.device) if args.flip_average else forward)
+                                  body_mask, args.batch_size, args.device) if args.flip_average else None)
     model, cfg, _ = load_model_checkpoint(str(model_path))
     embed = CharacterEmbedder(model, args.device, args.batch_size)
     shards = sorted(ShardedOutput(str(crops), "instance_id").committed())
