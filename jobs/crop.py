@@ -11,6 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 from reid.cli import run_main  # noqa: E402
 from reid.config import parse_config  # noqa: E402
+from reid.contracts.manifest import error_rows_line  # noqa: E402
 from reid.crop import CropConfig, run_crop  # noqa: E402
 
 
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(CropConfig, argv, description=__doc__)
     totals = run_crop(cfg)
     print(f"crops: {totals['rows']} written, {totals['error_rows']} boxes not cropped, "
-          f"{totals['input_error_rows']} bad input rows left out (see {cfg.out}/errors/), output in {cfg.out}")
+          f"{totals['input_error_rows']} bad input rows left out, output in {cfg.out}")
+    print(error_rows_line(cfg.out, "boxes not cropped and bad input rows"))
 
 
 if __name__ == "__main__":

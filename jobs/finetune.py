@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(FinetuneConfig, argv, description=__doc__)
     out = run_finetune(cfg)
     test = {k: round(v, 4) for k, v in out["test"].items()}
-    print(f"finetune: test metrics {test}\nbest model: {out['best_model']}\nexported: {out['exported']}")
+    print(f"finetune: test metrics {test}\nbest model: {out['best_model']}\nexported: {out['exported']}\n"
+          f"bad sequences left out: {out['bad_sequences']}, each with its reason in {out['bad_sequences_file']}")
 
 
 if __name__ == "__main__":

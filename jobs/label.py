@@ -11,6 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 from reid.cli import run_main  # noqa: E402
 from reid.config import parse_config  # noqa: E402
+from reid.contracts.manifest import error_rows_line  # noqa: E402
 from reid.label import LabelConfig, run_label  # noqa: E402
 from reid.report import write_report  # noqa: E402
 
@@ -19,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(LabelConfig, argv, description=__doc__)
     out = run_label(cfg, report_writer=write_report)
     totals = out["totals"]
-    print(f"labels: {totals['rows']} labelled, {totals['error_rows']} unassigned (see {cfg.out}/errors/), "
-          f"output in {cfg.out}")
+    print(f"labels: {totals['rows']} labelled, {totals['error_rows']} unassigned, {totals['input_error_rows']} "
+          f"bad sequences left out, output in {cfg.out}")
+    print(error_rows_line(cfg.out, "unassigned boxes and bad sequences"))
     if out["report"]:
         print(f"report: {out['report']}")
     print(f"MLflow run {out['run_id']}: {out['mlflow_ui']}")

@@ -82,11 +82,13 @@ def read_text(path: str) -> str:
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a unique temporary name and a rename."""
+    """Write ``data`` to ``path`` via a unique temporary name and a rename. The temporary name starts with ``.``,
+    so a dataset reader of the folder (``pandas.read_parquet(folder)``) never sees a partial file."""
     fs, p = resolve(path)
-    parent = posixpath.dirname(p) if is_uri(path) else os.path.dirname(p)
+    split = posixpath.split if is_uri(path) else os.path.split
+    parent, name = split(p)
     fs.create_dir(parent, recursive=True)
-    tmp = f"{p}.tmp-{uuid.uuid4().hex}"
+    tmp = (posixpath.join if is_uri(path) else os.path.join)(parent, f".{name}.tmp-{uuid.uuid4().hex}")
     with fs.open_output_stream(tmp) as out:
         out.write(data)
     fs.move(tmp, p)

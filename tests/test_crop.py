@@ -139,15 +139,15 @@ def _corpus_with_bad_rows(tiny_corpus, tmp_path, mutations) -> tuple[Path, pd.Da
 
 
 def test_bad_rows_are_recorded_and_the_job_goes_on(tiny_corpus, tiny_crops, tmp_path, mlflow_uri):
-    """One inverted box and one page id that is a path among the rows: both recorded in errors/_input.parquet
-    with their line, every other box cropped exactly once."""
+    """One inverted box and one page id that is a path among the rows: both recorded in errors/input.parquet
+    with their line (read with the rest of errors/ by pandas), every other box cropped exactly once."""
     good = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv"))
     corpus, frame = _corpus_with_bad_rows(tiny_corpus, tmp_path, [(5, "x1", "-1"), (9, "page_id", "../../etc_1")])
     out = tmp_path / "out"
     totals = run_crop(CropConfig(comics_root=str(corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
                                  name="bad-rows", max_bad_row_fraction=0.02))  # 2 of 172 rows: over the 1 % default
     assert totals["input_error_rows"] == 2 and totals["input_rows"] == len(good) - 2
-    bad = pq.read_table(out / "errors" / "_input.parquet").to_pylist()
+    bad = [r for r in pd.read_parquet(out / "errors").to_dict("records") if r["stage"] == "input"]
     assert [(b["id"], b["stage"]) for b in bad] == [("line 7", "input"), ("line 11", "input")]
     assert "x1 (-1.0) < x_0" in bad[0]["reason"] and "'../../etc_1' is not '<page>_<panel>'" in bad[1]["reason"]
     assert all(b["source"].endswith("merged_face_body.csv") for b in bad)
@@ -213,6 +213,7 @@ def test_console_shows_our_lines_and_the_log_file_the_rest(tiny_corpus, tmp_path
     assert "INFO Ray: " in console and "worker logs in" in console
     assert "crop: 100%" in console and "box/s" in console
     assert "crops: " in console and "bad input rows left out" in console
+    assert f"pandas.read_parquet('{out / 'errors'}')" in console and str(out / "errors" / "input.parquet") in console
     log = out / "logs" / "crop.log"
     assert f"log: {log}" in console
     for noise in ("Execution plan of Dataset", "Starting execution of Dataset", "FutureWarning",

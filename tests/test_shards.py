@@ -66,3 +66,38 @@ def test_bind_job_refuses_other_arguments(tmp_path):
     out.bind_job({"model": "a", "threshold": 0.8})
     with pytest.raises(ConfigError, match="differs in \\['threshold'\\]"):
         out.bind_job({"model": "a", "threshold": 0.5})
+
+
+def _error(id_: str, stage: str = "crop") -> dict[str, str]:
+    return {"id": id_, "shard": "s0", "stage": stage, "source": "f", "reason": "bad"}
+
+
+def test_every_error_row_is_read_by_the_usual_readers(tmp_path):
+    """pandas/Arrow dataset readers skip files whose names start with '_' or '.': the input errors must not."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    out.write_input_errors(error_table([_error("line 7", "input"), _error("line 9", "input")]))
+    out.commit("s0", _rows(["a"]), error_table([_error("b")]), input_rows=2)
+    out.commit("s1", _rows(["c"]), error_table([]), input_rows=1)
+    out.finalize(["s0", "s1"])
+    expected = ["b", "line 7", "line 9"]
+    assert sorted(pd.read_parquet(tmp_path / "o" / "errors")["id"]) == expected
+    assert sorted(ds.dataset(str(tmp_path / "o" / "errors")).to_table()["id"].to_pylist()) == expected
+    assert sorted(out.read_errors()["id"].to_pylist()) == expected
+
+
+def test_input_errors_of_an_older_output_are_still_read(tmp_path):
+    """An output written before errors/input.parquet (errors/_input.parquet) resumes with its bad rows counted,
+    and the next write replaces the old file."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "o"
+    (root / "errors").mkdir(parents=True)
+    pq.write_table(error_table([_error("line 3", "input")]), str(root / "errors" / "_input.parquet"))
+    out = ShardedOutput(str(root), "instance_id")
+    assert out.read_input_errors()["id"].to_pylist() == ["line 3"]
+    out.write_input_errors(error_table([_error("line 3", "input")]))
+    assert sorted(p.name for p in (root / "errors").iterdir()) == ["input.parquet"]
+    assert out.read_input_errors()["id"].to_pylist() == ["line 3"]

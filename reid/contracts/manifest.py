@@ -11,7 +11,7 @@ Layout under ``root``::
     _job.json                 the job's identity (arguments that must match on resume)
     data/<shard>.parquet      rows
     errors/<shard>.parquet    rows that could not be produced, with a reason
-    errors/_input.parquet     input rows refused before any shard (bad CSV lines, bad sequences), with a reason
+    errors/input.parquet      input rows refused before any shard (bad CSV lines, bad sequences), with a reason
     _manifest/<shard>.json    {shard, input_rows, rows, error_rows, checksum}
     _SUCCESS                  totals, written last
 """
@@ -35,7 +35,12 @@ ERROR_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("stage",
                           ("source", pa.string()), ("reason", pa.string())])
 
 
-INPUT_ERRORS = "_input"
+# Not "_input": dataset readers (pandas.read_parquet(<root>/errors), pyarrow.dataset) skip names starting with
+# "_" or ".", so every row of errors/ must sit in a plainly named file. Shard ids are "<series>-<block>", never
+# "input". The old name is still read (and removed when the input errors are rewritten), so an output written
+# before the rename resumes.
+INPUT_ERRORS = "input"
+LEGACY_INPUT_ERRORS = "_input"
 
 
 class ShardIntegrityError(ReidError):
@@ -49,6 +54,14 @@ def ids_checksum(ids: Iterable[str]) -> str:
         h.update(value.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def error_rows_line(root: str, what: str) -> str:
+    """The line a job prints to say where its error rows are: every file of ``<root>/errors/`` (one folder, read
+    whole by ``pandas.read_parquet``), the input rows it left out in ``errors/input.parquet``."""
+    folder = io.join(root, "errors")
+    return (f"errors: {what}, one row each with its reason, in {folder} (pandas.read_parquet({folder!r}); "
+            f"the input rows left out alone: {io.join(folder, INPUT_ERRORS + '.parquet')})")
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
@@ -130,10 +143,15 @@ class ShardedOutput:
     def write_input_errors(self, errors: pa.Table) -> None:
         """Record the input rows the job left out (replaced on every run: planning re-reads the input)."""
         io.write_bytes_atomic(self.input_errors_path(), table_to_parquet_bytes(errors))
+        io.delete_file(self._path("errors", f"{LEGACY_INPUT_ERRORS}.parquet"))
 
     def read_input_errors(self) -> pa.Table:
-        path = self.input_errors_path()
-        return io.read_parquet(path).cast(ERROR_SCHEMA) if io.exists(path) else ERROR_SCHEMA.empty_table()
+        """The input rows the job left out (also from an output written before ``errors/input.parquet``)."""
+        for name in (INPUT_ERRORS, LEGACY_INPUT_ERRORS):
+            path = self._path("errors", f"{name}.parquet")
+            if io.exists(path):
+                return io.read_parquet(path).cast(ERROR_SCHEMA)
+        return ERROR_SCHEMA.empty_table()
 
     def summary(self, shard: str) -> ShardSummary:
         """The manifest entry of a committed shard (``skipped=True``: committed by an earlier attempt)."""

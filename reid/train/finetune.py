@@ -231,7 +231,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
         raise CheckpointError(f"{cfg.ssl_checkpoint}: SSL checkpoint not found")
     model = build_model(cfg)  # fail fast on a bad checkpoint, before any Ray work
-    splits = read_splits(cfg)
+    splits, bad = read_splits(cfg)
     console.open_log()
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
@@ -258,12 +258,18 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
                            run_config=run_config)
     # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
     result = fit(trainer, common.run_dir(cfg.storage, cfg.name), "finetune")
-    return finish(cfg, result, splits["validation"], splits["test"], parent_run_id)
+    out = finish(cfg, result, splits["validation"], splits["test"], parent_run_id)
+    return {**out, "bad_sequences": len(bad), "bad_sequences_file": sequence_errors_path(cfg)}
 
 
-def read_splits(cfg: FinetuneConfig) -> dict[str, list]:
+def sequence_errors_path(cfg: FinetuneConfig) -> str:
+    """Where fine-tuning records the sequence entries it left out (read it with ``pandas.read_parquet``)."""
+    return io.join(common.run_dir(cfg.storage, cfg.name), "errors", "sequences.parquet")
+
+
+def read_splits(cfg: FinetuneConfig) -> tuple[dict[str, list], list[formats.BadRow]]:
     """The train/validation/test sequences, checked on the driver against the crop job's instances (which
-    must be complete). Bad entries are left out and recorded in ``<storage>/<name>/errors/sequences.parquet``
+    must be complete), and the entries left out. Bad entries are recorded in :func:`sequence_errors_path`
     (``--strict``: refused); more than ``--max-bad-row-fraction`` of a split refuses the file."""
     from reid.contracts.crops import known_instance_ids
     from reid.contracts.manifest import error_table, table_to_parquet_bytes
@@ -274,12 +280,12 @@ def read_splits(cfg: FinetuneConfig) -> dict[str, list]:
     for split in ("train", "validation", "test"):
         splits[split], left_out = formats.read_split_checked(cfg.sequences, split, policy, known)
         bad += left_out
-    path = io.join(common.run_dir(cfg.storage, cfg.name), "errors", "sequences.parquet")
+    path = sequence_errors_path(cfg)
     io.write_bytes_atomic(path, table_to_parquet_bytes(error_table([b.as_error("input") for b in bad])))
     if bad:
         log.warning("finetune: %d sequence(s) left out and recorded in %s (first: %s, %s: %s)", len(bad), path,
                     bad[0].source, bad[0].where, bad[0].reason)
-    return splits
+    return splits, bad
 
 
 def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
