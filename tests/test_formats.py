@@ -1,6 +1,7 @@
 """Readers accept the shipped formats exactly and reject bad input with file/row/reason."""
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -184,6 +185,40 @@ def test_read_sequences_rejects(tmp_path, mutate, message):
     with pytest.raises(DataFormatError, match=message) as info:
         formats.read_sequences(path, known)
     assert "train_sequences.json" in str(info.value) and "entry" in str(info.value)
+
+
+def _instance(s: list) -> dict:
+    return s[0]["annotations"][0]["charInstances"][0]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda s: s[0]["annotations"][0].update(charInstances=None), "'charInstances' must be a list, got null"),
+    (lambda s: s[0]["annotations"][0].update(charInstances=5), "'charInstances' must be a list, got 5 \\(a number"),
+    (lambda s: _instance(s).update(speechBubbles=3), "instance 0: 'speechBubbles' must be a list, got 3"),
+    (lambda s: _instance(s).update(speechBubbles="xy"), "'speechBubbles' must be a list, got 'xy' \\(a string"),
+    (lambda s: _instance(s).update(face=5), "'face' must be an instance id string, got 5"),
+    (lambda s: _instance(s).update(body=["1443_58_6_body_0"]), "'body' must be an instance id string, got \\["),
+    (lambda s: s[0].update(seq_id=7), "'seq_id' must be a string, got 7"),
+    (lambda s: s[0].update(seq_id=None), "'seq_id' must be a string, got null"),
+    (lambda s: s[0].update(annotations=None), "'annotations' must be a list"),
+    (lambda s: s[0]["annotations"].append([1, 2]), "annotation 2 has no 'charId'"),
+])
+def test_malformed_sequence_entries_are_bad_rows_not_tracebacks(tmp_path, mutate, message):
+    """A JSON value of the wrong type anywhere in an entry is that entry's bad row (file, entry, reason); with no
+    list to collect into (--strict), a DataFormatError naming them: never a TypeError."""
+    known = set(formats.read_instances(_write(tmp_path, "m.csv", MERGED))["instance_id"])
+    data = _good_sequences()
+    good = json.loads(json.dumps(data[0]))
+    good["seq_id"] = "1443_58_6+1443_58_7+1443_58_8+1443_58_9"
+    mutate(data)
+    path = _write(tmp_path, "train_sequences.json", json.dumps([*data, good]))
+    sequences, bad = formats.read_sequences_checked(path, formats.RowPolicy(max_bad_fraction=1.0), known)
+    assert [s.seq_id for s in sequences] == [good["seq_id"]]
+    (row,) = bad
+    assert row.source == path and row.where.startswith("entry 0") and re.search(message, row.reason), row
+    with pytest.raises(DataFormatError, match=message) as info:
+        formats.read_sequences(path, known)
+    assert "train_sequences.json" in str(info.value) and "entry 0" in str(info.value)
 
 
 def test_read_sequences_malformed_json(tmp_path):

@@ -235,6 +235,16 @@ class Sequence:
         return self.panels[0].series
 
 
+def _json_type(value: object) -> str:
+    """How a JSON value's type is named in an error message (``null``, ``3 (a number)``, ...)."""
+    if value is None:
+        return "null"
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} ({kind})"
+
+
 def _parse_sequence(entry: object, where: str, known: set[str] | None, source: str,
                     panels_per_window: int) -> Sequence:
     if not isinstance(entry, dict):
@@ -242,6 +252,8 @@ def _parse_sequence(entry: object, where: str, known: set[str] | None, source: s
     if "seq_id" not in entry:
         raise DataFormatError(source, "missing key 'seq_id'", where)
     seq_id = entry["seq_id"]
+    if not isinstance(seq_id, str):
+        raise DataFormatError(source, f"'seq_id' must be a string, got {_json_type(seq_id)}", where)
     where = f"{where} (seq_id {seq_id!r})"
     try:
         panels = parse_seq_id(seq_id, panels_per_window)
@@ -260,15 +272,26 @@ def _parse_sequence(entry: object, where: str, known: set[str] | None, source: s
             raise DataFormatError(source, f"charId {char_id!r} appears twice in the sequence", where)
         seen_chars.add(char_id)
         instances = []
-        for k, inst in enumerate(annotation.get("charInstances", [])):
+        char_instances = annotation.get("charInstances", [])
+        if not isinstance(char_instances, list):
+            raise DataFormatError(source, f"charId {char_id!r}: 'charInstances' must be a list, got "
+                                  f"{_json_type(char_instances)}", where)
+        for k, inst in enumerate(char_instances):
             if not isinstance(inst, dict):
                 raise DataFormatError(source, f"charId {char_id!r} instance {k} is not an object", where)
+            bubbles = inst.get("speechBubbles")
+            if bubbles is not None and not isinstance(bubbles, list):
+                raise DataFormatError(source, f"charId {char_id!r} instance {k}: 'speechBubbles' must be a list, "
+                                      f"got {_json_type(bubbles)}", where)
             ids: dict[str, str | None] = {}
             for kind in ("face", "body"):
                 value = inst.get(kind)
-                if value in (None, ""):
+                if value is None or value == "":
                     ids[kind] = None
                     continue
+                if not isinstance(value, str):
+                    raise DataFormatError(source, f"charId {char_id!r} instance {k}: {kind!r} must be an instance "
+                                          f"id string, got {_json_type(value)}", where)
                 try:
                     parsed = parse_instance_id(value)
                 except IdError as exc:
@@ -289,7 +312,7 @@ def _parse_sequence(entry: object, where: str, known: set[str] | None, source: s
                 if f.panel_id != b.panel_id:
                     raise DataFormatError(source, f"charId {char_id!r}: face {ids['face']!r} and body "
                                           f"{ids['body']!r} are in different panels", where)
-            instances.append(CharInstance(ids["face"], ids["body"], tuple(inst.get("speechBubbles") or ())))
+            instances.append(CharInstance(ids["face"], ids["body"], tuple(bubbles or ())))
         characters.append(Character(char_id, tuple(instances)))
     return Sequence(str(seq_id), panels, tuple(characters))
 
@@ -307,7 +330,11 @@ def read_sequences(path: str, known_instances: set[str] | None = None,
     sequences, seen = [], set()
     for i, entry in enumerate(data):
         try:
-            seq = _parse_sequence(entry, f"entry {i}", known_instances, path, panels_per_window)
+            try:
+                seq = _parse_sequence(entry, f"entry {i}", known_instances, path, panels_per_window)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                # a shape no check above foresaw: still this entry's fault, named as such, never a traceback
+                raise DataFormatError(path, f"malformed entry ({type(exc).__name__}: {exc})", f"entry {i}") from None
             if seq.seq_id in seen:
                 raise DataFormatError(path, f"seq_id {seq.seq_id!r} appears twice", f"entry {i}")
         except DataFormatError as exc:
