@@ -3,6 +3,7 @@
 import json
 import re
 import textwrap
+import time
 
 import pytest
 
@@ -89,6 +90,48 @@ def test_bad_rows_are_collected_not_raised_when_asked(tmp_path):
     assert list(frame["line"]) == [2, 3, 6, 7]
     assert bad[0].as_error("input") == {"id": "line 4", "shard": "", "stage": "input", "source": path,
                                         "reason": "x1 (60.0) < x_0 (70.0)"}
+
+
+def test_ids_no_corpus_reaches_are_bad_rows(tmp_path):
+    """Ids far beyond any corpus (page id 0_100000000000 would make the label plan's sliding windows loop ~1e11
+    times; 5,000 digits would overflow Python's int conversion) are bad rows with the limit in the reason."""
+    text = MERGED
+    text += "1443,0_100000000000,face,0,0,1,1,2,2,0\n"  # line 8: panel
+    text += f"1443,{'7' * 5000}_1,face,0,0,1,1,2,2,0\n"  # line 9: page, 5,000 digits
+    text += "1443,100000_1,face,0,0,1,1,2,2,0\n"  # line 10: page
+    text += "10000000000000,58_6,face,5,0,1,1,2,2,0\n"  # line 11: series
+    text += "1443,58_6,face,1000000,0,1,1,2,2,0\n"  # line 12: index
+    text += "1443,58_6,face,7,99999999,1,1,2,2,0\n"  # line 13: char_index
+    text += "9999999,99999_999,face,9999,9999,1,1,2,2,0\n"  # line 14: every part at its limit: kept
+    path = _write(tmp_path, "merged_face_body.csv", text)
+    bad: list[formats.BadRow] = []
+    started = time.perf_counter()
+    frame = formats.read_instances(path, bad=bad)
+    assert time.perf_counter() - started < 5
+    assert [(b.where, b.reason) for b in bad] == [
+        ("line 8", "page_id '0_100000000000': panel is larger than any corpus uses (at most 999)"),
+        ("line 9", f"page_id '{'7' * 40}...' (5002 characters): page is larger than any corpus uses (at most 99999)"),
+        ("line 10", "page_id '100000_1': page is larger than any corpus uses (at most 99999)"),
+        ("line 11", "series_id '10000000000000' is larger than any corpus uses (at most 9999999)"),
+        ("line 12", "index '1000000' is larger than any corpus uses (at most 9999)"),
+        ("line 13", "char_index '99999999' is larger than any corpus uses (at most 9999)"),
+    ]
+    assert list(frame["line"]) == [2, 3, 4, 5, 6, 7, 14]
+    with pytest.raises(DataFormatError, match="line 8: page_id '0_100000000000': panel is larger"):
+        formats.read_instances(path)
+
+
+def test_sequences_naming_ids_no_corpus_reaches_are_bad_rows(tmp_path):
+    known = set(formats.read_instances(_write(tmp_path, "m.csv", MERGED))["instance_id"])
+    data = _good_sequences()
+    huge = json.loads(json.dumps(data[0]))
+    huge["seq_id"] = "1443_58_6+1443_58_7+1443_58_8+1443_58_100000000000"
+    path = _write(tmp_path, "train_sequences.json", json.dumps([*data, huge]))
+    sequences, bad = formats.read_sequences_checked(path, formats.RowPolicy(max_bad_fraction=1.0), known)
+    assert [s.seq_id for s in sequences] == [SEQ_ID]
+    (row,) = bad
+    assert row.where.startswith("entry 1") and "panel id '1443_58_100000000000': panel 100000000000 is larger " \
+        "than any corpus uses (at most 999)" in row.reason
 
 
 def test_row_policy_refuses_the_wrong_file_not_a_few_bad_rows():

@@ -37,3 +37,16 @@ def test_parse_seq_id():
         parse_seq_id("1014_14_0+1014_14_1+1014_14_1+1014_14_3")
     with pytest.raises(IdError, match="panel id"):
         parse_seq_id("1014_14_0+1014_14_1+1014_14+1014_14_3")
+
+
+def test_ids_no_corpus_reaches_are_refused():
+    """Bounded work per id: the plan's loops are linear in page and panel numbers."""
+    assert parse_panel_id("9999999_99999_999") == PanelId(9999999, 99999, 999)
+    with pytest.raises(IdError, match="panel id '0_0_100000000000': panel 100000000000 is larger than any corpus"):
+        parse_panel_id("0_0_100000000000")
+    with pytest.raises(IdError, match=r"panel id '1_9{38}\.\.\.\(5004 characters\)': page of 5000 digits is larger"):
+        parse_panel_id(f"1_{'9' * 5000}_0")  # never converted: Python refuses ints of over 4,300 digits
+    with pytest.raises(IdError, match="instance id '1_2_3_face_10000': index 10000 is larger"):
+        parse_instance_id("1_2_3_face_10000")
+    with pytest.raises(IdError, match="series 10000000 is larger"):
+        parse_seq_id("10000000_1_0+10000000_1_1+10000000_1_2+10000000_1_3")

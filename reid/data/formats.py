@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from reid import io
-from reid.data.ids import IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
+from reid.data.ids import MAX_IDS, IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
 from reid.data.rows import BadRow, RowPolicy
 from reid.errors import DataFormatError
 
@@ -98,8 +98,11 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
         boxes[column] = values.astype(np.float64)
     for lo, hi in (("x_0", "x1"), ("y_0", "y_1")):
         flag(boxes[hi] < boxes[lo], f"{hi} (" + boxes[hi].astype(str) + f") < {lo} (" + boxes[lo].astype(str) + ")")
-    page, panel = pd.to_numeric(split[0]), pd.to_numeric(split[1])
+    too_long = (split[0].str.len() > 15) | (split[1].str.len() > 15)  # no int conversion of 5,000 digits
+    page = pd.to_numeric(split[0].where(~too_long, "0"))
+    panel = pd.to_numeric(split[1].where(~too_long, "0"))
     flag((series < 0) | (page < 0) | (panel < 0) | (index < 0), "ids must be non-negative")
+    _flag_out_of_bounds(flag, frame, page_id, too_long, series, page, panel, index, char_index)
     bad_rows = np.flatnonzero((reasons != "").to_numpy())
     if len(bad_rows):
         if bad is None:
@@ -122,6 +125,23 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
     out["instance_id"] = out["panel_id"] + "_" + out["type"] + "_" + out["index"].astype(str)
     out["line"] = [row_offset + int(i) + 2 for i in np.flatnonzero(keep)]  # CSV line (header: line 1)
     return out
+
+
+def _flag_out_of_bounds(flag, frame: pd.DataFrame, page_id: pd.Series, too_long: pd.Series, series: pd.Series,
+                        page: pd.Series, panel: pd.Series, index: pd.Series, char_index: pd.Series) -> None:
+    """Flag ids larger than any corpus uses (:data:`reid.data.ids.MAX_IDS`): planning work is linear in them
+    (a page's windows are counted in panels), so one such row could stall the job."""
+    def beyond(part: str) -> str:
+        return f" is larger than any corpus uses (at most {MAX_IDS[part]})"
+
+    def shown(values: pd.Series) -> pd.Series:
+        return values.map(lambda v: repr(v) if len(str(v)) <= 60 else f"'{str(v)[:40]}...' ({len(str(v))} characters)")
+
+    flag(series > MAX_IDS["series"], "series_id " + shown(frame["series_id"]) + beyond("series"))
+    flag(too_long | (page > MAX_IDS["page"]), "page_id " + shown(page_id) + ": page" + beyond("page"))
+    flag(panel > MAX_IDS["panel"], "page_id " + shown(page_id) + ": panel" + beyond("panel"))
+    flag(index > MAX_IDS["index"], "index " + shown(frame["index"]) + beyond("index"))
+    flag(char_index > MAX_IDS["index"], "char_index " + shown(frame["char_index"]) + beyond("index"))
 
 
 def iter_instances(path: str, chunk_rows: int = 200_000, bad: list[BadRow] | None = None

@@ -19,8 +19,29 @@ _PANEL_RE = re.compile(rf"^{_INT}_{_INT}_{_INT}$")
 _INSTANCE_RE = re.compile(rf"^{_INT}_{_INT}_{_INT}_(face|body)_{_INT}$")
 
 
+# The largest id of each part that a corpus may use. COMICS has ~4,000 series of at most a few hundred pages of
+# at most a few dozen panels; the limits leave room for far larger corpora, yet bound the work one id can cause
+# (a page's sliding windows are counted in panels: page id 0_100000000000 would loop ~1e11 times).
+MAX_IDS: dict[str, int] = {"series": 9_999_999, "page": 99_999, "panel": 999, "index": 9_999}
+
+
 class IdError(ValueError):
     """An id string does not parse; the message says which id and why."""
+
+
+def _bounded_ints(text: str, kind: str, **digits: str) -> dict[str, int]:
+    """The matched runs of digits of an id as ints, or IdError when one is beyond :data:`MAX_IDS`. A run longer
+    than any limit is never converted (Python refuses ints of over 4,300 digits, and nothing that long is an id)."""
+    shown = text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+    values = {}
+    for name, run in digits.items():
+        value = int(run) if len(run) <= 18 else None
+        if value is None or value > MAX_IDS[name]:
+            number = run if value is not None else f"of {len(run)} digits"
+            raise IdError(f"{kind} id {shown!r}: {name} {number} is larger than any corpus uses "
+                          f"(at most {MAX_IDS[name]})")
+        values[name] = value
+    return values
 
 
 @dataclass(frozen=True, order=True)
@@ -59,7 +80,7 @@ def parse_panel_id(text: str) -> PanelId:
     m = _PANEL_RE.match(str(text))
     if not m:
         raise IdError(f"panel id {text!r} is not '<series>_<page>_<panel>' with integer parts")
-    return PanelId(int(m[1]), int(m[2]), int(m[3]))
+    return PanelId(**_bounded_ints(str(text), "panel", series=m[1], page=m[2], panel=m[3]))
 
 
 def parse_instance_id(text: str) -> InstanceId:
@@ -69,7 +90,8 @@ def parse_instance_id(text: str) -> InstanceId:
         raise IdError(
             f"instance id {text!r} is not '<series>_<page>_<panel>_<face|body>_<index>' with integer parts"
         )
-    return InstanceId(int(m[1]), int(m[2]), int(m[3]), m[4], int(m[5]))
+    ids = _bounded_ints(str(text), "instance", series=m[1], page=m[2], panel=m[3], index=m[5])
+    return InstanceId(ids["series"], ids["page"], ids["panel"], m[4], ids["index"])
 
 
 def parse_seq_id(text: str, length: int = 4) -> tuple[PanelId, ...]:
