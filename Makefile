@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-DEMO_OUT ?= runs/demo
+STYLE    ?= color
+DEMO_PRESET := $(if $(filter inked,$(STYLE)),inked-demo,demo)
+DEMO_OUT ?= runs/demo$(if $(filter inked,$(STYLE)),-inked,)
 RECIPE   ?= default
 PYTEST_ARGS ?=
 
@@ -12,6 +14,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on a synthetic corpus (outputs in $(DEMO_OUT))"
+	@echo "              STYLE=inked: the black-and-white corpus (preset inked-demo, outputs in runs/demo-inked)"
 	@echo "make test   - set up .venv, lint, and run the test suite"
 	@echo "make bench  - run the benchmarks in tests/bench (not part of CI)"
 	@echo "make lint   - ruff check"
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/python jobs/pipeline.py --out $(DEMO_OUT) --recipe $(RECIPE)
+	$(BIN)/python jobs/pipeline.py --out $(DEMO_OUT) --preset $(DEMO_PRESET) --recipe $(RECIPE)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reid import config, console
+from reid.data.synthetic.config import PRESETS
 from reid.errors import ConfigError, ReidError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class PipelineConfig:
     """Run every stage end to end on a synthetic COMICS-format corpus (demo-sized model by default)."""
 
     out: str = field(default="runs/demo", metadata={"help": "everything goes under this folder"})
-    preset: str = field(default="demo", metadata={"help": "synthetic corpus preset: tiny | demo | bench"})
+    preset: str = field(default="demo", metadata={"help": "synthetic corpus preset: tiny | demo | bench | "
+                                                          "inked-demo | inked (black-and-white line art)"})
     series: int | None = field(default=None, metadata={"help": "override the preset's number of series"})
     pages: int | None = field(default=None, metadata={"help": "override the preset's pages per series"})
     seed: int = field(default=0, metadata={"help": "seed of the synthetic corpus"})
@@ -63,7 +65,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         unknown = set(self.stage_list) - set(STAGES)
         config.check(not unknown, f"unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
-        config.check(self.preset in ("tiny", "demo", "bench"), f"preset must be tiny, demo or bench: {self.preset}")
+        config.check(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}: {self.preset}")
         config.check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}: {self.recipe}")
 
     @property

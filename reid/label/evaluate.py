@@ -126,7 +126,8 @@ def _read_truth(ground_truth: str) -> dict[str, str]:
     with io.open_input(ground_truth) as stream:
         table = pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(
             include_columns=["instance_id", "identity"], column_types={"identity": pa.string()}))
-    return dict(zip(table["instance_id"].to_pylist(), table["identity"].to_pylist(), strict=True))
+    # an empty identity is an unnamed extra (the inked corpus's passers-by): not a character to score
+    return {i: y for i, y in zip(table["instance_id"].to_pylist(), table["identity"].to_pylist(), strict=True) if y}
 
 
 def identity_counts(per_series: list[dict[str, float]]) -> dict[str, float]:

@@ -3,12 +3,15 @@
     python tests/bench/quality.py                                  # demo preset, 3 seeds, every row
     python tests/bench/quality.py --preset demo --pages 60 --seeds 0 1 2 --rows product supervised
     python tests/bench/quality.py --out runs/quality --rows product --seeds 0   # one quick row
+    python tests/bench/quality.py --style inked                    # the black-and-white corpus (preset inked)
 
 Rows (each a real run of the jobs, on an embedded local Ray, with the demo's sizes and budget):
 - ``product``: ``make demo``'s pipeline with its defaults;
 - ``paper``: the same with the paper's recipe (``--recipe paper``: SimCLR colour augmentations, frozen SSL);
 - ``random``: a randomly initialised Re-ID net (no training), thresholds calibrated on validation as fine-tuning
   does, then the label job;
+- ``colour``: no model at all: colour histograms of each instance's face and body crops
+  (:mod:`reid.eval.baselines`); test retrieval metrics only. What colour alone gives away on a corpus;
 - ``supervised``: a diagnostic upper bound, never part of the product: the same network trained directly on the
   synthetic corpus's ground-truth identities of the train pages (tests/bench/recipe_probe.py's loop), then
   calibrated and labelled like the others.
@@ -43,7 +46,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "bench"))
 
-ROWS = ("product", "paper", "random", "supervised")
+ROWS = ("product", "paper", "random", "colour", "supervised")
+STYLE_PRESETS = {"color": "demo", "inked": "inked"}
 COLUMNS = [("test_precision_at_1", "test p@1"), ("test_mean_average_precision_at_r", "test MAP@R"),
            ("gt_window_AMI", "window AMI"), ("gt_window_bcubed_f1", "window B³F1"),
            ("gt_series_AMI", "series AMI"), ("gt_series_bcubed_f1", "series B³F1"),
@@ -79,7 +83,7 @@ def _scores(model_path: str, p: dict, cfg) -> dict:
     return metrics
 
 
-def _calibrate_and_label(model, out: Path, p: dict, cfg) -> dict:
+def _calibrate_and_label(model, out: Path, p: dict, cfg, linking: dict | None = None) -> dict:
     """A model made outside the product (random, supervised): calibrated on validation like fine-tuning does,
     then labelled by the label job."""
     from reid.data import formats
@@ -89,7 +93,7 @@ def _calibrate_and_label(model, out: Path, p: dict, cfg) -> dict:
 
     path = str(out / "model.pt")
     ft = FinetuneConfig(crops=p["crops"], sequences=f"{p['corpus']}/data/comics_seq", name=out.name,
-                        face_size=model.config.face_size, body_size=model.config.body_size)
+                        face_size=model.config.face_size, body_size=model.config.body_size, **(linking or {}))
     calibration, _ = calibrate_model(model, ft, formats.read_split(ft.sequences, "validation"))
     save_model_checkpoint(model, path, extra={"calibration": calibration})
     run_label(LabelConfig(model=path, crops=p["crops"], out=p["labels"], ground_truth=f"{p['corpus']}/ground_truth.csv",
@@ -120,11 +124,31 @@ def _reference_row(row: str, out: Path, args, seed: int) -> dict:
     return _calibrate_and_label(model.eval(), out, p, cfg)
 
 
+def _colour_row(out: Path, args, seed: int) -> dict:
+    """Colour histograms of the test sequences' crops (no model): what colour alone gives away."""
+    from reid.eval.baselines import colour_histogram_embedding
+    from reid.eval.metrics import retrieval_metrics
+    from reid.pipeline import PipelineConfig, paths, run_pipeline
+    from tests.helpers.corpus_items import sequence_items
+
+    cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series, train_seed=seed,
+                         stages="corpus", ray_num_cpus=2)
+    run_pipeline(cfg)
+    items = sequence_items(paths(cfg)["corpus"], "test")
+    vectors = np.stack([colour_histogram_embedding(i.face, i.body) for i in items])
+    metrics = retrieval_metrics(vectors, [i.label for i in items], [i.sequence for i in items])
+    return {f"test_{k}": v for k, v in metrics.items()}
+
+
 def run_row(row: str, args, seed: int) -> dict:
     out = Path(args.out).resolve() / f"{args.tag}-{row}-seed{seed}"
     start = time.time()
-    scores = _pipeline_row(row, out, args, seed) if row in ("product", "paper") else _reference_row(row, out, args,
-                                                                                                    seed)
+    if row == "colour":
+        scores = _colour_row(out, args, seed)
+    elif row in ("product", "paper"):
+        scores = _pipeline_row(row, out, args, seed)
+    else:
+        scores = _reference_row(row, out, args, seed)
     return {"row": row, "seed": seed, "preset": args.tag, "wall_s": round(time.time() - start, 1),
             **{k: v for k, v in scores.items() if isinstance(v, int | float)}}
 
@@ -148,7 +172,7 @@ def relabel_row(previous: dict, args) -> dict:
     start = time.time()
     relabel_dir = out / ("relabel" + _suffix(args))
     relabel_dir.mkdir(exist_ok=True)
-    scores = _calibrate_and_label(model.eval(), relabel_dir, p, cfg)
+    scores = _calibrate_and_label(model.eval(), relabel_dir, p, cfg, args.linking)
     keep_test = bool(args.model_set)  # the model's inference changed: its test metrics are recomputed
     return {**previous, **{k: v for k, v in scores.items()
                            if isinstance(v, int | float) and (keep_test or not k.startswith("test_"))},
@@ -156,7 +180,7 @@ def relabel_row(previous: dict, args) -> dict:
 
 
 def _suffix(args) -> str:
-    return "".join(f"-{k}={v}" for k, v in sorted(args.model_set.items()))
+    return "".join(f"-{k}={v}" for k, v in sorted({**args.model_set, **args.linking}.items()))
 
 
 def _model_set(items: list[str]) -> dict:
@@ -196,7 +220,10 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="demo", help="synthetic corpus preset (default: demo)")
+    parser.add_argument("--style", choices=sorted(STYLE_PRESETS), default="color",
+                        help="corpus style: color (preset demo) or inked (preset inked: black-and-white, >= 50 test "
+                             "sequences); --preset overrides the preset")
+    parser.add_argument("--preset", default=None, help="synthetic corpus preset (default: the style's)")
     parser.add_argument("--series", type=int, default=None, help="override the preset's series")
     parser.add_argument("--pages", type=int, default=None, help="override the preset's pages per series")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -208,8 +235,17 @@ def main() -> None:
     parser.add_argument("--model-set", action="append", default=[], metavar="FIELD=true|false",
                         help="with --relabel: change a boolean inference field of each model first, e.g. "
                              "flip_average=false (test metrics are recomputed)")
+    parser.add_argument("--link-distance", choices=("centroid", "members", "rerank"), default=None,
+                        help="with --relabel: calibrate and link with this distance between window identities")
+    parser.add_argument("--link-constraint", choices=("hard", "soft"), default=None,
+                        help="with --relabel: calibrate and link with this cannot-link")
     args = parser.parse_args()
+    args.preset = args.preset or STYLE_PRESETS[args.style]
     args.model_set = _model_set(args.model_set)
+    args.linking = {k: v for k, v in (("link_distance", args.link_distance),
+                                      ("link_constraint", args.link_constraint)) if v}
+    if args.linking and not args.relabel:
+        parser.error("--link-distance and --link-constraint need --relabel")
     if args.model_set and not args.relabel:
         parser.error("--model-set needs --relabel")
     args.tag = args.preset + (f"-s{args.series}" if args.series else "") + (f"-p{args.pages}" if args.pages else "")
@@ -221,7 +257,7 @@ def main() -> None:
         relabel_path = Path(args.out) / f"results-relabel{_suffix(args)}.jsonl"
         relabelled = []
         for previous in done:
-            if previous["seed"] in args.seeds and previous["row"] in args.rows:
+            if previous["seed"] in args.seeds and previous["row"] in args.rows and previous["row"] != "colour":
                 relabelled.append(relabel_row(previous, args))
                 with relabel_path.open("a") as f:
                     f.write(json.dumps(relabelled[-1]) + "\n")

@@ -100,12 +100,14 @@ def load(corpus: str, crops: str) -> dict[str, Any]:
     rows = []
     for path in sorted(glob.glob(f"{crops}/data/*.parquet")):
         rows += pair_rows(pq.read_table(path))
-    truth = pd.read_csv(f"{corpus}/ground_truth.csv")
+    truth = pd.read_csv(f"{corpus}/ground_truth.csv", keep_default_na=False)
     identity = dict(zip(truth["instance_id"], truth["identity"], strict=True))
     split_of = dict(zip(truth["instance_id"], truth["split"], strict=True))
     instances = []
     for r in rows:
         iid = r["face_id"] or r["body_id"]
+        if not identity[iid]:  # an unnamed extra (inked style): no identity to train on
+            continue
         instances.append({"key": r["key"], "series": r["series_id"], "panel": r["panel_id"],
                           "face": decode_rgb(r["face"]) if r["face"] else None,
                           "body": decode_rgb(r["body"]) if r["body"] else None,

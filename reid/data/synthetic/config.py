@@ -18,6 +18,7 @@ FACE_CROP_PREFIX = "/datasets/comics/comics_crops_large_faces"
 BODY_CROP_PREFIX = "/datasets/comics/comics_crops"
 WINDOW_PANELS = 4
 MIN_FILTERED_SIDE = {"face": 16, "body": 24}
+STYLES: tuple[str, ...] = ("color", "inked")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class SyntheticConfig:
     missing_images: int = field(default=0, metadata={"help": "fault: panel files deleted but referenced"})
     offpage_partial: int = field(default=0, metadata={"help": "fault: boxes moved to straddle a page edge"})
     offpage_whole: int = field(default=0, metadata={"help": "fault: boxes moved wholly off the page"})
+    style: str = field(default="color", metadata={
+        "help": "color (identity shows in costume and hair colours) | inked (black-and-white line art with "
+                "screentone: identity in shapes only; see reid/data/synthetic/inked.py)"})
+    extras_rate: float = field(default=0.0, metadata={
+        "help": "inked style: mean unnamed extras per panel (boxes in the instance CSV, in no sequence)"})
 
     def __post_init__(self) -> None:
         check(1 <= self.series <= 9000, f"series must be in 1..9000, got {self.series}")
@@ -71,6 +77,10 @@ class SyntheticConfig:
               f"need 64 <= min_panel_size <= max_panel_size <= 4000, got {self.min_panel_size}, "
               f"{self.max_panel_size}")
         check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        check(self.style in STYLES, f"style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        check(0.0 <= self.extras_rate <= 3.0, f"extras_rate must be in [0, 3], got {self.extras_rate}")
+        check(self.extras_rate == 0.0 or self.style == "inked",
+              f"extras_rate needs style 'inked', got style {self.style!r}")
         for name in ("corrupt_images", "missing_images", "offpage_partial", "offpage_whole"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -82,15 +92,21 @@ class SyntheticConfig:
         return "series" if self.series >= 8 else "page"
 
 
+_INKED: dict[str, Any] = {"style": "inked", "cast": 7, "panels_per_page": 6, "max_chars_per_panel": 4,
+                          "min_panel_size": 300, "max_panel_size": 800, "closeup_rate": 0.14,
+                          "back_view_rate": 0.08, "extras_rate": 0.45}
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"series": 2, "pages": 3, "panels_per_page": 6, "cast": 4},  # test fixture, ~1 s
     "demo": {},  # the dataclass defaults: ~1k instances
     "bench": {"series": 40, "pages": 140, "panels_per_page": 6, "cast": 8},  # ~100k instances
+    # black-and-white books as hard as real manga pages: scan-sized panels, every scale, unnamed extras
+    "inked-demo": {**_INKED, "series": 4, "pages": 16},
+    "inked": {**_INKED, "series": 5, "pages": 50},  # the quality benchmark's size (>= 50 test sequences)
 }
 
 
 def preset_config(name: str, **overrides: Any) -> SyntheticConfig:
-    """The config of preset ``name`` (tiny | demo | bench) with ``overrides`` applied."""
+    """The config of preset ``name`` (one of :data:`PRESETS`) with ``overrides`` applied."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return from_dict(SyntheticConfig, {**PRESETS[name], **overrides}, source=f"preset {name}")

@@ -191,5 +191,8 @@ def generate_corpus(out_dir: str, cfg: SyntheticConfig, workers: int = 1) -> Cor
     record = {k: v for k, v in dataclasses.asdict(summary).items()
               if k not in ("seconds", "out_dir", "paths")}
     record["config"] = to_dict(cfg)
+    if cfg.style == "color":  # a coloured corpus's summary stays as it was before styles existed
+        for name in ("style", "extras_rate"):
+            record["config"].pop(name)
     io.write_text_atomic(paths["summary"], json.dumps(record, indent=1))
     return dataclasses.replace(summary, seconds=time.perf_counter() - started)

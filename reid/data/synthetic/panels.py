@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from reid.data.synthetic import inked as inked_style
 from reid.data.synthetic.cast import RGB, CharacterDesign, _pick
 from reid.data.synthetic.config import SyntheticConfig
 from reid.data.synthetic.drawing import _affine, _draw_figure, _jitter, _shade
@@ -117,8 +118,10 @@ def _make_scene(rng: np.random.Generator, cast: list[CharacterDesign], weights: 
 
 
 def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[CharacterDesign],
-                  weights: np.ndarray, scene: _Scene, style: dict[str, Any]
-                  ) -> tuple[Image.Image, list[_Placed]]:
+                  weights: np.ndarray, scene: _Scene, style: dict[str, Any],
+                  extras: list[CharacterDesign] | None = None) -> tuple[Image.Image, list[_Placed]]:
+    """Draw one panel of ``scene``; ``extras`` (inked style) are unnamed passers-by, indexed after the cast."""
+    inked = cfg.style == "inked"
     w = int(rng.integers(cfg.min_panel_size, cfg.max_panel_size + 1))
     h = int(rng.integers(cfg.min_panel_size, cfg.max_panel_size + 1))
     img = _background(rng, scene, w, h)
@@ -128,19 +131,28 @@ def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[Cha
     n = 1 + int(rng.choice(most, p=count_p / count_p.sum()))
     picks = rng.choice(len(scene.members), n, replace=False, p=scene_w)
     members = [int(scene.members[int(i)]) for i in picks]
+    figures = cast + (extras or [])
+    if inked and extras:
+        members += [len(cast) + int(k) for k in rng.choice(len(extras), min(2, int(rng.poisson(cfg.extras_rate))),
+                                                             replace=False)]
     placed = []
     for m in members:
         u = rng.random()
         view = ("closeup" if u < cfg.closeup_rate else
                 "back" if u < cfg.closeup_rate + cfg.back_view_rate else "front")
-        if view == "closeup" and any(p.view == "closeup" for p in placed):
+        if view == "closeup" and (any(p.view == "closeup" for p in placed) or m >= len(cast)):
             view = "front"
         placed.append(_Placed(m, view))
     # far (small) figures first, the close-up last: later figures occlude earlier ones
     standing = [p for p in placed if p.view != "closeup"]
     slots = rng.permutation(len(standing))
-    sizes = [h * float(rng.uniform(0.5, 0.95)) * cast[p.member].height * (1 - 0.08 * (len(placed) - 1))
-             for p in standing]
+    if inked:
+        shots = [inked_style.panel_figure_size(rng, h, figures[p.member].height, len(placed)) for p in standing]
+        sizes = [size for size, _ in shots]
+    else:
+        shots = [(0.0, "full")] * len(standing)
+        sizes = [h * float(rng.uniform(0.5, 0.95)) * cast[p.member].height * (1 - 0.08 * (len(placed) - 1))
+                 for p in standing]
     order = sorted(range(len(standing)), key=lambda i: sizes[i])
     owner = np.full((h, w), -1, np.int16)
     stats: list[tuple[int, int, tuple[int, int, int, int]]] = []
@@ -148,15 +160,20 @@ def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[Cha
     for i in order:
         slot_w = w / len(standing)
         x = (int(slots[i]) + 0.5 + float(rng.uniform(-0.3, 0.3))) * slot_w
-        top = h * float(rng.uniform(0.88, 1.25)) - sizes[i]
+        if shots[i][1] == "medium":  # the head in the upper part, the legs below the panel's border
+            top = h * float(rng.uniform(-0.02, 0.2))
+        else:
+            top = h * float(rng.uniform(0.88, 1.25)) - sizes[i]
+        if inked and rng.random() < 0.15:  # cut by the panel's left or right border
+            x = float(rng.choice([0.0, w])) + float(rng.uniform(-0.12, 0.12)) * sizes[i]
         draw_list.append((standing[i], sizes[i], x, max(top, -0.06 * sizes[i])))
     for p in placed:
         if p.view == "closeup":
-            size = h * float(rng.uniform(1.5, 2.3))
+            size = h * float(rng.uniform(1.6, 2.6) if inked else rng.uniform(1.5, 2.3))
             draw_list.append((p, size, w * float(rng.uniform(0.3, 0.7)), h * float(rng.uniform(0.0, 0.15))))
     for k, (p, size, x, top) in enumerate(draw_list):
         p.char_index = k
-        design = cast[p.member]
+        design = inked_style.appearance(figures[p.member], rng) if inked else cast[p.member]
         fig = _draw_figure(design, size, p.view, rng, style["ink"], style["line_scale"],
                            max_height=int(h - top + 0.15 * size) if p.view == "closeup" else None)
         tilt = 0.35 if p.view != "closeup" else 0.15
@@ -178,6 +195,8 @@ def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[Cha
     _add_balloons(rng, img, owner, placed, heads, scene, w, h)
     for (p, *_), (face_full, body_full, head) in zip(draw_list, stats, strict=True):
         _annotate(p, owner, face_full, body_full, head, w, h)
+    if inked:
+        return inked_style.finish_inked(rng, img, style), placed
     _finish(rng, img, scene, style)
     return img, placed
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from reid import io
 from reid.data.ids import PanelId, instance_id, panel_image_relpath
+from reid.data.synthetic import inked
 from reid.data.synthetic.cast import CharacterDesign, _pick, make_cast
 from reid.data.synthetic.config import WINDOW_PANELS, SyntheticConfig
 from reid.data.synthetic.panels import _make_scene, _Placed, _render_panel
@@ -40,6 +41,12 @@ def _generate_series(task: _SeriesTask) -> dict[str, Any]:
     weights = 1.0 / np.arange(1, len(cast) + 1) ** 0.7
     weights /= weights.sum()
     style = _series_style(np.random.default_rng([cfg.seed, sid, 0x57]), cfg.max_panel_size)
+    extras: list[CharacterDesign] = []
+    figures = cast
+    if cfg.style == "inked":
+        figures = inked.inked_cast(cast, cfg.seed, sid)
+        extras = inked.make_extras(cfg.seed, sid) if cfg.extras_rate > 0 else []
+        style.update(inked.inked_style(np.random.default_rng([cfg.seed, sid, 0x1C5])))
     instances: list[tuple] = []
     truth: list[dict[str, Any]] = []
     panels: list[tuple[int, int, int, int]] = []
@@ -47,20 +54,23 @@ def _generate_series(task: _SeriesTask) -> dict[str, Any]:
     for page in range(cfg.pages):
         rng = np.random.default_rng([cfg.seed, sid, page])
         scene = _make_scene(rng, cast, weights)
+        if cfg.style == "inked":
+            scene = dataclasses.replace(scene, colors=inked.inked_scene_colors(rng), tint=(1.0, 1.0, 1.0))
         n_panels = int(rng.integers(WINDOW_PANELS, cfg.panels_per_page + 1))
         page_chars: list[list[_Placed]] = []
         for panel in range(n_panels):
-            img, placed = _render_panel(rng, cfg, cast, weights, scene, style)
+            img, placed = _render_panel(rng, cfg, figures, weights, scene, style, extras)
             buffer = BytesIO()
             img.save(buffer, "JPEG", quality=cfg.jpeg_quality)
             pid = PanelId(sid, page, panel)
             io.write_bytes_atomic(io.join(task.out_dir, panel_image_relpath(pid)), buffer.getvalue())
             panels.append((page, panel, img.size[0], img.size[1]))
-            _panel_rows(rng, pid, placed, cast, task.page_splits[page], instances, truth)
+            _panel_rows(rng, pid, placed, figures + extras, task.page_splits[page], instances, truth)
             page_chars.append(placed)
-        windows.extend(_page_windows(sid, page, page_chars, cast, task.page_splits[page], cfg.window_stride))
+        windows.extend(_page_windows(sid, page, page_chars, figures + extras, task.page_splits[page],
+                                     cfg.window_stride))
     return {"series_id": sid, "instances": instances, "truth": truth, "panels": panels, "windows": windows,
-            "cast": [dataclasses.asdict(c) for c in cast]}
+            "cast": [dataclasses.asdict(c) for c in figures]}
 
 
 def _panel_rows(rng: np.random.Generator, pid: PanelId, placed: list[_Placed], cast: list[CharacterDesign],
@@ -103,6 +113,8 @@ def _page_windows(sid: int, page: int, page_chars: list[list[_Placed]], cast: li
                 if not entry:
                     continue
                 identity = cast[p.member].identity
+                if not identity:  # an unnamed extra: in the instance CSV, never in a sequence
+                    continue
                 by_identity.setdefault(identity, []).append(entry)
                 if "face" in entry or "body" in entry:
                     visual.add(identity)
