@@ -42,12 +42,15 @@ def assign_window(
     linkage: str = "average",
     panels: Any | None = None,
     instances: Any | None = None,
+    cannot_link: Any | None = None,
+    must_link: Any | None = None,
 ) -> np.ndarray:
     """Cluster one window's embeddings (N, D) into identities: (N,) int64 labels 0..K-1.
 
     With ``panels`` (N,) the clustering is constrained: two rows of one panel never share an identity (two
     character instances of one panel are two characters; see :func:`panel_conflicts`, ``instances`` (N,)
-    lets the same instance appear twice). Without, it is plain agglomerative clustering.
+    lets the same instance appear twice). Without, it is plain agglomerative clustering. ``cannot_link`` and
+    ``must_link`` (N, N) bool add a reviewer's constraints (:func:`constrained_agglomerative`); None adds none.
 
     Rows are L2-normalised first; clusters merge while their linkage distance is below ``threshold`` (strictly,
     as scikit-learn's ``AgglomerativeClustering(distance_threshold=...)``, which the tests compare against).
@@ -63,11 +66,14 @@ def assign_window(
     points = _unit_rows(embeddings)
     if len(points) < 2:
         return np.zeros(len(points), dtype=np.int64)
-    if panels is not None:
-        if len(np.asarray(panels).reshape(-1)) != len(points):
+    if panels is not None or cannot_link is not None or must_link is not None:
+        if panels is not None and len(np.asarray(panels).reshape(-1)) != len(points):
             raise ValueError(f"panels must have {len(points)} rows")
+        blocked = panel_conflicts(panels, instances) if panels is not None else np.zeros((len(points),) * 2, bool)
+        if cannot_link is not None:
+            blocked = blocked | np.asarray(cannot_link, bool)
         return constrained_agglomerative(squareform(pdist(points, metric=metric)), threshold, linkage,
-                                         panel_conflicts(panels, instances))
+                                         blocked, must_link)
     tree = hierarchy(pdist(points, metric=metric), method=linkage)
     # fcluster keeps merges at distance <= t: the largest float below the threshold makes it "< threshold"
     return _first_seen_order(fcluster(tree, t=np.nextafter(threshold, -np.inf), criterion="distance"))
@@ -124,7 +130,8 @@ def link_windows(
 
 
 def constrained_agglomerative(
-    distances: np.ndarray, threshold: float, linkage: str = "average", cannot_link: np.ndarray | None = None
+    distances: np.ndarray, threshold: float, linkage: str = "average", cannot_link: np.ndarray | None = None,
+    must_link: np.ndarray | None = None,
 ) -> np.ndarray:
     """Agglomerative clustering of a square distance matrix with cannot-link constraints: (N,) labels.
 
@@ -135,6 +142,11 @@ def constrained_agglomerative(
     Without constraints this is scipy's agglomerative clustering cut at the threshold (tests compare).
     Labels are numbered in order of each cluster's first row. O(N^2) memory, O(N^3) time in the worst case:
     fine for a window (tens of rows) and a series' window clusters (hundreds to a few thousand).
+
+    must_link (N, N) bool, True where a person said two rows are one character (review corrections): those
+    pairs merge first, whatever their distance, with the same linkage updates, unless a cannot-link between
+    their clusters forbids it (cannot-link wins: two instances of one panel are never one character). None
+    (the default) adds nothing.
     """
     if linkage not in LINKAGES:
         raise ValueError(f"linkage={linkage!r}: expected one of {LINKAGES}")
@@ -154,11 +166,20 @@ def constrained_agglomerative(
     masked = d.copy()
     masked[blocked] = np.inf
     np.fill_diagonal(masked, np.inf)
+    if must_link is not None and np.shape(must_link) != (n, n):
+        raise ValueError(f"must_link must be ({n}, {n}), got {np.shape(must_link)}")
+    forced = list(zip(*np.nonzero(np.triu(np.asarray(must_link, bool), 1)), strict=True)) \
+        if must_link is not None else []
     while True:
-        flat = int(np.argmin(masked))
-        a, b = divmod(flat, n)
-        if not masked[a, b] < threshold:
-            break
+        if forced:  # must-links first: the pair's current clusters, when they are apart and allowed to meet
+            a, b = (int(parent[i]) for i in forced.pop(0))
+            if a == b or blocked[a, b]:
+                continue
+        else:
+            flat = int(np.argmin(masked))
+            a, b = divmod(flat, n)
+            if not masked[a, b] < threshold:
+                break
         a, b = min(a, b), max(a, b)
         if linkage == "average":
             merged = (sizes[a] * d[a] + sizes[b] * d[b]) / (sizes[a] + sizes[b])

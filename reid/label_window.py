@@ -35,19 +35,22 @@ def _pil(image: ImageLike) -> Image.Image:
 
 
 def cluster_window(embeddings: np.ndarray, threshold: float = 0.82, metric: str = "euclidean",
-                   linkage: str = "average", panels: Sequence[str] | None = None
+                   linkage: str = "average", panels: Sequence[str] | None = None,
+                   cannot_link: np.ndarray | None = None, must_link: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One window's embeddings (N, D) → identities (N,) int64 0..K-1, centres (K, D), distances (N,).
 
     ``panels`` (N,), the panel of each character instance: two instances of one panel never share an
     identity (cannot-link, :func:`reid.assign.assign_window`). None clusters without constraints.
+    ``cannot_link`` / ``must_link`` (N, N) bool: a reviewer's corrections (:mod:`reid.corrections`).
 
     A centre is the mean of its members' unit embeddings, re-normalised (as :func:`reid.assign.link_windows`
     computes it); a distance is the Euclidean distance of a member's unit embedding to its centre.
     """
     points = np.asarray(embeddings, np.float64)
     points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    labels = assign_window(points, threshold, metric, linkage, panels=panels)
+    labels = assign_window(points, threshold, metric, linkage, panels=panels, cannot_link=cannot_link,
+                           must_link=must_link)
     k = int(labels.max()) + 1 if len(labels) else 0
     centres = np.zeros((k, points.shape[1]))
     np.add.at(centres, labels, points)
