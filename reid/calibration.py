@@ -160,7 +160,8 @@ def loosest_within_one_se(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
                      series: Any, window_threshold: float, thresholds: Any, linkage: str = "average",
-                     metric: str = "euclidean") -> list[dict[str, Any]]:
+                     metric: str = "euclidean", link_distance: str = "centroid", link_constraint: str = "hard"
+                     ) -> list[dict[str, Any]]:
     """Scores of series linking at each threshold, on the labelled windows of each series pooled together.
 
     Each labelled window (group) is cut into a first and a second half (two half-windows, each clustered at
@@ -191,7 +192,8 @@ def link_grid_scores(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndar
     out = []
     for threshold in thresholds:
         linked = link_windows(points[used], np.asarray(half_labels), np.asarray(half_ids), series[used],
-                              float(threshold), metric, linkage, members=members)
+                              float(threshold), metric, linkage, members=members, distance=link_distance,
+                              constraint=link_constraint)
         counts = pair_counts(linked, np.asarray(labels)[used], np.asarray(groups)[used])
         out.append({"linkage": linkage, "threshold": round(float(threshold), 6), **pair_scores(counts),
                     "counts": counts, "clusters": int(len(np.unique(linked)))})
@@ -258,7 +260,8 @@ def link_threshold_rule(pairs_threshold: float, window_threshold: float,
 
 def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any, series: Any = None,
               linkage: str = "average", metric: str = "euclidean", objective: str = "AMI",
-              thresholds: Any = DEFAULT_GRID) -> dict[str, Any]:
+              thresholds: Any = DEFAULT_GRID, link_distance: str = "centroid", link_constraint: str = "hard"
+              ) -> dict[str, Any]:
     """Window and linking thresholds for labelled windows: {"threshold", "link_threshold", "linkage", "metric",
     "objective", "window_<score>", "link_<score>", "windows", "instances"} (plain floats and strings).
 
@@ -268,7 +271,7 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, pa
     window = choose_threshold(window_rows, objective)
     series = np.asarray(groups) if series is None else np.asarray(series)
     link_rows = link_grid_scores(embeddings, labels, groups, panels, series, window["threshold"], thresholds,
-                                 linkage, metric)
+                                 linkage, metric, link_distance, link_constraint)
     # The labelled pairs say nothing about linking across sequences (their relation is unknown), so thresholds
     # within the noise of the best tie on them: take the loosest of those, the most linking the labelled pairs
     # allow (the middle of an exact tie split the demo's 6 characters into 21 identities per series; the loosest
@@ -280,7 +283,8 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, pa
                               "link_rule": link_rule, "link_pairs_threshold": float(link["threshold"]),
                               "link_ceiling": ceiling,
                               "linkage": linkage, "metric": metric, "objective": objective,
-                              "link_objective": "pair_f1", "windows": len(np.unique(groups)),
+                              "link_objective": "pair_f1", "link_distance": link_distance,
+                              "link_constraint": link_constraint, "windows": len(np.unique(groups)),
                               "instances": len(labels)}
     result.update({f"window_{k}": float(window[k]) for k in SCORES})
     result.update({f"link_{k}": float(link[k]) for k in ("pair_precision", "pair_recall", "pair_f1", "pair_f1_best",

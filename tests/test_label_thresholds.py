@@ -28,7 +28,17 @@ def test_thresholds_come_from_the_checkpoint_then_flags_then_the_paper(calibrate
     _, _, extra = load_reid_model(cfg, with_extra=True)
     resolved, sources = resolve_thresholds(cfg, extra)
     assert (resolved.threshold, resolved.link_threshold) == (0.61, 1.05)
-    assert all("checkpoint calibration" in s and "fine-tuning run t" in s for s in sources.values())
+    assert all("checkpoint calibration" in sources[k] and "fine-tuning run t" in sources[k]
+               for k in ("threshold", "link_threshold"))
+    # a checkpoint calibrated before linking had options links as linking always did
+    assert (resolved.link_distance, resolved.link_constraint) == ("centroid", "hard")
+    assert "default" in sources["link_distance"]
+    linked = {**extra, "calibration": {**extra["calibration"], "link_distance": "members", "link_constraint": "soft"}}
+    resolved, sources = resolve_thresholds(cfg, linked)
+    assert (resolved.link_distance, resolved.link_constraint) == ("members", "soft")
+    assert sources["link_distance"] == "checkpoint calibration"
+    resolved, sources = resolve_thresholds(LabelConfig(model=str(calibrated_model), link_distance="rerank"), linked)
+    assert resolved.link_distance == "rerank" and sources["link_distance"] == "flag"
     resolved, sources = resolve_thresholds(LabelConfig(model=str(calibrated_model), threshold=0.9), extra)
     assert (resolved.threshold, resolved.link_threshold) == (0.9, 1.05) and sources["threshold"] == "flag"
     resolved, sources = resolve_thresholds(LabelConfig(model=str(calibrated_model)), {})

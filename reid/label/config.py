@@ -19,7 +19,9 @@ from reid.contracts.crops import (
 from reid.data import formats
 from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.images import DEFAULT_MAX_PIXELS
+from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
 from reid.models.backbone import REID_FIELDS
+from reid.raycluster import UNIT_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,12 @@ class LabelConfig:
     link_threshold: float | None = field(default=None, metadata={"help": "threshold linking window identities "
                                                                          "across a series (default: the model's "
                                                                          "calibrated value, else 0.82)"})
+    link_distance: str | None = field(default=None, metadata={
+        "help": "distance between window identities when linking: centroid | members | rerank (default: the "
+                "model's calibrated choice, else centroid; reid/linking.py)"})
+    link_constraint: str | None = field(default=None, metadata={
+        "help": "cannot-link between window identities when linking: hard | soft (default: the model's "
+                "calibrated choice, else hard)"})
     arch: str | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     face_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     body_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
@@ -72,6 +80,10 @@ class LabelConfig:
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "decode limit of a crop"})
     save_embeddings: bool = field(default=False, metadata={"help": "keep every instance's embedding "
                                                                    "(always on with --sequences)"})
+    corrections: str = field(default="", metadata={"help": "review log of jobs/review.py (LABELS/review.db): "
+                                                          "keep its merges and confirmed pairs (must-link), splits "
+                                                          "and 'not the same' answers (cannot-link), names and "
+                                                          "reviewed identity ids; --out must be another folder"})
     report_windows: int = field(default=8, metadata={"help": "windows drawn in the report (0: no report)"})
     report_series: int = field(default=4, metadata={"help": "series with an identity gallery"})
     report_members: int = field(default=8, metadata={"help": "crops per identity in a gallery"})
@@ -83,6 +95,9 @@ class LabelConfig:
     name: str = field(default="label", metadata={"help": "run name; the MLflow run key"})
     strict: bool = config.strict_field("a bad entry of --sequences")
     max_bad_row_fraction: float = config.max_bad_fraction_field("--sequences")
+    unit_retries: int = field(default=UNIT_RETRIES, metadata={"help": "re-runs of a work unit whose process died "
+                                                                   "(out of memory, node lost) before the job "
+                                                                   "stops and names its shards"})
     fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
                                                                 "(os._exit) after this many window shards; "
                                                                 "actors pause 1 s before each commit"})
@@ -96,17 +111,21 @@ class LabelConfig:
                      "threshold and link_threshold must be > 0")
         config.check(self.metric in METRICS, f"metric must be one of {METRICS}, got {self.metric!r}")
         config.check(self.linkage in LINKAGES, f"linkage must be one of {LINKAGES}, got {self.linkage!r}")
+        config.check(self.link_distance in (None, *LINK_DISTANCES),
+                     f"link_distance must be one of {LINK_DISTANCES}, got {self.link_distance!r}")
+        config.check(self.link_constraint in (None, *LINK_CONSTRAINTS),
+                     f"link_constraint must be one of {LINK_CONSTRAINTS}, got {self.link_constraint!r}")
         config.check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         config.check(self.num_cpus_per_actor > 0 and self.num_cpus_per_task > 0, "CPUs per actor/task must be > 0")
         config.check(self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, "num_gpus_per_actor >= 0")
         config.check(self.max_actors >= 0, "max_actors must be >= 0")
         config.check(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
-        for name in ("report_windows", "report_series", "report_members", "fail_after_shards"):
+        for name in ("report_windows", "report_series", "report_members", "fail_after_shards", "unit_retries"):
             config.check(getattr(self, name) >= 0, f"{name} must be >= 0")
 
     @property
     def keep_embeddings(self) -> bool:
-        return self.save_embeddings or bool(self.sequences)
+        return self.save_embeddings or bool(self.sequences) or self.link_distance == "members"
 
 
 def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None, with_extra: bool = False):
@@ -147,6 +166,13 @@ def resolve_thresholds(cfg: LabelConfig, extra: dict[str, Any]) -> tuple[LabelCo
         else:
             values[name], sources[name] = PAPER_THRESHOLD, "default (the paper's value; the checkpoint has no " \
                                                            "calibration)"
+    for name, default in (("link_distance", "centroid"), ("link_constraint", "hard")):
+        if getattr(cfg, name) is not None:
+            values[name], sources[name] = getattr(cfg, name), "flag"
+        elif name in calibration:
+            values[name], sources[name] = str(calibration[name]), "checkpoint calibration"
+        else:
+            values[name], sources[name] = default, "default (how linking worked before it was calibrated)"
     return config.replace(cfg, **values), sources
 
 
@@ -203,5 +229,7 @@ def job_identity(cfg: LabelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
     """What must not change between a killed run and its re-run (else the outputs would mix)."""
     keys = ("crops", "sequences", "window_size", "threshold", "metric", "linkage", "link_threshold",
             "max_image_pixels")
+    linking = {k: getattr(cfg, k) for k in ("link_distance", "link_constraint")
+               if getattr(cfg, k) not in (None, "centroid", "hard")}  # an older run's identity stays as it was
     return {**{k: getattr(cfg, k) for k in keys}, "stride": None if cfg.sequences else cfg.stride,
-            "model_sha256": inputs["model_sha256"]}
+            "model_sha256": inputs["model_sha256"], **linking, **({"corrections": cfg.corrections} if cfg.corrections else {})}

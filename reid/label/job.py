@@ -20,6 +20,7 @@ from reid.contracts.labels import (
 )
 from reid.contracts.manifest import error_table
 from reid.label.config import LabelConfig, check_inputs, job_identity, resolve_model, resolve_thresholds
+from reid.label.corrected import prepare_corrections, record_applied, run_corrected_series_pass
 from reid.label.evaluate import evaluate
 from reid.label.plan import plan_items
 from reid.label.series import check_cannot_link, run_series_pass
@@ -45,7 +46,9 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     cfg, threshold_sources = resolve_thresholds(cfg, inputs["model_extra"])
     log.info("label: window threshold %.3g (%s), link threshold %.3g (%s)", cfg.threshold,
              threshold_sources["threshold"], cfg.link_threshold, threshold_sources["link_threshold"])
-    identity = job_identity(cfg, inputs)
+    corrections = prepare_corrections(cfg) if cfg.corrections else None  # before anything is written
+    identity = job_identity(cfg, inputs)  # its model by sha256; its sequences by contents, not path, too:
+    identity.update({"sequences_fingerprint": io.fingerprint(cfg.sequences)} if cfg.sequences else {})
     windows_out, final = windows_output(cfg.out), labels_output(cfg.out)
     windows_out.bind_job(identity)
     final.bind_job(identity)
@@ -73,7 +76,10 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     expected = json.loads(io.read_text(io.join(cfg.crops, "_SUCCESS")))["input_rows"] if one_window_per_box \
         else None
     windows_out.finalize(shards, expected_input_rows=expected)
-    run_series_pass(cfg, shards)
+    if corrections is not None:
+        run_corrected_series_pass(cfg, shards, corrections)
+    else:
+        run_series_pass(cfg, shards)
     checked = check_cannot_link(cfg.out, shards)  # before _SUCCESS: an output that breaks it is never complete
     elapsed = time.time() - start
     totals = final.finalize(shards, expected_input_rows=expected,
@@ -84,10 +90,13 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
                else 0.0, "steady_instances_per_s": counts.get("steady_instances_per_s", 0.0),
                "first_result_seconds": counts.get("first_result_seconds", 0.0), "bad_sequences": len(bad),
                **checked}
+    if corrections is not None:
+        metrics.update(record_applied(cfg, corrections))
     scores, per_series = evaluate(cfg, inputs["sequences"])
     metrics.update(scores)
     metrics.update(model_source)  # which registered model version was used, when --model was an MLflow URI
-    metrics.update(threshold=cfg.threshold, link_threshold=cfg.link_threshold,
+    metrics.update(threshold=cfg.threshold, link_threshold=cfg.link_threshold, link_distance=cfg.link_distance,
+                   link_constraint=cfg.link_constraint,
                    **{f"{k}_source": v for k, v in threshold_sources.items()})
     plot = None
     if per_series is not None:

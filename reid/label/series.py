@@ -18,6 +18,7 @@ from reid.contracts.labels import (
     iter_labels,
     labels_output,
     read_centroids,
+    read_embeddings,
     windows_output,
 )
 from reid.contracts.manifest import ShardSummary, summaries_batch
@@ -38,9 +39,30 @@ def link_series(cfg: LabelConfig, shards: list[str]) -> dict[tuple[str, int], in
     series = np.asarray(centroids["series_id"].to_pylist(), np.int64)
     members = [dict(zip(panels, keys, strict=True)) for panels, keys in
                zip(centroids["member_panels"].to_pylist(), centroids["member_keys"].to_pylist(), strict=True)]
+    if cfg.link_distance == "members":  # one row per member crop: linking compares crops, not centres
+        points, labels, window_ids, series, members = _member_rows(cfg, shards, centroids)
     linked = link_windows(points, labels, window_ids, series, cfg.link_threshold, cfg.metric, cfg.linkage,
-                          members=members)
+                          members=members, distance=cfg.link_distance or "centroid",
+                          constraint=cfg.link_constraint or "hard")
     return {(w, int(k)): int(s) for w, k, s in zip(window_ids, labels, linked, strict=True)}
+
+
+def _member_rows(cfg: LabelConfig, shards: list[str], centroids: pa.Table):
+    """(points, window labels, window ids, series, members) with one row per member of each window identity,
+    from pass 1's stored embeddings (``--link-distance members`` keeps them)."""
+    embeddings: dict[str, np.ndarray] = {}
+    for shard in shards:
+        embeddings.update(read_embeddings(cfg.out, shard))
+    points, labels, window_ids, series, members = [], [], [], [], []
+    for row in centroids.to_pylist():
+        for key, panel in zip(row["member_keys"], row["member_panels"], strict=True):
+            points.append(embeddings[key])
+            labels.append(row["identity"])
+            window_ids.append(row["window_id"])
+            series.append(row["series_id"])
+            members.append({panel: key})
+    return (np.asarray(points, np.float64), np.asarray(labels, np.int64), np.asarray(window_ids, object),
+            np.asarray(series, np.int64), members)
 
 
 def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:

@@ -19,6 +19,7 @@ from reid import config, console, faults, io
 from reid.data import formats
 from reid.embedding import collate_sequences, embed_batches, normalize_uint8
 from reid.errors import CheckpointError, ConfigError
+from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
 from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
 from reid.models.backbone import REID_FIELDS
 from reid.train import common
@@ -64,6 +65,11 @@ class FinetuneConfig:
                                                           "validation MAP@R, the paper; noisy when the validation "
                                                           "split is small)"})
     val_every: int = field(default=1, metadata={"help": "validate every N epochs (and after the last)"})
+    link_distance: str = field(default="centroid", metadata={
+        "help": "series linking's distance between window identities, calibrated and stored with the model: "
+                "centroid | members | rerank (reid/linking.py)"})
+    link_constraint: str = field(default="hard", metadata={
+        "help": "series linking's cannot-link, calibrated and stored with the model: hard | soft"})
     workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP processes)"})
     gpu: bool = False
     cpus_per_worker: float = field(default=1.0, metadata={"help": "Ray CPUs per train worker"})
@@ -97,6 +103,10 @@ class FinetuneConfig:
         config.check(self.select in ("last", "best"), f"select must be last or best, got {self.select!r}")
         config.check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
         config.check(self.select == "last" or self.val_every == 1, "select=best needs val_every=1")
+        config.check(self.link_distance in LINK_DISTANCES,
+                     f"link_distance must be one of {LINK_DISTANCES}, got {self.link_distance!r}")
+        config.check(self.link_constraint in LINK_CONSTRAINTS,
+                     f"link_constraint must be one of {LINK_CONSTRAINTS}, got {self.link_constraint!r}")
 
 
 def build_model(cfg: FinetuneConfig) -> ReIDNet:
@@ -302,7 +312,7 @@ def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dic
         raise ConfigError(f"{cfg.sequences}: the validation split has {len(values['labels'])} embedded "
                           "instance(s); at least 2 are needed to calibrate the assigner")
     record = calibrate(values["embeddings"], values["labels"], values["sequences"], values["panels"],
-                       values["series"])
+                       values["series"], link_distance=cfg.link_distance, link_constraint=cfg.link_constraint)
     record["source"] = f"validation sequences of fine-tuning run {cfg.name} ({cfg.sequences})"
     return record, values
 
