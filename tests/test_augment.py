@@ -93,3 +93,17 @@ def test_bad_kind_and_size() -> None:
         eval_transform(32, "hand")
     with pytest.raises(ValueError, match="size"):
         ResizePadSquare(0)
+
+
+def test_the_corpus_saturation_chooses_the_colour_augmentations():
+    from reid.data.augment import COLOUR_SATURATION, colour_augmentation, mean_saturation
+
+    grey = [Image.new("L", (8, 8), 128), Image.new("RGB", (8, 8), (90, 90, 90))]
+    red, sepia = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (250, 245, 235))
+    assert mean_saturation(grey) == 0.0 and mean_saturation([red]) == pytest.approx(1.0)
+    assert mean_saturation([red, Image.new("RGB", (8, 8), (0, 0, 0))]) == pytest.approx(0.5)
+    assert mean_saturation([sepia]) < COLOUR_SATURATION  # a scan's faint paper tint is still black-and-white
+    ink = colour_augmentation(mean_saturation(grey + [sepia]))
+    assert ink["corpus_colour"] == "black-and-white" and (ink["hue"], ink["grayscale"]) == (0.1, 0.2)
+    colour = colour_augmentation(mean_saturation([red]))
+    assert colour["corpus_colour"] == "colour" and (colour["hue"], colour["grayscale"]) == (0.0, 0.0)

@@ -93,6 +93,10 @@ def test_pretrain_ddp_runs_and_logs(pretrained, pretrain_cfg, mlflow_uri):
         assert "steady_samples_per_s" not in result.metrics
     model, cfg, extra = load_model_checkpoint(model_path, expected_kind="ssl")
     assert cfg.arch == "resnet18" and extra["epoch"] == 3
+    # the tiny corpus is coloured: its colours were kept, and the checkpoint says why
+    assert extra["augmentation"]["corpus_colour"] == "colour" and extra["augmentation"]["mean_saturation"] > 0.2
+    assert (extra["augmentation"]["hue"], extra["augmentation"]["grayscale"]) == (0.0, 0.0)
+    assert extra["augmentation"]["source"] == "measured corpus"
     torch.manual_seed(pretrain_cfg.seed)  # rank 0's initial weights, which DDP broadcasts to rank 1
     initial = SSLNet(pretrain_cfg.model_config()).state_dict()
     trained = model.state_dict()
@@ -205,7 +209,9 @@ def test_the_paper_recipe_loads_and_runs(pretrained, pretrain_cfg, tiny_corpus, 
     from reid.pipeline import REPO
 
     pre = parse_config(PretrainConfig, ["--config", str(REPO / "jobs/configs/paper_pretrain.yaml")])
-    assert (pre.hue, pre.grayscale) == (0.1, 0.2) and (PretrainConfig().hue, PretrainConfig().grayscale) == (0, 0)
+    # the product leaves them to the corpus (reid.data.augment.colour_augmentation); the paper fixes them
+    assert (pre.hue, pre.grayscale) == (0.1, 0.2) and (PretrainConfig().hue, PretrainConfig().grayscale) == (None,
+                                                                                                          None)
     _, ssl_model = pretrained
     cfg = parse_config(FinetuneConfig, [
         "--config", str(REPO / "jobs/configs/paper_finetune.yaml"), "--crops", pretrain_cfg.crops,

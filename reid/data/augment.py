@@ -71,6 +71,32 @@ def _tail() -> list[v2.Transform]:
 
 PAPER_HUE = 0.1
 PAPER_GRAYSCALE = 0.2
+COLOUR_SATURATION = 0.08  # mean HSV saturation (0..1) of a crop sample above which a corpus counts as coloured
+
+
+def mean_saturation(images: Any) -> float:
+    """Mean HSV saturation (0..1) over every pixel of ``images`` (PIL images; grayscale ones count as 0)."""
+    import numpy as np
+
+    total, pixels = 0.0, 0
+    for image in images:
+        saturation = np.asarray(image.convert("HSV"), np.float64)[..., 1] if image.mode != "L" else np.zeros(1)
+        total += float(saturation.sum()) / 255.0
+        pixels += saturation.size
+    return total / pixels if pixels else 0.0
+
+
+def colour_augmentation(saturation: float) -> dict[str, Any]:
+    """The strong views' colour augmentations chosen from a corpus's measured ``saturation``.
+
+    A coloured corpus keeps its colours (hue jitter 0, no grayscale): costume and hair colours carry identity
+    there, and removing them cost precision (docs/RESULTS.md). A black-and-white one (saturation below
+    :data:`COLOUR_SATURATION`: ink, screentone, a faint paper tint) gets SimCLR's (the paper's): they cost
+    nothing where there is no colour, and take a scan's tint out of the views.
+    """
+    coloured = saturation >= COLOUR_SATURATION
+    return {"corpus_colour": "colour" if coloured else "black-and-white", "mean_saturation": round(saturation, 4),
+            "hue": 0.0 if coloured else PAPER_HUE, "grayscale": 0.0 if coloured else PAPER_GRAYSCALE}
 
 
 def ssl_strong(size: int, kind: str = "face", hue: float = PAPER_HUE, grayscale: float = PAPER_GRAYSCALE

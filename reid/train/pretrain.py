@@ -53,10 +53,12 @@ class PretrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_epochs: int = field(default=0, metadata={"help": "linear warm-up, epochs"})
     temperature: float = field(default=0.07, metadata={"help": "NT-Xent temperature"})
-    hue: float = field(default=0.0, metadata={"help": "hue jitter of the strong views (the paper: 0.1; colour "
-                                                      "carries identity in comics)"})
-    grayscale: float = field(default=0.0, metadata={"help": "probability of a grayscale strong view (the "
-                                                            "paper: 0.2)"})
+    hue: float | None = field(default=None, metadata={
+        "help": "hue jitter of the strong views (the paper: 0.1); default: chosen from the corpus's measured "
+                "saturation (0 on a coloured corpus, where colour carries identity; 0.1 on a black-and-white one)"})
+    grayscale: float | None = field(default=None, metadata={
+        "help": "probability of a grayscale strong view (the paper: 0.2); default: chosen from the corpus as "
+                "--hue is (0 or 0.2)"})
     face_weight: float = 1.0
     body_weight: float = 1.0
     identity_weight: float = field(default=1.0, metadata={"help": "weight of the face<->body term (0 = off)"})
@@ -87,7 +89,7 @@ class PretrainConfig:
                      f"batch_size {self.batch_size} too small for {self.workers} workers")
         config.check(self.lr > 0 and self.temperature > 0, "lr and temperature must be > 0")
         config.check(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
-        config.check(0 <= self.hue <= 0.5 and 0 <= self.grayscale <= 1,
+        config.check((self.hue is None or 0 <= self.hue <= 0.5) and (self.grayscale is None or 0 <= self.grayscale <= 1),
                      f"need 0 <= hue <= 0.5 and 0 <= grayscale <= 1, got {self.hue}, {self.grayscale}")
         config.check(self.gpu or not self.sync_bn, "sync_bn needs --gpu: torch's SyncBatchNorm runs on CUDA only")
         config.check(self.use_faces or self.use_bodies, "use_faces and use_bodies cannot both be off")
@@ -285,7 +287,11 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     if train_instances < cfg.batch_size:
         raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "
                           f"({cfg.batch_size}); lower --batch-size")
+    cfg, augmentation = choose_colour_augmentation(cfg)
     console.open_log()
+    log.info("pretrain: %s corpus (mean saturation %.3f of a crop sample): hue jitter %.2g, grayscale %.2g (%s)",
+             augmentation["corpus_colour"], augmentation["mean_saturation"], cfg.hue, cfg.grayscale,
+             augmentation["source"])
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
@@ -302,11 +308,52 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
     result = fit(trainer, common.run_dir(cfg.storage, cfg.name), "pretrain")
     model_path = common.publish_model(result.checkpoint.path, cfg.storage, cfg.name)
-    log_to_mlflow(cfg, model_path, parent_run_id)
+    _record_augmentation(model_path, augmentation)
+    log_to_mlflow(cfg, model_path, parent_run_id, augmentation)
     return result, model_path
 
 
-def log_to_mlflow(cfg: PretrainConfig, model_path: str, parent_run_id: str | None) -> None:
+def sample_crops(crops: str, limit: int = 256) -> list:
+    """Up to ``limit`` decoded crops spread over the crop output's shard files (for measuring the corpus)."""
+    from reid.contracts.crops import committed_crop_files
+    from reid.embedding import decode_rgb
+
+    files = committed_crop_files(crops)
+    images: list = []
+    per_file = max(1, -(-limit // max(1, len(files))))
+    for path in files:
+        table = io.read_parquet(path, ["instance_id", "image"])
+        for instance, data in zip(table["instance_id"].to_pylist()[:per_file], table["image"].to_pylist()[:per_file],
+                                  strict=True):
+            images.append(decode_rgb(data, f"{path}#{instance}"))
+        if len(images) >= limit:
+            break
+    return images[:limit]
+
+
+def choose_colour_augmentation(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]:
+    """The config with --hue/--grayscale filled from the corpus where they were left unset, and the record of
+    that choice (:func:`reid.data.augment.colour_augmentation`; measured on a sample of the crops)."""
+    from reid.data.augment import colour_augmentation, mean_saturation
+
+    choice = colour_augmentation(mean_saturation(sample_crops(cfg.crops)))
+    explicit = {k: getattr(cfg, k) for k in ("hue", "grayscale") if getattr(cfg, k) is not None}
+    choice["source"] = "flags" if len(explicit) == 2 else "measured corpus" if not explicit else "flags and corpus"
+    values = {"hue": choice["hue"], "grayscale": choice["grayscale"], **explicit}
+    choice.update(values)
+    return config.replace(cfg, **values), choice
+
+
+def _record_augmentation(model_path: str, augmentation: dict[str, Any]) -> None:
+    """Store the colour-augmentation choice in the published SSL checkpoint's ``extra`` (same weights)."""
+    from reid.models.checkpoint import load_model_checkpoint, save_model_checkpoint
+
+    model, _, extra = load_model_checkpoint(model_path)
+    save_model_checkpoint(model, model_path, extra={**extra, "augmentation": augmentation})
+
+
+def log_to_mlflow(cfg: PretrainConfig, model_path: str, parent_run_id: str | None,
+                  augmentation: dict[str, Any] | None = None) -> None:
     """The driver's part of the run's MLflow record: the loss curves (a PNG of the logged history) and the SSL
     model (``runs:/<id>/ssl_model/model.pt``, what ``jobs/finetune.py --ssl-checkpoint`` accepts)."""
     from reid.plots import curves_png
@@ -321,6 +368,8 @@ def log_to_mlflow(cfg: PretrainConfig, model_path: str, parent_run_id: str | Non
         log.warning("pretrain: MLflow unavailable; the curves and the SSL model were not logged (model: %s)",
                     model_path)
         return
+    if augmentation:
+        tracker.log_params({f"augmentation_{k}": v for k, v in augmentation.items()})
     history = tracker.metric_history(["loss", "face", "body", "identity", "val_face_body_p1"])
     plot = io.join(os.path.dirname(model_path), "curves.png")
     io.write_bytes_atomic(plot, curves_png(
