@@ -29,7 +29,7 @@ from reid.contracts.labels import labels_output, read_quality, split_row_id, win
 from reid.data import formats
 from reid.data.ids import parse_instance_id
 from reid.errors import DataFormatError
-from reid.images import decode_image
+from reid.images import decode_image, read_image_file
 
 GOLDEN = 0.6180339887498949
 GALLERY_IDENTITIES = 12
@@ -163,9 +163,10 @@ def _panel_image(comics_root: str, panel_id: str) -> Image.Image | None:
     if not comics_root:
         return None
     path = formats.panel_image_path(comics_root, panel_id)
-    try:
-        return decode_image(io.read_bytes(path), path)
-    except (FileNotFoundError, DataFormatError):
+    try:  # the same checks as the crop job's: a directory, a device or a huge file is no panel to draw
+        return decode_image(read_image_file(path, inside=[comics_root, io.join(comics_root, "raw_panel_images")],
+                                            what="panel image"), path)
+    except DataFormatError:
         return None
 
 
