@@ -31,3 +31,8 @@ class CheckpointError(ReidError):
 
 class NonFiniteLossError(ReidError, FloatingPointError):
     """Training produced a NaN/inf loss; not retried."""
+
+
+class WorkUnitLostError(ReidError):
+    """A work unit's process died every time it ran (killed for memory, its node lost) and its retries are used
+    up: the job stops with the units that were not committed named, instead of re-running them for ever."""

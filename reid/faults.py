@@ -6,6 +6,8 @@ Named points:
   :data:`PAUSE_S` before committing, because Ray Data otherwise finishes a tiny job before the driver's exit lands.
 - :func:`driver_exit_after` (crop and label drivers): the driver process dies (``os._exit(3)``) once it has seen
   ``limit`` committed units, leaving the rest uncommitted, as a killed job would.
+- :func:`worker_dies_on` (crop and label work units): the process working on one named shard dies on every
+  attempt, as one killed for memory would (``--fail-shard``).
 - :func:`worker_exit_once` (training loops): Ray Train worker rank 0 dies once, mid-epoch ``fault_epoch`` (a
   marker file makes it happen once per run, so the restarted worker group gets past it).
 """
@@ -34,6 +36,14 @@ def driver_exit_after(done: int, limit: int, what: str = "shards") -> None:
     if limit and done >= limit:
         log.error("fault injection: driver exits after %d %s", done, what)
         os._exit(3)
+
+
+def worker_dies_on(shard: str, fail_shard: str) -> None:
+    """Kill this worker process whenever it works on ``fail_shard`` (as the kernel's or Ray's OOM killer would
+    kill a unit too large for its memory, on every attempt)."""
+    if fail_shard and shard == fail_shard:
+        log.error("fault injection: the worker on shard %s dies", shard)
+        os._exit(137)
 
 
 def registered_checkpoint_epochs(run_folder: str) -> set[int]:

@@ -17,6 +17,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How often a work unit (a Ray task or actor call) whose process died is run again before the job gives up on it.
+# Ray Data's defaults are "for ever" (tasks max_retries=-1, actors max_restarts=-1 and max_task_retries=-1), and
+# Ray retries a process killed by its memory monitor on a separate counter, RAY_task_oom_retries, also -1
+# (for ever) by default: a unit that always runs out of memory would hang the job.
+UNIT_RETRIES = 3
+OOM_RETRIES_ENV = "RAY_task_oom_retries"
+
+
+def task_retry_args(retries: int = UNIT_RETRIES) -> dict[str, int]:
+    """``map_batches`` keyword arguments bounding the re-runs of a task-pool work unit whose process died."""
+    return {"max_retries": retries}
+
+
+def actor_retry_args(retries: int = UNIT_RETRIES) -> dict[str, int]:
+    """``map_batches`` keyword arguments bounding an actor pool's restarts and the re-runs of its calls."""
+    return {"max_restarts": retries, "max_task_retries": retries}
+
+
+def lost_worker_error(exc: BaseException) -> BaseException | None:
+    """The Ray error inside ``exc`` (its cause chain) saying that a worker process died or was killed (out of
+    memory, node lost, actor dead), or None when ``exc`` is something else (a bug, a ReidError)."""
+    import ray.exceptions as rex
+
+    lost = tuple(getattr(rex, name) for name in ("WorkerCrashedError", "OutOfMemoryError", "ActorDiedError",
+                                                 "ActorUnavailableError", "NodeDiedError", "TaskUnschedulableError")
+                 if hasattr(rex, name))
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, lost):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def work_unit_lost(exc: BaseException, stage: str, retries: int, uncommitted: list[str]) -> Exception | None:
+    """A :class:`reid.errors.WorkUnitLostError` for a Ray Data pass that stopped because a unit's process died
+    more than ``retries`` times (None when ``exc`` is another failure, to be raised as it is). It names the
+    shards left uncommitted; committed ones stay, so the same command resumes."""
+    from reid.errors import WorkUnitLostError
+
+    cause = lost_worker_error(exc)
+    if cause is None:
+        return None
+    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+    return WorkUnitLostError(
+        f"{stage}: a work unit's process died {retries + 1} times (killed for memory, or its node lost: "
+        f"{type(cause).__name__}: {first_line}); {len(uncommitted)} shard(s) not committed, e.g. "
+        f"{sorted(uncommitted)[:5]}. The committed shards are kept: give the workers more memory (or fewer "
+        f"shards per task) and run the same command again, or raise --unit-retries")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data: bool = True) -> None:
     """Connect to ``address`` / ``$RAY_ADDRESS`` (e.g. inside ``ray job submit``), else start a local Ray.
 
@@ -30,6 +82,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
     from reid import console
 
     console.quiet_libraries()  # Ray's own console handlers: its lines go to the job's log file
+    # read by this driver (the owner of its tasks, which counts their retries) and by a Ray it starts; a value
+    # set by the user wins. A cluster started elsewhere needs it in its nodes' environment (reid.localcluster).
+    os.environ.setdefault(OOM_RETRIES_ENV, str(UNIT_RETRIES))
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         # the workers' output reaches this console only with --verbose; else it stays in Ray's session logs
@@ -41,7 +96,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
             os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
             try:
                 ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
-                         _node_ip_address="127.0.0.1", log_to_driver=console.verbose())
+                         _node_ip_address="127.0.0.1", log_to_driver=console.verbose(),
+                         _system_config={"task_oom_retries": int(os.environ[OOM_RETRIES_ENV])})
             finally:
                 del os.environ["RAY_GCS_SERVER_PORT"]  # only for this start; `ray start` elsewhere must not see it
         resources = ray.cluster_resources()

@@ -7,6 +7,7 @@ import math
 import pickle
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from reid.errors import DataFormatError
 from reid.images import decode_image
 from reid.label.config import LabelConfig, load_reid_model
 from reid.label.plan import ShardInput, read_shard_input
+from reid.raycluster import actor_retry_args, task_retry_args, work_unit_lost
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,17 @@ def decoding_fused(cfg: LabelConfig, gpus_per_actor: float) -> bool:
     return not gpus_per_actor and cfg.num_cpus_per_task == cfg.num_cpus_per_actor
 
 
+def unit_retry_args(cfg: LabelConfig, gpus_per_actor: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Ray remote arguments of (the decoding map, the embedding actors) bounding the re-runs of a unit whose process
+    died to ``--unit-retries`` (Ray Data's default: for ever). Not when the decoding is fused into the actors (the
+    CPU default): Ray Data fuses two maps only when their arguments are equal, and no retry argument is valid for
+    both a task and an actor (Ray 2.60), so that pass keeps Ray Data's actor restarts; a process killed by Ray's
+    memory monitor is still re-run at most RAY_task_oom_retries times (:func:`reid.raycluster.init_ray`)."""
+    if decoding_fused(cfg, gpus_per_actor):
+        return {}, {}
+    return task_retry_args(cfg.unit_retries), actor_retry_args(cfg.unit_retries)
+
+
 def pool_size(cfg: LabelConfig, gpus_per_actor: float, items: int, resources: dict[str, float]) -> int:
     """Embedding actors for a cluster with ``resources`` (``ray.cluster_resources()``): ``max_actors``, else one
     per ``gpus_per_actor`` GPUs, else as many CPU actors as fit, less one decoding task's CPUs when the
@@ -236,6 +249,20 @@ def pool_size(cfg: LabelConfig, gpus_per_actor: float, items: int, resources: di
         return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
     cpus = resources.get("CPU", 1) - (0 if decoding_fused(cfg, gpus_per_actor) else cfg.num_cpus_per_task)
     return max(1, min(items, int(cpus // max(cfg.num_cpus_per_actor, 1.0))))
+
+
+def _rows_or_lost_units(ds, cfg: LabelConfig, pending: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The pass's result rows; a unit whose process died more than ``--unit-retries`` times stops it with a
+    WorkUnitLostError naming the shards left uncommitted (any other failure is raised as it is)."""
+    try:
+        yield from ds.iter_rows()
+    except Exception as exc:
+        output = windows_output(cfg.out)
+        lost = work_unit_lost(exc, "label", cfg.unit_retries,
+                              [i["shard"] for i in pending if not output.is_committed(i["shard"])])
+        if lost is None:
+            raise
+        raise lost from exc
 
 
 def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: dict[str, str],
@@ -254,20 +281,21 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
     if gpus is None:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     actors = pool_size(cfg, gpus, len(pending), resources)
+    prepare_retries, actor_retries = unit_retry_args(cfg, gpus)
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"cfg": cfg, "face_size": model_cfg["face_size"],
                                                    "body_size": model_cfg["body_size"],
                                                    "pages_per_shard": pages_per_shard,
                                                    "transform": model_cfg.get("transform")},
-                        batch_size=1, num_cpus=cfg.num_cpus_per_task)
+                        batch_size=1, num_cpus=cfg.num_cpus_per_task, **prepare_retries)
     ds = ds.map_batches(ShardLabeler, fn_constructor_kwargs={"cfg": config.to_dict(cfg), "model_id": model_id},
-                        batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None,
+                        batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None, **actor_retries,
                         # all actors start at once: scaling up one by one left a CPU idle for the first ~7 s
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))
     start = last_logged = time.time()
     bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="shard", desc="label", smoothing=0.1)
     first: tuple[float, float] | None = None  # (time, boxes) at the first result: after the actors' start
-    for row in ds.iter_rows():
+    for row in _rows_or_lost_units(ds, cfg, pending):
         counts["shards"] += 1
         counts["rows"] += row["rows"]
         counts["errors"] += row["error_rows"]

@@ -30,6 +30,7 @@ from reid.localcluster.processes import (
     _venv_tool,
     _write_atomic,
 )
+from reid.raycluster import OOM_RETRIES_ENV, UNIT_RETRIES
 
 TOKEN_FILE = "auth_token"
 # <temp dir>/session_<date>_<pid>/sockets/plasma_store must fit a 107-byte Unix socket path.
@@ -110,6 +111,7 @@ class RayNodes:
                 **_ray_config_env(
                     health_check_period_ms=self.config.health_check_period_ms,
                     health_check_failure_threshold=self.config.health_check_failure_threshold,
+                    task_oom_retries=int(os.environ.get(OOM_RETRIES_ENV, UNIT_RETRIES)),  # not for ever
                 ),
                 # Job entrypoints run `python ...` from the raylet's PATH: make it this venv's.
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
