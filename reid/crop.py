@@ -31,7 +31,14 @@ from reid.contracts.manifest import (
 from reid.data import formats
 from reid.errors import DataFormatError
 from reid.geometry import EmptyBoxError, crop_box
-from reid.images import DEFAULT_MAX_PIXELS, decode_image, encode_jpeg
+from reid.images import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    encode_jpeg,
+    read_image_file,
+)
+from reid.raycluster import UNIT_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ class CropConfig:
     pages_per_shard: int = field(default=16, metadata={"help": "pages of one series per shard"})
     jpeg_quality: int = 95
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "decompression-bomb limit"})
+    max_image_bytes: int = field(default=DEFAULT_MAX_IMAGE_BYTES,
+                                 metadata={"help": "largest panel image file read (checked before reading)"})
     write_files: bool = field(default=True, metadata={"help": "also write the seed's per-crop JPEG layout"})
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "Ray CPUs per crop task"})
     shards_per_task: int = field(default=4, metadata={"help": "most shards one Ray task crops (fewer when the job "
@@ -60,17 +69,24 @@ class CropConfig:
     name: str = field(default="crop", metadata={"help": "run name; the MLflow run key"})
     strict: bool = config.strict_field("the first bad row of the instance CSV")
     max_bad_row_fraction: float = config.max_bad_fraction_field("the instance CSV")
+    unit_retries: int = field(default=UNIT_RETRIES, metadata={"help": "re-runs of a crop task whose process "
+                                                                   "died (out of memory, node lost) before the "
+                                                                   "job stops and names its shards"})
     fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
                                                                 "(os._exit) after committing this many shards"})
+    fail_shard: str = field(default="", metadata={"help": "fault injection for tests: the process cropping this "
+                                                          "shard dies on every attempt"})
 
     def __post_init__(self) -> None:
         config.check(self.face_scale > 0, f"face_scale must be > 0, got {self.face_scale}")
         config.check(self.pages_per_shard >= 1, f"pages_per_shard must be >= 1, got {self.pages_per_shard}")
         config.check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         config.check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
+        config.check(self.max_image_bytes > 0, "max_image_bytes must be > 0")
         config.check(self.num_cpus_per_task > 0, "num_cpus_per_task must be > 0")
         config.check_bad_fraction(self.max_bad_row_fraction)
         config.check(self.shards_per_task >= 1, f"shards_per_task must be >= 1, got {self.shards_per_task}")
+        config.check(self.unit_retries >= 0, f"unit_retries must be >= 0, got {self.unit_retries}")
 
     @property
     def instances_path(self) -> str:
@@ -85,6 +101,7 @@ def plan_shards(cfg: CropConfig) -> tuple[list[str], int, int, list[formats.BadR
     the file is refused only when more than ``max_bad_row_fraction`` of its rows are bad.
     """
     plan_root = io.join(cfg.out, "_plan")
+    io.remove_tree(plan_root)  # rebuilt whole: chunks of an earlier plan must never be read with this one
     shards: set[str] = set()
     pages: set[tuple[int, int]] = set()
     rows = 0
@@ -121,6 +138,7 @@ def crop_shard(cfg: CropConfig, shard: str) -> ShardSummary:
     output = ShardedOutput(cfg.out, "instance_id")
     if output.is_committed(shard):
         return output.committed()[shard]
+    faults.worker_dies_on(shard, cfg.fail_shard)
     plan = _read_plan(cfg, shard).to_pylist()
     by_panel: dict[str, list[dict]] = defaultdict(list)
     for row in plan:
@@ -130,10 +148,8 @@ def crop_shard(cfg: CropConfig, shard: str) -> ShardSummary:
     for panel_id, boxes in sorted(by_panel.items()):
         source = formats.panel_image_path(cfg.comics_root, panel_id)
         try:
-            image = decode_image(io.read_bytes(source), source, cfg.max_image_pixels)
-        except FileNotFoundError:
-            errors += [_error(b, shard, source, "panel image not found") for b in boxes]
-            continue
+            data = read_image_file(source, cfg.max_image_bytes, inside=_corpus_folders(cfg), what="panel image")
+            image = decode_image(data, source, cfg.max_image_pixels)
         except DataFormatError as exc:
             errors += [_error(b, shard, source, exc.reason) for b in boxes]
             continue
@@ -154,6 +170,12 @@ def crop_shard(cfg: CropConfig, shard: str) -> ShardSummary:
                           "height": box[3] - box[1], "image": data, "shard": shard})
     return output.commit(shard, pa.Table.from_pylist(crops, schema=CROP_SCHEMA), error_table(errors),
                          input_rows=len(plan))
+
+
+def _corpus_folders(cfg: CropConfig) -> list[str]:
+    """Where a panel image may lie once symlinks are resolved: the corpus, or wherever its raw_panel_images/
+    folder itself points (a corpus assembled from links); never elsewhere (a link to /dev/zero or /etc)."""
+    return [cfg.comics_root, io.join(cfg.comics_root, "raw_panel_images")]
 
 
 def _error(box: dict, shard: str, source: str, reason: str) -> dict[str, str]:
@@ -177,7 +199,7 @@ def run_crop(cfg: CropConfig) -> dict:
     import ray
     from tqdm import tqdm
 
-    from reid.raycluster import TASK_POOL_OVERRIDES, data_context, init_ray
+    from reid.raycluster import TASK_POOL_OVERRIDES, data_context, init_ray, task_retry_args, work_unit_lost
     from reid.tracking import open_tracker
 
     images = io.join(cfg.comics_root, "raw_panel_images")
@@ -189,7 +211,7 @@ def run_crop(cfg: CropConfig) -> dict:
     output = ShardedOutput(cfg.out, "instance_id")
     output.bind_job({"comics_root": cfg.comics_root, "instances": cfg.instances_path,
                      "face_scale": cfg.face_scale, "pages_per_shard": cfg.pages_per_shard,
-                     "jpeg_quality": cfg.jpeg_quality})
+                     "jpeg_quality": cfg.jpeg_quality, "instances_fingerprint": io.fingerprint(cfg.instances_path)})
     start = time.time()
     tracker = open_tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "crop"},
                            spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
@@ -212,17 +234,24 @@ def run_crop(cfg: CropConfig) -> dict:
             ds = ray.data.from_items([{"shard": s} for s in pending],
                                      override_num_blocks=math.ceil(len(pending) / per_task))
             ds = ds.map_batches(_crop_batch, fn_kwargs={"cfg": cfg}, batch_size=per_task,
-                                num_cpus=cfg.num_cpus_per_task)
+                                num_cpus=cfg.num_cpus_per_task, **task_retry_args(cfg.unit_retries))
         bar = tqdm(total=input_rows, initial=sum(s.input_rows for s in done.values()), unit="box",
                    desc="crop", smoothing=0.1)
-        for row in ds.iter_rows():
-            committed_now += 1
-            crops += row["rows"]
-            errors += row["error_rows"]
-            bar.update(row["input_rows"])
-            bar.set_postfix(shards=f"{len(done) + committed_now}/{len(shards)}", errors=errors)
-            faults.driver_exit_after(committed_now, cfg.fail_after_shards)
-        bar.close()
+        try:
+            for row in ds.iter_rows():
+                committed_now += 1
+                crops += row["rows"]
+                errors += row["error_rows"]
+                bar.update(row["input_rows"])
+                bar.set_postfix(shards=f"{len(done) + committed_now}/{len(shards)}", errors=errors)
+                faults.driver_exit_after(committed_now, cfg.fail_after_shards)
+        except Exception as exc:
+            lost = work_unit_lost(exc, "crop", cfg.unit_retries, [s for s in pending if not output.is_committed(s)])
+            if lost is None:
+                raise
+            raise lost from exc
+        finally:
+            bar.close()
     elapsed = time.time() - start
     totals = output.finalize(shards, expected_input_rows=input_rows,
                              extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": committed_now})

@@ -111,6 +111,20 @@ def remove_tree(path: str) -> None:
         fs.delete_dir(p)
 
 
+def fingerprint(path: str) -> dict[str, int | str]:
+    """Size and sha256 of a file's bytes (streamed): what identifies an input, where a path would let an edited
+    file through."""
+    import hashlib
+
+    fs, inner = resolve(path)
+    digest, size = hashlib.sha256(), 0
+    with fs.open_input_stream(inner) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
 def read_parquet(path: str, columns: list[str] | None = None, filters=None):
     """One Parquet file (local path or URI) as a pyarrow Table; the one Parquet read helper of the project."""
     import pyarrow.parquet as pq

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from reid import config
 from reid.contracts.crops import CROP_SCHEMA, crop_relpath, read_crops
 from reid.crop import CropConfig, run_crop, shards_per_ray_task
 from reid.data.formats import read_instances
@@ -223,3 +226,139 @@ def test_console_shows_our_lines_and_the_log_file_the_rest(tiny_corpus, tmp_path
     verbose = subprocess.run([*args, "--out", str(tmp_path / "again"), "--verbose"], env=job_env,
                              capture_output=True, text=True, timeout=300)
     assert verbose.returncode == 0 and "Execution plan of Dataset" in verbose.stdout + verbose.stderr
+
+
+def test_panel_paths_that_are_no_image_are_error_rows(tmp_path):
+    """A panel path that is a directory, a symlink out of the corpus (to /dev/zero), a link loop (unreadable) or a
+    file over --max-image-bytes: each an error row naming the file and why, the shard committed, no Ray needed
+    to show it (the crop task's own function)."""
+    import numpy as np
+
+    from reid.crop import crop_shard, plan_shards
+
+    corpus = tmp_path / "corpus"
+    panels = corpus / "raw_panel_images" / "1"
+    panels.mkdir(parents=True)
+    (corpus / "data/ssl").mkdir(parents=True)
+    small = Image.new("RGB", (40, 40), "red")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    small.save(panels / "0_0.jpg")
+    (panels / "0_1.jpg").mkdir()
+    (panels / "0_2.jpg").symlink_to("/dev/zero")
+    (panels / "0_3.jpg").symlink_to(panels / "0_3.jpg")
+    noise.save(panels / "0_4.jpg", quality=95)
+    limit = (panels / "0_0.jpg").stat().st_size + 100
+    assert (panels / "0_4.jpg").stat().st_size > limit
+    rows = [f"1,0_{k},face,0,0,1,1,20,20,0.9" for k in range(5)]
+    (corpus / "data/ssl/merged_face_body.csv").write_text(
+        "series_id,page_id,type,index,char_index,x_0,y_0,x1,y_1,score\n" + "\n".join(rows) + "\n")
+    cfg = CropConfig(comics_root=str(corpus), out=str(tmp_path / "out"), max_image_bytes=limit, write_files=False)
+    (shard,), _, _, bad = plan_shards(cfg)
+    summary = crop_shard(cfg, shard)
+    assert (summary.rows, summary.error_rows, bad) == (1, 4, [])
+    errors = pd.read_parquet(tmp_path / "out" / "errors")
+    reasons = dict(zip(errors["id"], errors["reason"], strict=True))
+    assert reasons == {
+        "1_0_1_face_0": "panel image is a directory, not a file",
+        "1_0_2_face_0": "panel image is a symlink leading outside the corpus (to /dev/zero)",
+        "1_0_3_face_0": reasons["1_0_3_face_0"],
+        "1_0_4_face_0": f"panel image is {(panels / '0_4.jpg').stat().st_size} bytes, more than the limit of "
+                        f"{limit} (--max-image-bytes)"}
+    assert reasons["1_0_3_face_0"].startswith("panel image cannot be read (")
+    assert dict(zip(errors["id"], errors["source"], strict=True))["1_0_1_face_0"] == str(panels / "0_1.jpg")
+
+
+@pytest.mark.fault
+def test_a_shard_whose_process_always_dies_stops_the_job_naming_it(tiny_corpus, tmp_path, ray_session, mlflow_uri):
+    """A crop task killed on every attempt (as for memory) is re-run --unit-retries times, not for ever (Ray
+    Data's default); then the job stops with a WorkUnitLostError naming the shard, and the same command without
+    the fault resumes from the committed shards to every box exactly once."""
+    from reid.contracts.crops import shard_id
+    from reid.errors import WorkUnitLostError
+
+    first = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv")).iloc[0]
+    doomed = shard_id(int(first["series_id"]), int(first["page"]), 2)
+    out = tmp_path / "out"
+    cfg = CropConfig(comics_root=str(tiny_corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
+                     name="crop-lost-unit", shards_per_task=1, unit_retries=1, fail_shard=doomed, write_files=False)
+    started = time.time()
+    with pytest.raises(WorkUnitLostError, match=rf"crop: a work unit's process died 2 times .*not committed, e\.g\. "
+                                                rf"\[.*'{doomed}'.*\]"):
+        run_crop(cfg)
+    assert time.time() - started < 180
+    assert not (out / "_SUCCESS").exists() and not (out / "_manifest" / f"{doomed}.json").exists()
+    totals = run_crop(CropConfig(**{**config.to_dict(cfg), "fail_shard": ""}))
+    assert totals["rows"] + totals["error_rows"] == totals["input_rows"] == len(_all_ids(out))
+
+
+@pytest.mark.ray
+def test_ray_started_here_retries_a_unit_killed_for_memory_a_bounded_number_of_times(ray_session):
+    """Ray's memory monitor re-runs a killed task on its own counter, RAY_task_oom_retries, for ever by default
+    (-1): the Ray a job starts gets --unit-retries' default instead, in its system config and its raylet's
+    environment, as does a node of reid.localcluster."""
+    import ray._private.worker as worker
+
+    from reid.localcluster import LocalClusterConfig
+    from reid.localcluster.ray_nodes import RayNodes
+    from reid.raycluster import UNIT_RETRIES
+
+    session = worker._global_node.get_session_dir_path().encode()
+    raylets = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and _cmdline(p).split(b"\0")[0].endswith(b"/raylet") and session in _cmdline(p)]
+    assert raylets, "no raylet of the test session's Ray"
+    assert f"RAY_task_oom_retries={UNIT_RETRIES}".encode() in (raylets[0] / "environ").read_bytes().split(b"\0")
+    assert worker._global_node._ray_params._system_config["task_oom_retries"] == UNIT_RETRIES
+    nodes = RayNodes(LocalClusterConfig(), Path("/nonexistent"), "c1")  # only its environment is read
+    assert nodes.node_env("head", {**os.environ, "RAY_ADDRESS": "x"})["RAY_task_oom_retries"] == str(UNIT_RETRIES)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _small_corpus(root: Path, panels: int) -> Path:
+    """A corpus of ``panels`` red panels of series 1, page 0, one face box each."""
+    (root / "raw_panel_images" / "1").mkdir(parents=True)
+    (root / "data/ssl").mkdir(parents=True)
+    for k in range(panels):
+        Image.new("RGB", (40, 40), "red").save(root / "raw_panel_images" / "1" / f"0_{k}.jpg")
+    _write_instances(root, range(panels))
+    return root
+
+
+def _write_instances(root: Path, panels) -> None:
+    rows = [f"1,0_{k},face,0,0,1,1,20,20,0.9" for k in panels]
+    (root / "data/ssl/merged_face_body.csv").write_text(
+        "series_id,page_id,type,index,char_index,x_0,y_0,x1,y_1,score\n" + "\n".join(rows) + "\n")
+
+
+def test_a_resume_with_an_edited_instance_csv_is_refused(tmp_path, ray_session, mlflow_uri):
+    """Same paths, other contents: the re-run names the changed file instead of keeping stale crops; another --out
+    starts fresh."""
+    corpus = _small_corpus(tmp_path / "corpus", 3)
+    cfg = CropConfig(comics_root=str(corpus), out=str(tmp_path / "out"), mlflow_uri=mlflow_uri, name="crop-edited",
+                     write_files=False)
+    assert run_crop(cfg)["rows"] == 3
+    assert run_crop(cfg)["rows"] == 3  # unchanged: resumes (nothing to do)
+    _write_instances(corpus, [0, 1])
+    with pytest.raises(ConfigError, match=r"holds output of a job with other inputs or arguments \(instances "
+                                          r"changed: \d+ -> \d+ bytes, sha256 \w{12} -> \w{12}\).*another --out"):
+        run_crop(cfg)
+    assert run_crop(CropConfig(**{**config.to_dict(cfg), "out": str(tmp_path / "fresh")}))["rows"] == 2
+
+
+def test_the_plan_is_rebuilt_never_appended(tmp_path):
+    """A chunk left in _plan/ by an earlier run (a longer CSV) is never read with this run's plan."""
+    from reid.crop import _read_plan, plan_shards
+
+    corpus = _small_corpus(tmp_path / "corpus", 2)
+    cfg = CropConfig(comics_root=str(corpus), out=str(tmp_path / "out"), write_files=False)
+    (shard,), rows, _, _ = plan_shards(cfg)
+    stale = tmp_path / "out" / "_plan" / shard / "000009.parquet"
+    stale.write_bytes((tmp_path / "out" / "_plan" / shard / "000000.parquet").read_bytes())
+    assert _read_plan(cfg, shard).num_rows == 2 * rows  # what a re-run read before
+    (shard,), rows, _, _ = plan_shards(cfg)
+    assert not stale.exists() and _read_plan(cfg, shard).num_rows == rows == 2

@@ -19,6 +19,7 @@ from helpers.labeling import cli_args, crop_ids, label_config, random_reid_model
 
 from reid.contracts.manifest import ShardIntegrityError
 from reid.crop import CropConfig, run_crop
+from reid.errors import ConfigError
 from reid.label import read_labels, run_label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +138,10 @@ def test_bad_sequences_are_recorded_and_the_rest_labelled(ray_session, tiny_corp
     assert result["metrics"]["bad_sequences"] == 1 and result["totals"]["input_error_rows"] == 1
     windows = {r["window_id"] for r in read_labels(str(out)).to_pylist()}
     assert windows and windows <= {s["seq_id"] for s in sequences[1:]} and bad["seq_id"] not in windows
+    # the same path with other contents: a re-run names the changed file instead of keeping stale labels
+    path.write_text(json.dumps(sequences[1:]))
+    with pytest.raises(ConfigError, match=r"other inputs or arguments \(sequences changed: \d+ -> \d+ bytes"):
+        run_label(cfg)
 
 
 def test_label_with_a_registered_model_records_its_version(ray_session, tiny_crops, model_path, tmp_path,

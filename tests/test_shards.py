@@ -101,3 +101,28 @@ def test_input_errors_of_an_older_output_are_still_read(tmp_path):
     out.write_input_errors(error_table([_error("line 3", "input")]))
     assert sorted(p.name for p in (root / "errors").iterdir()) == ["input.parquet"]
     assert out.read_input_errors()["id"].to_pylist() == ["line 3"]
+
+
+def test_a_resume_checks_its_inputs_by_contents(tmp_path):
+    """Same paths, other bytes: a resumed job is refused, naming the input that changed and how to start fresh; an
+    output written before fingerprints were recorded gets them."""
+    out = ShardedOutput(str(tmp_path / "o"), "instance_id")
+    old = {"size": 10, "sha256": "a" * 64}
+    out.bind_job({"instances": "x.csv", "face_scale": 1.2})  # written by an older version: no fingerprint
+    out.bind_job({"instances": "x.csv", "face_scale": 1.2, "instances_fingerprint": old})
+    assert json.loads((tmp_path / "o" / "_job.json").read_text())["instances_fingerprint"] == old
+    out.bind_job({"instances": "x.csv", "face_scale": 1.2, "instances_fingerprint": old})
+    with pytest.raises(ConfigError, match=r"instances changed: 10 -> 12 bytes, sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb\): "
+                                          r"resuming would mix the two\. To start fresh, give another --out"):
+        out.bind_job({"instances": "x.csv", "face_scale": 1.2,
+                      "instances_fingerprint": {"size": 12, "sha256": "b" * 64}})
+
+
+def test_fingerprint_is_size_and_sha256(tmp_path):
+    import hashlib
+
+    from reid import io
+
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"a,b\n1,2\n" * 200_000)
+    assert io.fingerprint(str(path)) == {"size": 1_600_000, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -47,6 +47,17 @@ class ShardIntegrityError(ReidError):
     """Committed output does not add up (missing, duplicated or miscounted rows)."""
 
 
+FINGERPRINT = "_fingerprint"  # suffix of the identity keys that hold an input file's size and sha256
+
+
+def _describe_change(key: str, before: Any, after: Any) -> str:
+    name = key[: -len(FINGERPRINT)]
+    if isinstance(before, dict) and isinstance(after, dict):
+        return (f"{name} changed: {before.get('size')} -> {after.get('size')} bytes, sha256 "
+                f"{str(before.get('sha256'))[:12]} -> {str(after.get('sha256'))[:12]}")
+    return f"{name} changed"
+
+
 def ids_checksum(ids: Iterable[str]) -> str:
     """Order-independent checksum of a set of row ids."""
     h = hashlib.sha256()
@@ -106,15 +117,24 @@ class ShardedOutput:
         return io.join(self.root, *parts)
 
     def bind_job(self, identity: dict[str, Any]) -> None:
-        """Record the job's identity, or check that a resumed job has the same one."""
+        """Record the job's identity, or check that a resumed job has the same one: its arguments and the contents
+        of its inputs (``*_fingerprint`` keys: :func:`reid.io.fingerprint`). An output written before fingerprints
+        were recorded has them added."""
         path = self._path("_job.json")
         if io.exists(path):
             previous = json.loads(io.read_text(path))
-            if previous != identity:
-                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-                raise ConfigError(f"{self.root} holds output of a job with other arguments (differs in {changed}); "
-                                  "use another output folder or the same arguments to resume")
-            return
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k)
+                             and not (k.endswith(FINGERPRINT) and k not in previous))
+            if changed:
+                inputs = [_describe_change(k, previous.get(k), identity.get(k)) for k in changed
+                          if k.endswith(FINGERPRINT)]
+                arguments = [k for k in changed if not k.endswith(FINGERPRINT)]
+                what = "; ".join(inputs + ([f"differs in {arguments}"] if arguments else []))
+                raise ConfigError(f"{self.root} holds output of a job with other inputs or arguments ({what}): "
+                                  f"resuming would mix the two. To start fresh, give another --out (or delete "
+                                  f"{self.root}); to resume, run with the inputs and arguments it was started with")
+            if previous == identity:
+                return
         io.write_text_atomic(path, json.dumps(identity, indent=1, sort_keys=True))
 
     def committed(self) -> dict[str, ShardSummary]:
