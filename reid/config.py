@@ -120,6 +120,15 @@ def save_yaml(cfg: Any, path: str) -> None:
     io.write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def _with_default(help_text: str, default: Any) -> str:
+    """A flag's help with its default said once: a help that already says it in words ("(default: RAY_ADDRESS or
+    local)", where the field's value is None) keeps its own; argparse's % escapes are doubled."""
+    help_text = help_text.replace("%", "%%")
+    if "(default" in help_text:
+        return help_text
+    return f"{help_text} (default: {str(default).replace('%', '%%')})".strip()
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with ``--config`` plus one ``--field-name`` flag per dataclass field."""
     parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
@@ -134,13 +143,12 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         flags = ["--" + name.replace("_", "-"), *f.metadata.get("aliases", ())]  # e.g. --from for a keyword
-        help_text = f.metadata.get("help", "")
+        help_text = _with_default(f.metadata.get("help", ""), default)
         if base is bool:
             parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default: {default})")
+                                help=help_text)
         else:
-            parser.add_argument(*flags, dest=name, default=None, metavar=name.upper(),
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(*flags, dest=name, default=None, metavar=name.upper(), help=help_text)
     return parser
 
 

@@ -1,4 +1,7 @@
+import importlib.util
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +67,35 @@ def test_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     for flag in ("--data", "--temperature", "--epochs", "--gpu", "--checkpoint", "--sizes", "NT-Xent temperature"):
         assert flag in out
+
+
+def _entry_points() -> list[tuple[str, list[str]]]:
+    repo = Path(__file__).resolve().parents[1]
+    scripts = sorted([*repo.glob("jobs/*.py"), *repo.glob("tune/*.py")])
+    assert len(scripts) >= 9
+    out = [(str(s), ["--help"]) for s in scripts]
+    if (repo / "jobs/review.py").exists():  # subcommands, each with its own flags
+        out += [(str(repo / "jobs/review.py"), [command, "--help"]) for command in ("export", "export-sequences")]
+    return out
+
+
+@pytest.mark.parametrize("script,argv", _entry_points(), ids=lambda v: Path(v).name if isinstance(v, str) else
+                         " ".join(v))
+def test_every_job_and_sweep_says_each_default_once(script, argv, capsys):
+    """`--help` of every job and sweep: each flag's default said once (a help text that names its default in
+    words, "(default: RAY_ADDRESS or local)", used to get "(default: None)" after it), every flag listed."""
+    spec = importlib.util.spec_from_file_location(f"entry_{Path(script).stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as info:
+        module.main(argv)
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    options = text.split("options:", 1)[1]
+    blocks = re.split(r"\n(?=  -)", options)
+    assert len(blocks) > 3
+    for block in blocks:
+        said = " ".join(block.split()).count("(default")
+        assert said <= 1, block
+        if block.strip().startswith("--") and not block.strip().startswith(("--config", "--verbose", "--help")):
+            assert said == 1, block
