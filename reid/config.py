@@ -171,7 +171,7 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
 MLFLOW_URI_PREFIXES = ("models:/", "runs:/")  # a model in MLflow (reid.registry), not a path
 
 PATH_FIELDS = ("comics_root", "instances", "crops", "sequences", "ssl_checkpoint", "storage", "model", "out",
-               "ground_truth", "backbone_weights", "source")
+               "ground_truth", "backbone_weights", "source", "labels", "db", "corrections")
 """Config fields that name files or folders: made absolute on the driver (:func:`absolute_paths`)."""
 
 

@@ -36,6 +36,7 @@ from reid.data.ids import parse_instance_id
 from reid.errors import DataFormatError
 from reid.images import decode_image
 from reid.label.config import LabelConfig, load_reid_model
+from reid.label.corrected import pending_corrections
 from reid.label.plan import ShardInput, read_shard_input
 from reid.raycluster import actor_retry_args, task_retry_args, work_unit_lost
 
@@ -106,6 +107,7 @@ def label_rows(prepared: PreparedShard, embeddings: np.ndarray, cfg: LabelConfig
     for entry in unusable:
         unusable_by_panel[str(parse_instance_id(entry[0]).panel_id)].append(entry)
     rows, errors, centroids = [], [], []
+    corrections = pending_corrections(cfg)
     for window_id in unit.windows:
         panels = window_panels(window_id)
         errors += [{"id": row_id(i, window_id), "shard": shard, "stage": stage, "source": source, "reason": reason}
@@ -114,8 +116,11 @@ def label_rows(prepared: PreparedShard, embeddings: np.ndarray, cfg: LabelConfig
         if not members:
             continue
         member_panels = [prepared.characters[i]["panel_id"] for i in members]
+        reviewed = corrections.constraints([{prepared.characters[i]["key"]} for i in members]) \
+            if corrections else None
+        cannot, must = reviewed if reviewed is not None else (None, None)
         labels, centres, distances = cluster_window(embeddings[members], cfg.threshold, cfg.metric, cfg.linkage,
-                                                    panels=member_panels)
+                                                    panels=member_panels, cannot_link=cannot, must_link=must)
         series = prepared.characters[members[0]]["series_id"]
         centroids += [{"series_id": series, "window_id": window_id, "identity": k,
                        "members": int((labels == k).sum()), "centroid": centres[k].tolist(),
