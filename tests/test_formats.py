@@ -153,7 +153,8 @@ def test_bad_sequence_entries_are_left_out_and_recorded(tmp_path):
     sequences, bad = formats.read_sequences_checked(path, formats.RowPolicy(max_bad_fraction=1.0), known)
     assert [s.seq_id for s in sequences] == [SEQ_ID]
     assert [b.where.split(" (")[0] for b in bad] == ["entry 1", "entry 2", "entry 3"]
-    assert "'1443_58_8_face_9' is absent from the instance CSV" in bad[0].reason
+    assert bad[0].reason == "charId 'z': instance '1443_58_8_face_9' is absent from the instance CSV"
+    assert bad[0].where == "entry 1 (seq_id '1443_58_7+1443_58_8+1443_58_9+1443_58_10')"
     assert "appears twice" in bad[1].reason
     with pytest.raises(DataFormatError, match="3 of 4 sequences are bad"):
         formats.read_sequences_checked(path, formats.RowPolicy(), known)
@@ -258,7 +259,8 @@ def test_malformed_sequence_entries_are_bad_rows_not_tracebacks(tmp_path, mutate
     sequences, bad = formats.read_sequences_checked(path, formats.RowPolicy(max_bad_fraction=1.0), known)
     assert [s.seq_id for s in sequences] == [good["seq_id"]]
     (row,) = bad
-    assert row.source == path and row.where.startswith("entry 0") and re.search(message, row.reason), row
+    assert row.source == path and re.search(message, row.reason), row
+    assert row.where == ("entry 0" if "seq_id" in message else f"entry 0 (seq_id {SEQ_ID!r})")
     with pytest.raises(DataFormatError, match=message) as info:
         formats.read_sequences(path, known)
     assert "train_sequences.json" in str(info.value) and "entry 0" in str(info.value)

@@ -352,6 +352,8 @@ def read_sequences(path: str, known_instances: set[str] | None = None,
         try:
             try:
                 seq = _parse_sequence(entry, f"entry {i}", known_instances, path, panels_per_window)
+            except DataFormatError:
+                raise  # a ValueError too: already named, with its seq id
             except (TypeError, ValueError, AttributeError, KeyError) as exc:
                 # a shape no check above foresaw: still this entry's fault, named as such, never a traceback
                 raise DataFormatError(path, f"malformed entry ({type(exc).__name__}: {exc})", f"entry {i}") from None
