@@ -37,6 +37,10 @@ class FinetuneConfig:
     crops: str = field(default="runs/demo/crops", metadata={"help": "output folder of jobs/crop.py"})
     sequences: str = field(default="runs/demo/corpus/data/comics_seq",
                            metadata={"help": "folder of <split>_sequences.json"})
+    extra_sequences: str = field(default="", metadata={
+        "help": "more training sequences: comma-separated folders of train_sequences.json (e.g. the reviewed "
+                "identities of jobs/review.py export-sequences); a window that is also annotated, or that shares "
+                "a panel with a validation or test sequence, is left out"})
     ssl_checkpoint: str | None = field(default=None, metadata={"help": "model.pt of a pretrain run "
                                                                         "(none = random init, a baseline)"})
     storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path"})
@@ -290,12 +294,27 @@ def read_splits(cfg: FinetuneConfig) -> tuple[dict[str, list], list[formats.BadR
     for split in ("train", "validation", "test"):
         splits[split], left_out = formats.read_split_checked(cfg.sequences, split, policy, known)
         bad += left_out
+    for source in filter(None, (s.strip() for s in cfg.extra_sequences.split(","))):
+        extra, left_out = formats.read_split_checked(source, "train", policy, known)
+        bad += left_out
+        splits["train"] += _new_training_windows(extra, splits, source)
     path = sequence_errors_path(cfg)
     io.write_bytes_atomic(path, table_to_parquet_bytes(error_table([b.as_error("input") for b in bad])))
     if bad:
         log.warning("finetune: %d sequence(s) left out and recorded in %s (first: %s, %s: %s)", len(bad), path,
                     bad[0].source, bad[0].where, bad[0].reason)
     return splits, bad
+
+
+def _new_training_windows(extra: list, splits: dict[str, list], source: str) -> list:
+    """The sequences of another source that add to training: not a window already annotated, and no panel of
+    a validation or test sequence (those stay unseen)."""
+    annotated = {s.seq_id for seqs in splits.values() for s in seqs}
+    held_out = {p for split in ("validation", "test") for s in splits[split] for p in s.panels}
+    kept = [s for s in extra if s.seq_id not in annotated and not held_out.intersection(s.panels)]
+    log.info("finetune: %d of %d training sequences of %s added (the others are annotated or held out)",
+             len(kept), len(extra), source)
+    return kept
 
 
 def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
