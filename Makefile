@@ -10,7 +10,7 @@ DEMO_OUT ?= runs/demo$(if $(filter inked,$(STYLE)),-inked,)
 RECIPE   ?= default
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench clean help
+.PHONY: venv demo test lint bench clean help browser
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on a synthetic corpus (outputs in $(DEMO_OUT))"
@@ -33,7 +33,14 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv lint
+# the review app's browser tests drive Debian's Chromium through Playwright (Playwright's own browser download
+# needs the internet); skipped when a chromium is already on PATH
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: venv lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv

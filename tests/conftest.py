@@ -64,3 +64,17 @@ def job_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def review_labels(tiny_crops, tmp_path_factory, mlflow_uri) -> dict[str, Path]:
+    """A label run of the tiny crops with a random Re-ID model, embeddings stored (the review app's tests)."""
+    from helpers.labeling import label_config, random_reid_model
+
+    from reid.label import run_label
+
+    root = tmp_path_factory.mktemp("review")
+    model = random_reid_model(root)
+    run_label(label_config(tiny_crops, root / "labels", model, (0.5, 0.6), mlflow_uri, save_embeddings=True,
+                           report_windows=0, name="review-label"))
+    return {"root": root, "labels": root / "labels", "crops": tiny_crops, "model": model}

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "reid"
-STAGES = ("reid.crop", "reid.train", "reid.label", "reid.report", "reid.sweeps", "reid.pipeline", "reid.import_checkpoint")
+STAGES = ("reid.crop", "reid.train", "reid.label", "reid.report", "reid.sweeps", "reid.pipeline", "reid.import_checkpoint",
+          "reid.review")
 RUNTIME = ("reid.raycluster", "reid.tracking", "reid.registry", "reid.faults", "reid.datasets", "reid.localcluster")
 ALLOWED_STAGE_EDGES = {("reid.sweeps", "reid.train")}
 FOREIGN_RUNTIME = ("ray", "mlflow")

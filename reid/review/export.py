@@ -1,0 +1,96 @@
+"""Exports of a review: the effective labels (Parquet, CSV) and the reviewed identities as labelled sequences."""
+
+from __future__ import annotations
+
+import csv
+import io as pyio
+import json
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reid import io
+from reid.contracts.labels import read_labels, window_panels
+from reid.contracts.review import open_log
+from reid.corrections import effective_columns, replay
+from reid.review.corpus import applied_names, default_db
+
+CSV_COLUMNS = ["row_id", "instance_id", "type", "panel_id", "series_id", "window_id", "char_key", "identity",
+               "series_identity", "reviewed_identity", "name", "not_character", "reviewed", "status", "reason"]
+
+
+def effective_labels(labels_root: str, db: str = "") -> pa.Table:
+    """Labels + review: every label row (unassigned ones too) with ``reviewed_identity`` (the series identity
+    after the review log is replayed), ``name``, ``not_character`` and ``reviewed`` (its identity was touched).
+    The labels' Parquet is only read; a missing log means no action."""
+    db = db or default_db(labels_root)
+    labels = read_labels(labels_root)
+    actions = open_log(db, must_exist=True).actions() if io.exists(db) else []
+    return effective_columns(labels, replay(labels, actions, applied_names(labels_root)))
+
+
+def export_labels(labels_root: str, out: str, db: str = "") -> list[str]:
+    """Write the effective labels to ``out`` (.parquet, .csv, or both without a suffix); returns the files."""
+    table = plain_boxes(effective_labels(labels_root, db))
+    targets = [out] if out.endswith((".parquet", ".csv")) else [f"{out}.parquet", f"{out}.csv"]
+    for path in targets:
+        if path.endswith(".parquet"):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            io.write_bytes_atomic(path, sink.getvalue().to_pybytes())
+        else:
+            io.write_text_atomic(path, _csv(table))
+    return targets
+
+
+def plain_boxes(table: pa.Table) -> pa.Table:
+    """``box`` as a variable-size list: unassigned rows have none, and a fixed-size list column with null rows
+    does not read back from Parquet."""
+    box = table.schema.field("box")
+    if not pa.types.is_fixed_size_list(box.type):
+        return table
+    return table.set_column(table.schema.get_field_index("box"), "box", table["box"].cast(pa.list_(box.type.value_type)))
+
+
+def _csv(table: pa.Table) -> str:
+    buffer = pyio.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    columns = [table[c].to_pylist() for c in CSV_COLUMNS]
+    for row in zip(*columns, strict=True):
+        writer.writerow(["" if v is None else v for v in row])
+    return buffer.getvalue()
+
+
+def reviewed_sequences(table: pa.Table, window_size: int = 4, min_characters: int = 1) -> list[dict[str, Any]]:
+    """Windows holding instances of reviewed identities → COMICS sequences (``seq_id``, ``annotations`` of
+    ``charId`` and ``charInstances`` {face, body}). Only reviewed, real characters are labelled: the charId is
+    ``<series>_<reviewed identity>``, so one character keeps one id in every window of its book."""
+    chars: dict[str, dict[str, dict[str, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
+    rows = table.filter(pa.compute.fill_null(table["reviewed"], False))
+    rows = rows.filter(pa.compute.invert(pa.compute.fill_null(rows["not_character"], False)))
+    for r in rows.select(["window_id", "char_key", "type", "instance_id", "series_id", "reviewed_identity"]
+                         ).to_pylist():
+        char_id = f"{r['series_id']}_{r['reviewed_identity']}"
+        chars[r["window_id"]][char_id].setdefault(r["char_key"], {})[r["type"]] = r["instance_id"]
+    out = []
+    for window, by_char in sorted(chars.items()):
+        if len(window_panels(window)) != window_size or len(by_char) < min_characters:
+            continue
+        out.append({"seq_id": window, "annotations": [
+            {"charId": char_id, "charInstances": [dict(sorted(inst.items())) for _, inst in sorted(keys.items())]}
+            for char_id, keys in sorted(by_char.items())]})
+    return out
+
+
+def export_sequences(labels_root: str, out_dir: str, db: str = "", split: str = "train", window_size: int = 4,
+                     min_characters: int = 1) -> dict[str, Any]:
+    """Write ``<out_dir>/<split>_sequences.json`` from the effective labels; returns its path and counts."""
+    sequences = reviewed_sequences(effective_labels(labels_root, db), window_size, min_characters)
+    path = io.join(out_dir, f"{split}_sequences.json")
+    io.makedirs(out_dir)
+    io.write_text_atomic(path, json.dumps(sequences, indent=1))
+    return {"path": path, "sequences": len(sequences),
+            "instances": sum(len(a["charInstances"]) for s in sequences for a in s["annotations"])}
