@@ -121,3 +121,44 @@ def test_bad_files_raise_checkpoint_error(tmp_path, content, match: str) -> None
 def test_only_our_models_can_be_saved(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="Linear"):
         save_model_checkpoint(torch.nn.Linear(2, 2), str(tmp_path / "x.pt"))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"embed_dim": 10**9}, "embed_dim=1000000000: at most 8192"),
+    ({"proj_hidden_dim": 10**7}, "proj_hidden_dim=10000000: at most 16384"),
+    ({"face_size": 10**6}, "face_size=1000000: at most 1024"),
+    ({"body_size": "128"}, "body_size='128': must be an integer"),
+    ({"proj_dim": 1.5}, "proj_dim=1.5: must be an integer"),
+])
+def test_crafted_model_sizes_are_refused_before_any_allocation(tmp_path, change, match) -> None:
+    """A model_config asking for an absurd network (a Linear of 2048 x 1e9 floats: 8 TB) is refused from the
+    config alone; nothing of the network is built."""
+    payload = {**checkpoint_payload(ReIDNet(TINY)), "model_config": {**TINY.to_dict(), **change}}
+    path = tmp_path / "crafted.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"invalid model_config: {match}"):
+        load_model_checkpoint(str(path))
+
+
+def test_a_state_dict_of_other_shapes_is_refused_before_the_network_is_built(tmp_path, monkeypatch) -> None:
+    """The state dict is checked against a shapes-only skeleton (torch's meta device): a tensor of another shape,
+    a missing or an extra key is named, and no real network is allocated for it."""
+    from reid.models import checkpoint
+
+    state = checkpoint_payload(ReIDNet(TINY))["state_dict"]
+    state["embed.weight"] = torch.zeros(3, 3)
+    state.pop("embed.bias")
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({**checkpoint_payload(ReIDNet(TINY)), "state_dict": state}, tmp_path / "crafted.pt")
+    built = []
+    real = checkpoint.ReIDNet
+
+    def spy(*args, **kwargs):
+        built.append(torch.empty(0).device.type)  # the default device while the network is built
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "ReIDNet", spy)
+    with pytest.raises(CheckpointError, match=r"does not fit a reid resnet18: missing \['embed.bias'\], unexpected "
+                                              r"\['extra.weight'\], wrong shape \['embed.weight: \[3, 3\] != \[8, 64\]'\]"):
+        load_model_checkpoint(str(tmp_path / "crafted.pt"))
+    assert built == ["meta"]

@@ -470,3 +470,44 @@ def test_labeling_embeds_with_the_models_recorded_transform(tmp_path) -> None:
     assert (got - expected).abs().max().item() < TOL
     with pytest.raises(ValueError, match="sizes"):
         CropPreprocessor(96, 128, spec)
+
+
+def _rezip(src: Path, dst: Path, replace: dict[str, bytes]) -> None:
+    """``src`` (a torch.save zip) with some records replaced, deflated (a small file that inflates to a lot)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            name = info.filename.split("/", 1)[1]
+            zout.writestr(info.filename, replace.get(name, zin.read(info)))
+
+
+def test_absurd_tensor_shapes_and_inflating_records_are_refused_before_reading(tmp_path, monkeypatch) -> None:
+    """A crafted file cannot make the importer allocate: a 1-element storage viewed as 1e12 elements (stride 0), a
+    record that inflates to 64 MiB behind a tensor of 4 elements (never inflated: its size is in the zip's
+    directory), or a storage of more elements than any Re-ID net has, each a CheckpointError naming the cause."""
+    import zipfile
+
+    from reid.models import safe_pickle
+
+    view = torch.zeros(1).as_strided((10**6, 10**6), (0, 0))
+    torch.save({"state_dict": {"w": view}}, tmp_path / "view.ckpt")
+    with pytest.raises(CheckpointError, match=r"tensor of shape \[1000000, 1000000\] \(1000000000000 elements\): "
+                                              r"more than 268435456"):
+        safe_load((tmp_path / "view.ckpt").read_bytes(), "view.ckpt")
+    torch.save({"state_dict": {"w": torch.zeros(4)}}, tmp_path / "small.ckpt")
+    _rezip(tmp_path / "small.ckpt", tmp_path / "bomb.ckpt", {"data/0": bytes(64 << 20)})
+    assert (tmp_path / "bomb.ckpt").stat().st_size < 1 << 20
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: (
+        opened.append(getattr(name, "filename", name)), real_open(self, name, *a, **k))[1])
+    with pytest.raises(CheckpointError, match=r"storage data/0: 67108864 bytes, expected 16"):
+        safe_load((tmp_path / "bomb.ckpt").read_bytes(), "bomb.ckpt")
+    assert not [n for n in opened if n.endswith("/data/0")]  # refused from the zip directory, never inflated
+    monkeypatch.setattr(safe_pickle, "MAX_TENSOR_ELEMENTS", 3)
+    with pytest.raises(CheckpointError, match=r"storage data/0 of 4 elements: more than 3"):
+        safe_load((tmp_path / "small.ckpt").read_bytes(), "small.ckpt")
+    monkeypatch.setattr(safe_pickle, "MAX_TOTAL_BYTES", 15)
+    with pytest.raises(CheckpointError, match=r"small.ckpt: its tensors would take 16 bytes once unpacked"):
+        safe_load((tmp_path / "small.ckpt").read_bytes(), "small.ckpt")

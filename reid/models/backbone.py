@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,11 @@ from reid.errors import CheckpointError, ConfigError
 
 ARCHS: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 """Supported torchvision ResNets and the width of their pooled feature."""
+
+# The largest sizes a model config may ask for: far beyond the paper's (faces 96 px, bodies 128 px, widths 2048,
+# 128, 256), small enough that no crafted checkpoint makes the network's allocation exhaust memory.
+MAX_SIZES: dict[str, int] = {"face_size": 1024, "body_size": 1024, "proj_hidden_dim": 16384, "proj_dim": 8192,
+                             "embed_dim": 8192}
 
 # Fields that change the shape of a parameter: a checkpoint and a requested config must agree on them.
 ARCHITECTURE_FIELDS = ("arch", "proj_hidden_dim", "proj_dim", "embed_dim")
@@ -50,13 +56,19 @@ class ModelConfig:
     transform: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
+        if not isinstance(self.arch, str) or self.arch not in ARCHS:
             raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(ARCHS)}")
-        for name in ("face_size", "body_size", "proj_dim", "embed_dim"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be positive")
-        if self.proj_hidden_dim is not None and self.proj_hidden_dim <= 0:
-            raise ConfigError(f"proj_hidden_dim={self.proj_hidden_dim}: must be positive or None")
+        for name, limit in MAX_SIZES.items():
+            value = getattr(self, name)
+            if name == "proj_hidden_dim" and value is None:
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r}: must be an integer")
+            if value <= 0:
+                raise ConfigError(f"{name}={value}: must be positive" + (" or None" if name == "proj_hidden_dim"
+                                                                           else ""))
+            if value > limit:
+                raise ConfigError(f"{name}={value}: at most {limit} (a larger network is no model of ours)")
         if self.transform is not None:
             try:
                 spec = check_transform_spec(self.transform)

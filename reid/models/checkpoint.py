@@ -141,6 +141,7 @@ def model_from_payload(
             raise CheckpointError(f"{source}: architecture differs from the requested one: {mismatch}")
     # The weights come from the state dict: never re-read a backbone file that may not exist here.
     build_config = dataclasses.replace(config, backbone_weights=None)
+    _check_state_dict(payload["state_dict"], kind, build_config, source)  # before a byte of the network exists
     model: nn.Module = ReIDNet(build_config) if kind == "reid" else SSLNet(build_config)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
@@ -148,6 +149,26 @@ def model_from_payload(
         raise CheckpointError(f"{source}: state_dict does not fit a {kind} {config.arch}: {e}") from e
     model.config = config
     return model, config, payload.get("extra") or {}
+
+
+def _check_state_dict(state: Any, kind: str, config: ModelConfig, source: str) -> None:
+    """Refuse a state dict whose keys or tensor shapes are not those of the network ``config`` describes, from a
+    skeleton on torch's meta device (shapes only, no memory): the real network is built only for one that fits."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: state_dict is a {type(state).__name__}, not a dict of tensors")
+    with torch.device("meta"):
+        skeleton = ReIDNet(config) if kind == "reid" else SSLNet(config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k}: {_shape(state[k])} != {list(expected[k])}" for k in sorted(set(expected) & set(state))
+             if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{source}: state_dict does not fit a {kind} {config.arch}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def load_model_checkpoint(

@@ -47,10 +47,45 @@ class _StorageType:
         self.dtype = dtype
 
 
+# The most a checkpoint of ours may hold: a ResNet-50 Re-ID net is ~25 M parameters (100 MB); these limits are
+# far above it and far below what would exhaust a machine's memory.
+MAX_TENSOR_ELEMENTS = 1 << 28  # one tensor: 1 GiB of float32
+MAX_TENSOR_DIMS = 8
+MAX_TOTAL_BYTES = 8 << 30  # every storage record of the archive, uncompressed
+MAX_PICKLE_BYTES = 256 << 20  # data.pkl: names, hyper-parameters and tensor headers only
+
+
+def _check_view(storage: Any, storage_offset: Any, size: Any, stride: Any) -> None:
+    """Refuse a tensor view no real checkpoint holds: too many dimensions or elements, negative sizes or strides,
+    or elements beyond its storage (a 1-element storage viewed as 1e12 elements with stride 0)."""
+    if not isinstance(size, (tuple, list, torch.Size)) or not isinstance(stride, (tuple, list)) \
+            or len(size) != len(stride) or len(size) > MAX_TENSOR_DIMS:
+        raise pickle.UnpicklingError(f"tensor shape {size!r:.100} / stride {stride!r:.100} is not a tensor's")
+    if not all(isinstance(v, int) and v >= 0 for v in (storage_offset, *size, *stride)):
+        raise pickle.UnpicklingError(f"tensor shape {list(size)!r:.100}: negative or non-integer sizes")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel > MAX_TENSOR_ELEMENTS:
+        raise pickle.UnpicklingError(f"tensor of shape {list(size)!r:.100} ({numel} elements): more than "
+                                     f"{MAX_TENSOR_ELEMENTS}, no checkpoint of a Re-ID network holds that")
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if numel else 0
+    if numel and last >= storage.size():
+        raise pickle.UnpicklingError(f"tensor of shape {list(size)!r:.100} reaches element {last} of a storage "
+                                     f"of {storage.size()}")
+
+
+def _rebuild_tensor(storage: Any, storage_offset: int, size: tuple, stride: tuple) -> torch.Tensor:
+    """``torch._utils._rebuild_tensor`` for a view that fits its storage and the limits."""
+    _check_view(storage, storage_offset, size, stride)
+    return torch._utils._rebuild_tensor(storage, storage_offset, size, stride)
+
+
 def _rebuild_tensor_v2(storage: Any, storage_offset: int, size: tuple, stride: tuple, requires_grad: bool,
                        backward_hooks: Any, metadata: Any = None) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2`` without the pickled backward hooks and metadata (never run them)."""
-    tensor = torch._utils._rebuild_tensor(storage, storage_offset, size, stride)
+    """``torch._utils._rebuild_tensor_v2`` without the pickled backward hooks and metadata (never run them), for a
+    view that fits its storage and the limits."""
+    tensor = _rebuild_tensor(storage, storage_offset, size, stride)
     tensor.requires_grad = bool(requires_grad)
     return tensor
 
@@ -79,7 +114,7 @@ def _codecs_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
 
 # Globals that are rebuilt for real: functions that only assemble tensors or inert containers.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
@@ -166,10 +201,13 @@ def plain(obj: Any, depth: int = 0) -> Any:
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles a torch ``data.pkl``; storages are read from ``records`` (key -> bytes) on the CPU."""
 
-    def __init__(self, data: bytes, records: dict[str, bytes] | None = None, byteorder: str = sys.byteorder
+    def __init__(self, data: bytes, records: dict[str, bytes] | Any | None = None, byteorder: str = sys.byteorder
                  ) -> None:
+        """``records``: key -> bytes, or an object with ``size(key)`` (None when absent) and ``read(key)``
+        (:class:`_ZipRecords`: a record is read only when a tensor names it, after its size is checked)."""
         super().__init__(io.BytesIO(data), encoding="utf-8")
-        self.records = records or {}
+        self.records = records if records is not None and not isinstance(records, dict) else _DictRecords(
+            records or {})
         self.byteorder = byteorder
         self.foreign: dict[str, type[ForeignObject]] = {}
         self._storages: dict[str, torch.storage.TypedStorage] = {}
@@ -201,10 +239,16 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"persistent id names {storage_type!r:.100}, not a torch storage type")
         key = key.decode() if isinstance(key, bytes) else str(key)
         if key not in self._storages:
-            if key not in self.records:
+            size = self.records.size(key)
+            if size is None:
                 raise pickle.UnpicklingError(f"storage record data/{key} is missing from the archive")
-            raw = self.records[key]
-            expected = int(numel) * torch._utils._element_size(storage_type.dtype)
+            if not isinstance(numel, int) or not 0 <= numel <= MAX_TENSOR_ELEMENTS:
+                raise pickle.UnpicklingError(f"storage data/{key} of {numel!r:.40} elements: more than "
+                                             f"{MAX_TENSOR_ELEMENTS}, no checkpoint of a Re-ID network holds that")
+            expected = numel * torch._utils._element_size(storage_type.dtype)
+            if size != expected:  # checked before the record is read (or inflated)
+                raise pickle.UnpicklingError(f"storage data/{key}: {size} bytes, expected {expected}")
+            raw = self.records.read(key)
             if len(raw) != expected:
                 raise pickle.UnpicklingError(f"storage data/{key}: {len(raw)} bytes, expected {expected}")
             untyped = (torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage() if raw
@@ -214,6 +258,37 @@ class RestrictedUnpickler(pickle.Unpickler):
             self._storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=storage_type.dtype,
                                                              _internal=True)
         return self._storages[key]
+
+
+class _DictRecords:
+    """Storage records already in memory (key -> bytes)."""
+
+    def __init__(self, records: dict[str, bytes]) -> None:
+        self._records = records
+
+    def size(self, key: str) -> int | None:
+        return len(self._records[key]) if key in self._records else None
+
+    def read(self, key: str) -> bytes:
+        return self._records[key]
+
+
+class _ZipRecords:
+    """The storage records of a torch zip archive, read one by one when a tensor names them: their sizes come from
+    the zip's directory, so a record is never inflated before it is known to hold what its tensor says."""
+
+    def __init__(self, archive: zipfile.ZipFile, folder: str) -> None:
+        self._archive = archive
+        self._infos = {i.filename[len(folder):]: i for i in archive.infolist() if i.filename.startswith(folder)}
+        self.total = sum(i.file_size for i in self._infos.values())
+
+    def size(self, key: str) -> int | None:
+        info = self._infos.get(key)
+        return None if info is None else info.file_size
+
+    def read(self, key: str) -> bytes:
+        with self._archive.open(self._infos[key]) as stream:
+            return stream.read(self._infos[key].file_size + 1)
 
 
 def safe_load(data: bytes, source: str = "<bytes>") -> tuple[Any, list[str]]:
@@ -233,9 +308,16 @@ def safe_load(data: bytes, source: str = "<bytes>") -> tuple[Any, list[str]]:
         prefix = pickles[0][: -len("data.pkl")]
         if f"{prefix}constants.pkl" in names:
             raise CheckpointError(f"{source}: a TorchScript archive, not a torch.save checkpoint")
-        records = {n[len(prefix) + 5:]: archive.read(n) for n in names if n.startswith(f"{prefix}data/")}
+        records = _ZipRecords(archive, f"{prefix}data/")
+        if records.total > MAX_TOTAL_BYTES:
+            raise CheckpointError(f"{source}: its tensors would take {records.total} bytes once unpacked, more than "
+                                  f"{MAX_TOTAL_BYTES}: no checkpoint of a Re-ID network is that large")
         byteorder = (archive.read(f"{prefix}byteorder").decode().strip() if f"{prefix}byteorder" in names
                      else "little")
+        pickle_size = archive.getinfo(pickles[0]).file_size
+        if pickle_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"{source}: its data.pkl is {pickle_size} bytes once unpacked, more than "
+                                  f"{MAX_PICKLE_BYTES}: not a checkpoint's")
         unpickler = RestrictedUnpickler(archive.read(pickles[0]), records, byteorder)
         try:
             obj = unpickler.load()
