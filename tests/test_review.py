@@ -250,6 +250,12 @@ def test_the_job_serves_with_a_token_also_on_every_interface(review_labels, tmp_
     finally:
         process.terminate()
         process.wait(timeout=30)
+    for flags, named in ([["--labels", str(tmp_path / "nowhere"), "--crops", str(review_labels["crops"])],
+                          "nowhere"],
+                         [["--labels", str(review_labels["labels"]), "--crops", str(tmp_path)], str(tmp_path)]):
+        bad = subprocess.run([sys.executable, str(REPO / "jobs" / "review.py"), *flags], env=job_env,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and named in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     help_text = subprocess.run([sys.executable, str(REPO / "jobs" / "review.py"), "export", "--help"], env=job_env,
                                capture_output=True, text=True, check=True).stdout
     assert "--out" in help_text and "--db" in help_text

@@ -118,3 +118,28 @@ def test_two_browser_contexts_acting_at_once_both_persist(app, browser) -> None:
         page.reload()
         expect(page.get_by_test_id("status")).to_contain_text("20 actions")
         page.context.close()
+
+
+def test_more_like_this_names_identities_of_several_books(app, browser) -> None:
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(app.url)
+    page.get_by_test_id("books").wait_for()
+    series, identity = min(app.corpus.state.ids)
+    page.goto(f"{app.base}/#/similar/{series}/{identity}")
+    boxes = page.locator("input[data-target]")
+    expect(boxes.first).to_be_visible()
+    targets = sorted(set(boxes.evaluate_all("bs => bs.map(b => b.dataset.target)")))
+    books = {t.split("/")[0] for t in targets}
+    assert len(books) == 2, targets  # the nearest instances come from both books of the tiny corpus
+    chosen = [next(t for t in targets if t.startswith(b + "/")) for b in sorted(books)]
+    for target in chosen:
+        page.locator(f'input[data-target="{target}"]').first.check()
+    page.get_by_test_id("name-input").fill("Twin")
+    page.get_by_test_id("set-name").click()
+    expect(page.get_by_test_id("status")).to_contain_text("1 actions")
+    named = {(s, i) for (s, i), name in app.corpus.state.names.items() if name == "Twin"}
+    assert named == {tuple(int(x) for x in t.split("/")) for t in chosen}
+    context.close()

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from reid.contracts.crops import crops_output
+from reid.errors import DataFormatError
 from reid.review.app import create_app, new_token
 from reid.review.config import ReviewConfig
 from reid.review.corpus import ReviewCorpus
@@ -54,6 +56,9 @@ def build(cfg: ReviewConfig, quiet: bool = False) -> RunningApp:
     """Load the corpus, bind the socket and make the server (not started yet)."""
     import uvicorn
 
+    if not crops_output(cfg.crops).is_complete():
+        raise DataFormatError(cfg.crops, "crop output is incomplete or missing (no _SUCCESS): give the --crops "
+                                         "folder of jobs/crop.py the labels were made from")
     corpus = ReviewCorpus(cfg.labels, cfg.db)
     crops = CropCache(cfg.crops, corpus.instance_shard, cfg.crop_cache_shards)
     token = cfg.token or new_token()

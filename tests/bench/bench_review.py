@@ -24,6 +24,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from reid.contracts.crops import crops_output  # noqa: E402
 from reid.contracts.labels import CENTROID_SCHEMA, LABEL_SCHEMA, labels_output, windows_output  # noqa: E402
 from reid.contracts.manifest import error_table, table_to_parquet_bytes  # noqa: E402
 from reid.io import write_bytes_atomic  # noqa: E402
@@ -84,6 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         make_labels(f"{tmp}/labels", args.instances, args.characters)
+        crops_output(f"{tmp}/crops").finalize([])  # no thumbnails are asked for
         start = time.perf_counter()
         app = start_in_background(ReviewConfig(labels=f"{tmp}/labels", crops=f"{tmp}/crops", port=0))
         loaded = time.perf_counter() - start

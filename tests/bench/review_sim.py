@@ -66,8 +66,12 @@ class Reviewer:
             self.call("/api/actions", {"kind": "same", "payload": payload})
             return
         unit = self.majority(self.app.corpus.state.unit_members[q["unit"]])
-        own, other = self.of_identity(series, q["identity"]), self.of_identity(series, q["other"])
-        answer = {"answer": "yes"} if unit == own else {"answer": "no", "other": q["other"] if unit == other else None}
+        own = self.of_identity(series, q["identity"])
+        # "no": the reviewer knows the character, so moves it onto the identity that is that character (the one
+        # proposed, or any other of the book, as the identity page allows), else into a new identity
+        where = [q["other"]] + sorted(i for s, i in self.app.corpus.state.ids if s == series)
+        target = next((i for i in where if i != q["identity"] and self.of_identity(series, i) == unit), None)
+        answer = {"answer": "yes"} if unit == own else {"answer": "no", "other": target}
         self.call("/api/actions", {"kind": "belongs", "payload": {"series": series, "unit": q["unit"],
                                                                   "identity": q["identity"], **answer}})
 

@@ -186,9 +186,18 @@ async function renderSimilar(params) {
   const query = params.member ? `member=${encodeURIComponent(params.member)}`
                               : `series=${params.series}&identity=${params.identity}`;
   const data = await api(`/api/similar?${query}&k=24`);
-  view.innerHTML = `<h2>More like ${esc(data.query)}</h2><div class="members" data-testid="similar">${data.members.map(m => `
-    <div class="member"><a href="#/identity/${m.series}/${m.identity}">book ${m.series} #${m.identity}</a> ${m.distance}<br>
+  view.innerHTML = `<h2>More like ${esc(data.query)}</h2>
+    <div class="toolbar"><input id="name" data-testid="name-input" placeholder="name">
+      <button id="set-name" data-testid="set-name">Name the chosen identities (any book)</button></div>
+    <div class="members" data-testid="similar">${data.members.map(m => `
+    <div class="member"><label><input type="checkbox" data-target="${m.series}/${m.identity}"></label>
+      <a href="#/identity/${m.series}/${m.identity}">book ${m.series} #${m.identity}</a> ${m.distance}<br>
       ${thumb(m.face)}${thumb(m.body)}</div>`).join("")}</div>`;
+  document.getElementById("set-name").onclick = () => {
+    const targets = [...new Set([...view.querySelectorAll("input[data-target]:checked")].map(b => b.dataset.target))]
+      .map(t => t.split("/").map(Number));
+    act("name", {targets, name: document.getElementById("name").value});
+  };
   bindThumbs();
 }
 
