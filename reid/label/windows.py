@@ -237,8 +237,8 @@ def unit_retry_args(cfg: LabelConfig, gpus_per_actor: float) -> tuple[dict[str, 
     """Ray remote arguments of (the decoding map, the embedding actors) bounding the re-runs of a unit whose process
     died to ``--unit-retries`` (Ray Data's default: for ever). Not when the decoding is fused into the actors (the
     CPU default): Ray Data fuses two maps only when their arguments are equal, and no retry argument is valid for
-    both a task and an actor (Ray 2.60), so that pass keeps Ray Data's actor restarts; a process killed by Ray's
-    memory monitor is still re-run at most RAY_task_oom_retries times (:func:`reid.raycluster.init_ray`)."""
+    both a task and an actor (Ray 2.60), so that pass keeps Ray Data's actor restarts (for ever): a labeling actor
+    killed on every attempt is not bounded there yet (docs/RELIABILITY.md)."""
     if decoding_fused(cfg, gpus_per_actor):
         return {}, {}
     return task_retry_args(cfg.unit_retries), actor_retry_args(cfg.unit_retries)
