@@ -199,19 +199,25 @@ class ShardLabeler:
     """Ray Data actor (GPU when the cluster has one): loads the model once, embeds prepared work units,
     clusters their windows and commits them."""
 
-    def __init__(self, cfg: dict[str, Any], model_id: dict[str, str]) -> None:
+    def __init__(self, cfg: dict[str, Any], model_id: dict[str, str], prepare: dict[str, Any] | None = None
+                 ) -> None:
+        """``prepare``: the keyword arguments of :func:`_prepare_batch` when this actor decodes its units itself
+        (batches of work items), None when it gets them prepared (batches of payloads)."""
         import torch
 
         from reid.embedding import CharacterEmbedder
 
         self.cfg = config.from_dict(LabelConfig, cfg)
         self.model_id = model_id
+        self.prepare = prepare
         model, _ = load_reid_model(self.cfg, expected_sha256=model_id["model_sha256"])
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.set_num_threads(actor_threads(self.cfg))
         self.embedder = CharacterEmbedder(model, device, self.cfg.batch_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        if self.prepare is not None:
+            batch = _prepare_batch(batch, self.cfg, **self.prepare)
         summaries = []
         for shard, payload in zip(batch["shard"], batch["payload"], strict=True):
             if not payload:
@@ -226,21 +232,18 @@ class ShardLabeler:
 
 
 def decoding_fused(cfg: LabelConfig, gpus_per_actor: float) -> bool:
-    """Whether Ray Data runs the decoding step inside the embedding actors: it fuses a task-pool map into the
-    actor-pool map after it when both ask for the same resources (``are_remote_args_compatible``). That is
-    the CPU-only default (1 CPU each): every actor decodes its unit then embeds it, one process per CPU, which
-    measured faster on CPUs than an actor with several threads beside decoding tasks (docs/BENCHMARKS.md)."""
+    """Whether the embedding actors decode their units themselves: when decoding tasks and actors ask for the same
+    resources, the CPU-only default (1 CPU each). Every actor decodes its unit then embeds it, one process per CPU,
+    which measured faster on CPUs than an actor with several threads beside decoding tasks (docs/BENCHMARKS.md).
+    (Ray Data used to fuse the two maps; one actor map does the same and keeps the actors' own retry bound.)"""
     return not gpus_per_actor and cfg.num_cpus_per_task == cfg.num_cpus_per_actor
 
 
-def unit_retry_args(cfg: LabelConfig, gpus_per_actor: float) -> tuple[dict[str, int], dict[str, int]]:
-    """Ray remote arguments of (the decoding map, the embedding actors) bounding the re-runs of a unit whose process
-    died to ``--unit-retries`` (Ray Data's default: for ever). Not when the decoding is fused into the actors (the
-    CPU default): Ray Data fuses two maps only when their arguments are equal, and no retry argument is valid for
-    both a task and an actor (Ray 2.60), so that pass keeps Ray Data's actor restarts (for ever): a labeling actor
-    killed on every attempt is not bounded there yet (docs/RELIABILITY.md)."""
-    if decoding_fused(cfg, gpus_per_actor):
-        return {}, {}
+def unit_retry_args(cfg: LabelConfig) -> tuple[dict[str, int], dict[str, int]]:
+    """Ray remote arguments of (the decoding tasks, the embedding actors) bounding the re-runs of a unit whose
+    process died to ``--unit-retries`` (Ray Data's default: for ever). They are not valid for each other's kind of
+    map, so Ray Data never fuses the two maps: the actors decode their units themselves when they would be fused
+    (:func:`decoding_fused`)."""
     return task_retry_args(cfg.unit_retries), actor_retry_args(cfg.unit_retries)
 
 
@@ -286,14 +289,16 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
     if gpus is None:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     actors = pool_size(cfg, gpus, len(pending), resources)
-    prepare_retries, actor_retries = unit_retry_args(cfg, gpus)
+    task_retries, actor_retries = unit_retry_args(cfg)
+    prepare = {"face_size": model_cfg["face_size"], "body_size": model_cfg["body_size"],
+               "pages_per_shard": pages_per_shard, "transform": model_cfg.get("transform")}
+    in_actor = decoding_fused(cfg, gpus)
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-    ds = ds.map_batches(_prepare_batch, fn_kwargs={"cfg": cfg, "face_size": model_cfg["face_size"],
-                                                   "body_size": model_cfg["body_size"],
-                                                   "pages_per_shard": pages_per_shard,
-                                                   "transform": model_cfg.get("transform")},
-                        batch_size=1, num_cpus=cfg.num_cpus_per_task, **prepare_retries)
-    ds = ds.map_batches(ShardLabeler, fn_constructor_kwargs={"cfg": config.to_dict(cfg), "model_id": model_id},
+    if not in_actor:
+        ds = ds.map_batches(_prepare_batch, fn_kwargs={"cfg": cfg, **prepare}, batch_size=1,
+                            num_cpus=cfg.num_cpus_per_task, **task_retries)
+    ds = ds.map_batches(ShardLabeler, fn_constructor_kwargs={"cfg": config.to_dict(cfg), "model_id": model_id,
+                                                             "prepare": prepare if in_actor else None},
                         batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None, **actor_retries,
                         # all actors start at once: scaling up one by one left a CPU idle for the first ~7 s
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))
