@@ -98,6 +98,7 @@ def _calibrate_and_label(model, out: Path, p: dict, cfg, linking: dict | None = 
     save_model_checkpoint(model, path, extra={"calibration": calibration})
     run_label(LabelConfig(model=path, crops=p["crops"], out=p["labels"], ground_truth=f"{p['corpus']}/ground_truth.csv",
                           comics_root=p["corpus"], report_windows=0, mlflow_uri=f"sqlite:///{out}/mlflow.db",
+                          save_embeddings=True,  # for tests/bench/linking_ceiling.py
                           name=f"{out.name}-label"))
     return _scores(path, p, cfg)
 
@@ -163,7 +164,7 @@ def relabel_row(previous: dict, args) -> dict:
     out = Path(args.out).resolve() / f"{args.tag}-{row}-seed{seed}"
     cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series, train_seed=seed,
                          ray_num_cpus=2)
-    p = {**paths(cfg), "labels": str(out / "labels-relabel")}
+    p = {**paths(cfg), "labels": str(out / f"labels-relabel{_suffix(args)}")}
     shutil.rmtree(p["labels"], ignore_errors=True)  # the label job resumes: a fresh folder, not old shards
     source = p["reid_model"] if row in ("product", "paper") else str(out / "model.pt")
     model, _, _ = load_model_checkpoint(source)
