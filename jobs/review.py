@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         from reid.review import export_sequences
 
         cfg = parse_config(ExportSequencesConfig, args, description=__doc__)
-        out = export_sequences(cfg.labels, cfg.out, cfg.db, cfg.split, cfg.window_size, cfg.min_characters)
-        print(f"reviewed sequences: {out['sequences']} windows, {out['instances']} character instances in "
-              f"{out['path']}")
+        out = export_sequences(cfg.labels, cfg.out, cfg.db, cfg.split, cfg.window_size, cfg.min_characters,
+                               cfg.across_windows)
+        print(f"reviewed sequences: {out['sequences']} ({out['book_sequences']} joining two windows of one "
+              f"character), {out['instances']} character instances in {out['path']}")
     else:
         from reid.review.serve import serve
 

@@ -220,6 +220,17 @@ def test_exports_are_the_labels_plus_the_review(app, review_labels, tmp_path) ->
     sequences = read_sequences(out["path"])
     assert out["sequences"] == len(sequences) > 0
     assert {c.char_id for s in sequences for c in s.characters} == {f"{series}_{a}"}
+    # the merged character joins its windows: sequences whose panels come from two label windows, with its
+    # instances in both (book-level positive pairs for fine-tuning)
+    window_of = {r["panel_id"]: r["window_id"] for r in table.to_pylist()}
+    joined = [s for s in sequences if len({window_of[str(p)] for p in s.panels}) > 1]
+    assert out["book_sequences"] == len(joined) > 0
+    for seq in joined:
+        hero_windows = {window_of[inst.panel_id] for c in seq.characters for inst in c.instances}
+        assert len(hero_windows) == 2 and len(set(seq.panels)) == 4
+    plain = export_sequences(str(review_labels["labels"]), str(tmp_path / "seq0"), str(tmp_path / "review.db"),
+                             across_windows=0)
+    assert plain["book_sequences"] == 0 and plain["sequences"] == out["sequences"] - len(joined)
     assert _digest(review_labels["labels"] / "data") == digest  # the app never rewrites the labels
 
 

@@ -57,8 +57,12 @@ class ExportSequencesConfig:
     window_size: int = field(default=4, metadata={"help": "panels per sequence (windows of other lengths are "
                                                           "left out)"})
     min_characters: int = field(default=1, metadata={"help": "reviewed characters a window needs to be written"})
+    across_windows: int = field(default=8, metadata={
+        "help": "also write up to this many sequences per reviewed character that join two of its windows (the "
+                "book-level positives fine-tuning cannot get from window sequences; 0: none)"})
 
     def __post_init__(self) -> None:
         config.check(bool(self.labels), "--labels is required")
         config.check(bool(self.out), "--out is required")
         config.check(self.window_size >= 1 and self.min_characters >= 1, "window_size, min_characters >= 1")
+        config.check(self.across_windows >= 0, f"across_windows must be >= 0, got {self.across_windows}")

@@ -85,12 +85,60 @@ def reviewed_sequences(table: pa.Table, window_size: int = 4, min_characters: in
     return out
 
 
+def book_sequences(table: pa.Table, window_size: int = 4, per_identity: int = 8) -> list[dict[str, Any]]:
+    """Sequences that join two windows of one reviewed character: half the panels from one window where it is
+    seen, half from another (a page or more apart where the book allows), every reviewed character of those
+    panels labelled as in :func:`reviewed_sequences`.
+
+    Fine-tuning takes its positive pairs from inside one sequence, so window sequences alone teach nothing about
+    the same character across a book; what a reviewer merged across windows is exactly that. Up to
+    ``per_identity`` window pairs per reviewed identity; panel ids need only be of one series (docs/DATA.md)."""
+    rows = table.filter(pa.compute.fill_null(table["reviewed"], False))
+    rows = rows.filter(pa.compute.invert(pa.compute.fill_null(rows["not_character"], False)))
+    windows_of: dict[tuple[int, int], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    in_panel: dict[str, dict[str, dict[str, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows.select(["window_id", "panel_id", "char_key", "type", "instance_id", "series_id",
+                          "reviewed_identity"]).to_pylist():
+        char_id = f"{r['series_id']}_{r['reviewed_identity']}"
+        panels = windows_of[(r["series_id"], r["reviewed_identity"])][r["window_id"]]
+        if r["panel_id"] not in panels:
+            panels.append(r["panel_id"])
+        in_panel[r["panel_id"]][char_id].setdefault(r["char_key"], {})[r["type"]] = r["instance_id"]
+    half = window_size // 2
+    out: dict[str, dict[str, Any]] = {}
+    for _, windows in sorted(windows_of.items()):
+        ordered = sorted(windows)
+        for i in range(min(per_identity, len(ordered)) if len(ordered) > 1 else 0):
+            a, b = ordered[i], ordered[(i + len(ordered) // 2) % len(ordered)]
+            if a == b:
+                continue
+            panels = list(dict.fromkeys(sorted(windows[a])[:half] + sorted(windows[b])[:window_size - half]))
+            spare = [p for p in window_panels(a) + window_panels(b) if p not in panels]
+            panels = (panels + spare)[:window_size]
+            seq_id = "+".join(panels)
+            if len(panels) < window_size or seq_id in out:
+                continue
+            by_char: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+            for panel in panels:
+                for char_id, keys in in_panel[panel].items():
+                    by_char[char_id].update(keys)
+            out[seq_id] = {"seq_id": seq_id, "annotations": [
+                {"charId": char_id, "charInstances": [dict(sorted(inst.items())) for _, inst in sorted(keys.items())]}
+                for char_id, keys in sorted(by_char.items())]}
+    return [out[k] for k in sorted(out)]
+
+
 def export_sequences(labels_root: str, out_dir: str, db: str = "", split: str = "train", window_size: int = 4,
-                     min_characters: int = 1) -> dict[str, Any]:
-    """Write ``<out_dir>/<split>_sequences.json`` from the effective labels; returns its path and counts."""
-    sequences = reviewed_sequences(effective_labels(labels_root, db), window_size, min_characters)
+                     min_characters: int = 1, across_windows: int = 8) -> dict[str, Any]:
+    """Write ``<out_dir>/<split>_sequences.json`` from the effective labels: the reviewed windows and up to
+    ``across_windows`` sequences per reviewed character joining two of its windows (:func:`book_sequences`);
+    returns its path and counts."""
+    table = effective_labels(labels_root, db)
+    window = reviewed_sequences(table, window_size, min_characters)
+    book = book_sequences(table, window_size, across_windows) if across_windows else []
+    sequences = window + book
     path = io.join(out_dir, f"{split}_sequences.json")
     io.makedirs(out_dir)
     io.write_text_atomic(path, json.dumps(sequences, indent=1))
-    return {"path": path, "sequences": len(sequences),
+    return {"path": path, "sequences": len(sequences), "book_sequences": len(book),
             "instances": sum(len(a["charInstances"]) for s in sequences for a in s["annotations"])}

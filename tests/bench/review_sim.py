@@ -1,10 +1,12 @@
 """A simulated reviewer: answers the review app's queue from the ground truth, through the app's HTTP API, and
 prints series B-cubed F1 and AMI after 0, 5, 10, 20 and 50 actions per book; the same budget spent on random
 pairs of identities is the baseline (the queue's order is the lever). With ``--relabel`` the labels are then
-re-made with ``jobs/label.py --corrections`` (same model) and scored again.
+re-made with ``jobs/label.py --corrections`` (same model) and scored again; with ``--finetune-round RUN`` the review
+then becomes training sequences, the model is fine-tuned again with them and the corpus labelled once more.
 
     python tests/bench/review_sim.py                       # the make demo run under runs/demo
     python tests/bench/review_sim.py --labels L --crops C --ground-truth corpus/ground_truth.csv --relabel
+    python tests/bench/review_sim.py --relabel --finetune-round runs/demo         # the whole loop
 """
 
 from __future__ import annotations
@@ -156,6 +158,33 @@ def relabel(labels: str, crops: str, ground_truth: str, budget: int, truth: dict
             "groups_kept": f"{after.get('corrections_groups_kept')}/{after.get('corrections_groups')}"}
 
 
+def finetune_round(run: str, db: str, out: str, ground_truth: str) -> dict:
+    """The review's second use: its identities as sequences (``jobs/review.py export-sequences``, windows and
+    sequences joining two windows of one character), fine-tuning again from the run's SSL model with them added
+    (``--extra-sequences``, the demo recipe of ``reid.pipeline``), then labelling with the new model and the same
+    corrections. ``run`` is a pipeline output folder (``make demo``'s runs/demo, a quality.py run)."""
+    from reid.pipeline import PipelineConfig, paths, stage_commands
+
+    cfg = PipelineConfig(out=run, ray_num_cpus=2, mlflow_uri=f"sqlite:///{out}/mlflow.db")
+    commands, p = stage_commands(cfg), paths(cfg)
+    sequences = f"{out}/reviewed-sequences"
+    subprocess.run([sys.executable, str(REPO / "jobs" / "review.py"), "export-sequences", "--labels", p["labels"],
+                    "--db", db, "--out", sequences], check=True, cwd=REPO)
+    name = f"{cfg.name_prefix}-finetune-reviewed"
+    finetune = [name if a == f"{cfg.name_prefix}-finetune" else a for a in commands["finetune"]]
+    finetune += ["--extra-sequences", sequences, "--register-as", ""]
+    subprocess.run([sys.executable, *finetune], check=True, cwd=REPO)
+    model = f"{p['train']}/{name}/final/model.pt"
+    label = [model if a == p["reid_model"] else f"{out}/labels-reviewed-model" if a == p["labels"] else a
+             for a in commands["label"]]
+    label += ["--corrections", db, "--report-windows", "0", "--name", "review-sim-finetuned"]
+    subprocess.run([sys.executable, *label], check=True, cwd=REPO)
+    after = json.loads(Path(out, "labels-reviewed-model", "metrics.json").read_text())
+    return {"policy": "+ fine-tune", "actions_per_book": 20, "bcubed_f1": after["gt_series_bcubed_f1"],
+            "AMI": after["gt_series_AMI"], "identities": after["gt_series_identities"],
+            "groups_kept": f"{after.get('corrections_groups_kept')}/{after.get('corrections_groups')}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", default=str(REPO / "runs/demo/labels"), help="output of jobs/label.py")
@@ -167,6 +196,9 @@ def main() -> None:
     parser.add_argument("--relabel", action="store_true", help="then re-label with --corrections (20 actions per "
                                                                "book) and score the new labels")
     parser.add_argument("--out", default="", help="where --relabel writes (default: a temporary folder)")
+    parser.add_argument("--finetune-round", default="", metavar="RUN",
+                        help="with --relabel: then export the review as sequences, fine-tune again with them "
+                             "(the pipeline output folder RUN: its SSL model, crops, sequences) and label")
     args = parser.parse_args()
     truth = read_truth(args.ground_truth)
     budgets = sorted({int(b) for b in args.budgets.split(",")})
@@ -176,6 +208,9 @@ def main() -> None:
     if args.relabel:
         out = args.out or tempfile.mkdtemp(prefix="review-sim-")
         rows.append(relabel(args.labels, args.crops, args.ground_truth, 20, truth, out))
+        if args.finetune_round:
+            rows.append(finetune_round(str(Path(args.finetune_round).resolve()), f"{out}/review.db", out,
+                                       args.ground_truth))
     print(f"\nsimulated review of {args.labels} ({time.time() - start:.0f} s)")
     print(f"{'policy':<18}{'actions/book':>13}{'series B3F1':>13}{'series AMI':>12}{'ids/book':>10}")
     for r in rows:
