@@ -141,3 +141,18 @@ def test_halftone_prints_only_ink_and_paper():
 def test_bad_style_settings_are_config_errors(changes):
     with pytest.raises(ConfigError):
         preset_config("tiny", **changes)
+
+
+def test_the_pipeline_and_make_demo_take_the_inked_preset():
+    import subprocess
+
+    from reid.pipeline import REPO, PipelineConfig, stage_commands
+
+    corpus = stage_commands(PipelineConfig(out="runs/x", preset="inked-demo"))["corpus"]
+    assert corpus[corpus.index("--preset") + 1] == "inked-demo"
+    with pytest.raises(ConfigError, match="preset"):
+        PipelineConfig(preset="pencil")
+    dry = subprocess.run(["make", "-n", "demo", "STYLE=inked"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "--preset inked-demo" in dry.stdout and "--out runs/demo-inked" in dry.stdout
+    plain = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "--preset demo " in plain.stdout and "--out runs/demo " in plain.stdout
