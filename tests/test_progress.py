@@ -35,8 +35,14 @@ def test_bar_follows_rank_zeros_progress_and_prints_its_warnings(tmp_path, caplo
     assert json.loads(open(progress_path(run)).read())["epoch"] == 2
 
 
-def test_no_progress_file_on_other_ranks(tmp_path):
+def test_no_progress_file_on_other_ranks(tmp_path, monkeypatch):
+    """Ranks other than 0 get no run folder: they write nothing, anywhere (a write to a relative default path
+    would land in the working directory, here an empty one), and forward no warnings."""
+    monkeypatch.chdir(tmp_path)
+    handlers = list(logging.getLogger("reid").handlers)
     progress = Progress(None, epochs=1, steps_per_epoch=1)
+    progress.forward_warnings()
     progress.update(0, 1, force=True)
     progress.note("x")
-    assert not list(tmp_path.iterdir())
+    assert progress.path is None and not list(tmp_path.iterdir())
+    assert logging.getLogger("reid").handlers == handlers
