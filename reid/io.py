@@ -125,9 +125,22 @@ def fingerprint(path: str) -> dict[str, int | str]:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def read_parquet(path: str, columns: list[str] | None = None, filters=None):
-    """One Parquet file (local path or URI) as a pyarrow Table; the one Parquet read helper of the project."""
+def read_parquet(path: str, columns: list[str] | None = None, filters=None, max_rows: int | None = None):
+    """One Parquet file (local path or URI) as a pyarrow Table; the one Parquet read helper of the project.
+
+    ``max_rows``: only the file's first rows (read batch by batch, so a sample of a large shard does not read
+    the whole file); not with ``filters``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, inner = resolve(path)
-    return pq.read_table(inner, filesystem=fs, columns=columns, filters=filters)
+    if max_rows is None:
+        return pq.read_table(inner, filesystem=fs, columns=columns, filters=filters)
+    if filters is not None:
+        raise ValueError("read_parquet: max_rows and filters cannot be combined")
+    with fs.open_input_file(inner) as stream:
+        parquet = pq.ParquetFile(stream)
+        first = next(parquet.iter_batches(batch_size=max(1, max_rows), columns=columns), None)
+        if first is None:
+            return parquet.schema_arrow.empty_table().select(columns) if columns else parquet.schema_arrow.empty_table()
+        return pa.Table.from_batches([first])

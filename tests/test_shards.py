@@ -126,3 +126,20 @@ def test_fingerprint_is_size_and_sha256(tmp_path):
     path = tmp_path / "f.csv"
     path.write_bytes(b"a,b\n1,2\n" * 200_000)
     assert io.fingerprint(str(path)) == {"size": 1_600_000, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_read_parquet_reads_only_the_first_rows_when_asked(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reid import io
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": list(range(10)), "b": [str(i) for i in range(10)]}), path, row_group_size=3)
+    head = io.read_parquet(str(path), ["a"], max_rows=4)
+    assert head.column_names == ["a"] and head["a"].to_pylist() == [0, 1, 2, 3]
+    assert io.read_parquet(str(path), max_rows=50).num_rows == 10
+    pq.write_table(pa.table({"a": pa.array([], pa.int64())}), tmp_path / "e.parquet")
+    assert io.read_parquet(str(tmp_path / "e.parquet"), ["a"], max_rows=4).num_rows == 0
+    with pytest.raises(ValueError, match="max_rows"):
+        io.read_parquet(str(path), filters=[("a", ">", 2)], max_rows=4)

@@ -282,12 +282,12 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     from reid.raycluster import init_ray
     from reid.train.failures import fit
 
-    committed_crop_files(cfg.crops)  # on the driver, before Ray: a finished, undamaged crop output
+    crop_files = committed_crop_files(cfg.crops)  # on the driver, before Ray: a finished, undamaged crop output
     train_instances = count_character_instances(cfg.crops)
     if train_instances < cfg.batch_size:
         raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "
                           f"({cfg.batch_size}); lower --batch-size")
-    cfg, augmentation = choose_colour_augmentation(cfg)
+    cfg, augmentation = choose_colour_augmentation(cfg, crop_files)
     console.open_log()
     log.info("pretrain: %s corpus (mean saturation %.3f of a crop sample): hue jitter %.2g, grayscale %.2g (%s)",
              augmentation["corpus_colour"], augmentation["mean_saturation"], cfg.hue, cfg.grayscale,
@@ -313,30 +313,29 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     return result, model_path
 
 
-def sample_crops(crops: str, limit: int = 256) -> list:
-    """Up to ``limit`` decoded crops spread over the crop output's shard files (for measuring the corpus)."""
-    from reid.contracts.crops import committed_crop_files
+def sample_crops(files: list[str], limit: int = 256) -> list:
+    """Up to ``limit`` decoded crops spread over the crop output's shard ``files`` (for measuring the corpus):
+    the first rows of each file, never a whole shard."""
     from reid.embedding import decode_rgb
 
-    files = committed_crop_files(crops)
     images: list = []
     per_file = max(1, -(-limit // max(1, len(files))))
     for path in files:
-        table = io.read_parquet(path, ["instance_id", "image"])
-        for instance, data in zip(table["instance_id"].to_pylist()[:per_file], table["image"].to_pylist()[:per_file],
-                                  strict=True):
-            images.append(decode_rgb(data, f"{path}#{instance}"))
+        table = io.read_parquet(path, ["instance_id", "image"], max_rows=per_file)
+        images += [decode_rgb(data, f"{path}#{instance}")
+                   for instance, data in zip(table["instance_id"].to_pylist(), table["image"].to_pylist(), strict=True)]
         if len(images) >= limit:
             break
     return images[:limit]
 
 
-def choose_colour_augmentation(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]:
+def choose_colour_augmentation(cfg: PretrainConfig, crop_files: list[str]) -> tuple[PretrainConfig, dict[str, Any]]:
     """The config with --hue/--grayscale filled from the corpus where they were left unset, and the record of
-    that choice (:func:`reid.data.augment.colour_augmentation`; measured on a sample of the crops)."""
+    that choice (:func:`reid.data.augment.colour_augmentation`; measured on a sample of ``crop_files``, the crop
+    output's data files as the driver verified them)."""
     from reid.data.augment import colour_augmentation, mean_saturation
 
-    choice = colour_augmentation(mean_saturation(sample_crops(cfg.crops)))
+    choice = colour_augmentation(mean_saturation(sample_crops(crop_files)))
     explicit = {k: getattr(cfg, k) for k in ("hue", "grayscale") if getattr(cfg, k) is not None}
     choice["source"] = "flags" if len(explicit) == 2 else "measured corpus" if not explicit else "flags and corpus"
     values = {"hue": choice["hue"], "grayscale": choice["grayscale"], **explicit}
