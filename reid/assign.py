@@ -95,8 +95,9 @@ def link_windows(
     """Series-level identities: cluster the centroids of every window's clusters, per series.
 
     ``distance`` says what two window clusters' distance is (``centroid``, ``members``, ``rerank``; see
-    :mod:`reid.linking`); ``constraint="soft"`` turns the cannot-link block into ``soft_penalty`` added to the
-    distance of conflicting clusters.
+    :mod:`reid.linking`; ``metric`` applies to ``centroid`` alone, the others are Euclidean on unit vectors);
+    ``constraint="soft"`` turns the cannot-link block into ``soft_penalty`` added to the distance of conflicting
+    clusters.
 
     With ``members`` (one ``{panel_id: instance key}`` map per row) linking is constrained: two window
     clusters that hold different instances of one panel are never linked (:func:`cluster_conflicts`), so a
@@ -121,40 +122,37 @@ def link_windows(
         rows = np.flatnonzero(series_ids == series)
         # One key per window cluster, numbered in order of first appearance.
         keys = _first_seen_order(_pair_codes(window_ids[rows], window_labels[rows]))
-        centroids = np.stack([points[rows[keys == k]].mean(axis=0) for k in range(keys.max() + 1)])
-        if distance != "centroid" or constraint != "hard":
-            cluster_of_key = _link_series_keys(points[rows], keys, members, rows, threshold, linkage, distance,
-                                               constraint, soft_penalty)
-        elif members is None:
-            cluster_of_key = assign_window(centroids, threshold, metric, linkage)
-        else:
-            key_members: list[dict[str, str]] = [{} for _ in range(len(centroids))]
+        conflicts = None
+        if members is not None:
+            key_members: list[dict[str, str]] = [{} for _ in range(int(keys.max()) + 1)]
             for row, key in zip(rows, keys, strict=True):
                 key_members[key].update(members[row])
-            cluster_of_key = constrained_agglomerative(
-                squareform(pdist(_unit_rows(centroids), metric=metric)), threshold, linkage,
-                cluster_conflicts(key_members))
+            conflicts = cluster_conflicts(key_members)
+        if distance != "centroid" or constraint != "hard":
+            cluster_of_key = _link_series_keys(points[rows], keys, conflicts, threshold, linkage, distance,
+                                               constraint, soft_penalty)
+        else:
+            centroids = np.stack([points[rows[keys == k]].mean(axis=0) for k in range(keys.max() + 1)])
+            cluster_of_key = assign_window(centroids, threshold, metric, linkage) if conflicts is None else \
+                constrained_agglomerative(squareform(pdist(_unit_rows(centroids), metric=metric)), threshold,
+                                          linkage, conflicts)
         identities[rows] = next_identity + cluster_of_key[keys]
         next_identity += int(cluster_of_key.max()) + 1
     return identities
 
 
-def _link_series_keys(points: np.ndarray, keys: np.ndarray, members: list[dict[str, str]] | None,
-                      rows: np.ndarray, threshold: float, linkage: str, distance: str, constraint: str,
-                      soft_penalty: float) -> np.ndarray:
+def _link_series_keys(points: np.ndarray, keys: np.ndarray, conflicts: np.ndarray | None, threshold: float,
+                      linkage: str, distance: str, constraint: str, soft_penalty: float) -> np.ndarray:
     """Series identity of each window cluster (key) of one series, with another distance or a soft constraint
-    (soft: conflicting clusters linked on the evidence are split apart again, :func:`reid.linking.split_conflicts`)."""
+    (soft: conflicting clusters linked on the evidence are split apart again, :func:`reid.linking.split_conflicts`).
+    ``conflicts`` (K, K): the clusters' cannot-links, None for none."""
     from reid.linking import LINK_CONSTRAINTS, soften, split_conflicts, window_identity_distances
 
     if constraint not in LINK_CONSTRAINTS:
         raise ValueError(f"constraint={constraint!r}: expected one of {LINK_CONSTRAINTS}")
     d = window_identity_distances(points, keys, distance)
-    if members is None:
+    if conflicts is None:
         return constrained_agglomerative(d, threshold, linkage)
-    key_members: list[dict[str, str]] = [{} for _ in range(len(d))]
-    for row, key in zip(rows, keys, strict=True):
-        key_members[key].update(members[row])
-    conflicts = cluster_conflicts(key_members)
     if constraint == "soft":
         linked = constrained_agglomerative(soften(d, conflicts, soft_penalty), threshold, linkage)
         return _first_seen_order(split_conflicts(linked, d, conflicts))

@@ -10,7 +10,7 @@ What it clusters on is a distance between two window identities; three are offer
   finds them where centroids do not;
 - ``rerank``: the centroid distance re-ranked with k-reciprocal neighbours (Zhong et al., CVPR 2017, as the
   person re-identification toolkits do before clustering): two identities are close when their neighbourhoods
-  overlap (Jaccard distance of their k-reciprocal sets), mixed with the original distance by ``rerank_lambda``.
+  overlap (Jaccard distance of their k-reciprocal sets), mixed with the original distance by ``lambda_value``.
 
 Cannot-link (two window identities that hold different instances of one panel) is hard by default: such a
 pair never joins, and the block propagates to every merge. ``soft`` adds ``soft_penalty`` to the pair's
