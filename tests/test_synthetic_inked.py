@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from reid.data import formats
 from reid.data.synthetic import generate_corpus, preset_config
 from reid.data.synthetic.inked import grey_only, halftone
 from reid.errors import ConfigError
@@ -83,9 +84,7 @@ def test_unnamed_extras_have_boxes_but_no_sequence(inked):
     root, _, truth = inked
     extras = truth[truth["identity"] == ""]
     assert len(extras) >= 10
-    instances = pd.read_csv(f"{root}/data/ssl/merged_face_body.csv", dtype={"page_id": str})
-    ids = set(instances["series_id"].astype(str) + "_" + instances["page_id"] + "_" + instances["type"] + "_"
-              + instances["index"].astype(str))
+    ids = set(formats.read_instances(f"{root}/data/ssl/merged_face_body.csv")["instance_id"])
     assert set(extras["instance_id"]) <= ids
     in_sequences = set()
     for split in ("train", "validation", "test"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from reid.data import formats
@@ -26,9 +25,8 @@ class Item:
 
 def sequence_items(corpus: str, split: str = "test") -> list[Item]:
     """Every annotated character instance of ``split``'s sequences, with its face and body crops."""
-    boxes = pd.read_csv(f"{corpus}/data/ssl/merged_face_body.csv", dtype={"page_id": str})
-    box = {f"{r.series_id}_{r.page_id}_{r.type}_{r.index}": (r.x_0, r.y_0, r.x1, r.y_1)
-           for r in boxes.itertuples()}
+    boxes = formats.read_instances(f"{corpus}/data/ssl/merged_face_body.csv")
+    box = {r.instance_id: (r.x_0, r.y_0, r.x1, r.y_1) for r in boxes.itertuples()}
     panels: dict[str, Image.Image] = {}
 
     def crop(instance: str | None) -> Image.Image | None:

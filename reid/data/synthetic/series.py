@@ -47,6 +47,7 @@ def _generate_series(task: _SeriesTask) -> dict[str, Any]:
         figures = inked.inked_cast(cast, cfg.seed, sid)
         extras = inked.make_extras(cfg.seed, sid) if cfg.extras_rate > 0 else []
         style.update(inked.inked_style(np.random.default_rng([cfg.seed, sid, 0x1C5])))
+    everyone = figures + extras  # what a placed character's member index points into
     instances: list[tuple] = []
     truth: list[dict[str, Any]] = []
     panels: list[tuple[int, int, int, int]] = []
@@ -65,10 +66,9 @@ def _generate_series(task: _SeriesTask) -> dict[str, Any]:
             pid = PanelId(sid, page, panel)
             io.write_bytes_atomic(io.join(task.out_dir, panel_image_relpath(pid)), buffer.getvalue())
             panels.append((page, panel, img.size[0], img.size[1]))
-            _panel_rows(rng, pid, placed, figures + extras, task.page_splits[page], instances, truth)
+            _panel_rows(rng, pid, placed, everyone, task.page_splits[page], instances, truth)
             page_chars.append(placed)
-        windows.extend(_page_windows(sid, page, page_chars, figures + extras, task.page_splits[page],
-                                     cfg.window_stride))
+        windows.extend(_page_windows(sid, page, page_chars, everyone, task.page_splits[page], cfg.window_stride))
     return {"series_id": sid, "instances": instances, "truth": truth, "panels": panels, "windows": windows,
             "cast": [dataclasses.asdict(c) for c in figures]}
 
