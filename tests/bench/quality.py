@@ -127,18 +127,13 @@ def _reference_row(row: str, out: Path, args, seed: int) -> dict:
 
 def _colour_row(out: Path, args, seed: int) -> dict:
     """Colour histograms of the test sequences' crops (no model): what colour alone gives away."""
-    from reid.eval.baselines import colour_histogram_embedding
-    from reid.eval.metrics import retrieval_metrics
     from reid.pipeline import PipelineConfig, paths, run_pipeline
-    from tests.helpers.corpus_items import sequence_items
+    from tests.helpers.corpus_items import colour_metrics, sequence_items
 
     cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series, train_seed=seed,
                          stages="corpus", ray_num_cpus=2)
     run_pipeline(cfg)
-    items = sequence_items(paths(cfg)["corpus"], "test")
-    vectors = np.stack([colour_histogram_embedding(i.face, i.body) for i in items])
-    metrics = retrieval_metrics(vectors, [i.label for i in items], [i.sequence for i in items])
-    return {f"test_{k}": v for k, v in metrics.items()}
+    return {f"test_{k}": v for k, v in colour_metrics(sequence_items(paths(cfg)["corpus"], "test")).items()}
 
 
 def run_row(row: str, args, seed: int) -> dict:
@@ -220,6 +215,8 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
+    from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--style", choices=sorted(STYLE_PRESETS), default="color",
                         help="corpus style: color (preset demo) or inked (preset inked: black-and-white, >= 50 test "
@@ -236,9 +233,9 @@ def main() -> None:
     parser.add_argument("--model-set", action="append", default=[], metavar="FIELD=true|false",
                         help="with --relabel: change a boolean inference field of each model first, e.g. "
                              "flip_average=false (test metrics are recomputed)")
-    parser.add_argument("--link-distance", choices=("centroid", "members", "rerank"), default=None,
+    parser.add_argument("--link-distance", choices=LINK_DISTANCES, default=None,
                         help="with --relabel: calibrate and link with this distance between window identities")
-    parser.add_argument("--link-constraint", choices=("hard", "soft"), default=None,
+    parser.add_argument("--link-constraint", choices=LINK_CONSTRAINTS, default=None,
                         help="with --relabel: calibrate and link with this cannot-link")
     args = parser.parse_args()
     args.preset = args.preset or STYLE_PRESETS[args.style]

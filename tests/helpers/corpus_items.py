@@ -45,13 +45,18 @@ def sequence_items(corpus: str, split: str = "test") -> list[Item]:
             for char in seq.characters for inst in char.instances]
 
 
-def colour_precision_at_1(items: list[Item]) -> float:
-    """Within-sequence precision@1 of colour histograms (:mod:`reid.eval.baselines`)."""
+def colour_metrics(items: list[Item]) -> dict[str, float]:
+    """Within-sequence retrieval metrics of colour histograms (:mod:`reid.eval.baselines`)."""
     from reid.eval.baselines import colour_histogram_embedding
     from reid.eval.metrics import retrieval_metrics
 
     vectors = np.stack([colour_histogram_embedding(i.face, i.body) for i in items])
-    return retrieval_metrics(vectors, [i.label for i in items], [i.sequence for i in items])["precision_at_1"]
+    return retrieval_metrics(vectors, [i.label for i in items], [i.sequence for i in items])
+
+
+def colour_precision_at_1(items: list[Item]) -> float:
+    """Within-sequence precision@1 of colour histograms."""
+    return colour_metrics(items)["precision_at_1"]
 
 
 def random_network_precision_at_1(items: list[Item], seed: int = 0, face_size: int = 48, body_size: int = 64
