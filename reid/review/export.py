@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reid import io
-from reid.contracts.labels import read_labels, window_panels
+from reid.contracts.labels import read_labels, window_id, window_panels
 from reid.contracts.review import open_log
 from reid.corrections import effective_columns, replay
 from reid.review.corpus import applied_names, default_db
@@ -64,25 +64,30 @@ def _csv(table: pa.Table) -> str:
     return buffer.getvalue()
 
 
+def _reviewed_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows of reviewed, real characters, each with its ``char_id`` (``<series>_<reviewed identity>``)."""
+    rows = table.filter(pa.compute.fill_null(table["reviewed"], False))
+    rows = rows.filter(pa.compute.invert(pa.compute.fill_null(rows["not_character"], False)))
+    return [{**r, "char_id": f"{r['series_id']}_{r['reviewed_identity']}"} for r in rows.select(
+        ["window_id", "panel_id", "char_key", "type", "instance_id", "series_id", "reviewed_identity"]).to_pylist()]
+
+
+def _sequence(seq_id: str, by_char: dict[str, dict[str, dict[str, str]]]) -> dict[str, Any]:
+    """A COMICS sequence entry from {charId: {char key: {type: instance id}}}, in a stable order."""
+    return {"seq_id": seq_id, "annotations": [
+        {"charId": char_id, "charInstances": [dict(sorted(inst.items())) for _, inst in sorted(keys.items())]}
+        for char_id, keys in sorted(by_char.items())]}
+
+
 def reviewed_sequences(table: pa.Table, window_size: int = 4, min_characters: int = 1) -> list[dict[str, Any]]:
     """Windows holding instances of reviewed identities → COMICS sequences (``seq_id``, ``annotations`` of
     ``charId`` and ``charInstances`` {face, body}). Only reviewed, real characters are labelled: the charId is
     ``<series>_<reviewed identity>``, so one character keeps one id in every window of its book."""
     chars: dict[str, dict[str, dict[str, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
-    rows = table.filter(pa.compute.fill_null(table["reviewed"], False))
-    rows = rows.filter(pa.compute.invert(pa.compute.fill_null(rows["not_character"], False)))
-    for r in rows.select(["window_id", "char_key", "type", "instance_id", "series_id", "reviewed_identity"]
-                         ).to_pylist():
-        char_id = f"{r['series_id']}_{r['reviewed_identity']}"
-        chars[r["window_id"]][char_id].setdefault(r["char_key"], {})[r["type"]] = r["instance_id"]
-    out = []
-    for window, by_char in sorted(chars.items()):
-        if len(window_panels(window)) != window_size or len(by_char) < min_characters:
-            continue
-        out.append({"seq_id": window, "annotations": [
-            {"charId": char_id, "charInstances": [dict(sorted(inst.items())) for _, inst in sorted(keys.items())]}
-            for char_id, keys in sorted(by_char.items())]})
-    return out
+    for r in _reviewed_rows(table):
+        chars[r["window_id"]][r["char_id"]].setdefault(r["char_key"], {})[r["type"]] = r["instance_id"]
+    return [_sequence(window, by_char) for window, by_char in sorted(chars.items())
+            if len(window_panels(window)) == window_size and len(by_char) >= min_characters]
 
 
 def book_sequences(table: pa.Table, window_size: int = 4, per_identity: int = 8) -> list[dict[str, Any]]:
@@ -93,17 +98,13 @@ def book_sequences(table: pa.Table, window_size: int = 4, per_identity: int = 8)
     Fine-tuning takes its positive pairs from inside one sequence, so window sequences alone teach nothing about
     the same character across a book; what a reviewer merged across windows is exactly that. Up to
     ``per_identity`` window pairs per reviewed identity; panel ids need only be of one series (docs/DATA.md)."""
-    rows = table.filter(pa.compute.fill_null(table["reviewed"], False))
-    rows = rows.filter(pa.compute.invert(pa.compute.fill_null(rows["not_character"], False)))
     windows_of: dict[tuple[int, int], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     in_panel: dict[str, dict[str, dict[str, dict[str, str]]]] = defaultdict(lambda: defaultdict(dict))
-    for r in rows.select(["window_id", "panel_id", "char_key", "type", "instance_id", "series_id",
-                          "reviewed_identity"]).to_pylist():
-        char_id = f"{r['series_id']}_{r['reviewed_identity']}"
+    for r in _reviewed_rows(table):
         panels = windows_of[(r["series_id"], r["reviewed_identity"])][r["window_id"]]
         if r["panel_id"] not in panels:
             panels.append(r["panel_id"])
-        in_panel[r["panel_id"]][char_id].setdefault(r["char_key"], {})[r["type"]] = r["instance_id"]
+        in_panel[r["panel_id"]][r["char_id"]].setdefault(r["char_key"], {})[r["type"]] = r["instance_id"]
     half = window_size // 2
     out: dict[str, dict[str, Any]] = {}
     for _, windows in sorted(windows_of.items()):
@@ -113,18 +114,15 @@ def book_sequences(table: pa.Table, window_size: int = 4, per_identity: int = 8)
             if a == b:
                 continue
             panels = list(dict.fromkeys(sorted(windows[a])[:half] + sorted(windows[b])[:window_size - half]))
-            spare = [p for p in window_panels(a) + window_panels(b) if p not in panels]
-            panels = (panels + spare)[:window_size]
-            seq_id = "+".join(panels)
+            panels = (panels + [p for p in window_panels(a) + window_panels(b) if p not in panels])[:window_size]
+            seq_id = window_id(panels)
             if len(panels) < window_size or seq_id in out:
                 continue
             by_char: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
             for panel in panels:
                 for char_id, keys in in_panel[panel].items():
                     by_char[char_id].update(keys)
-            out[seq_id] = {"seq_id": seq_id, "annotations": [
-                {"charId": char_id, "charInstances": [dict(sorted(inst.items())) for _, inst in sorted(keys.items())]}
-                for char_id, keys in sorted(by_char.items())]}
+            out[seq_id] = _sequence(seq_id, by_char)
     return [out[k] for k in sorted(out)]
 
 
