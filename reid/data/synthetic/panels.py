@@ -117,33 +117,35 @@ def _make_scene(rng: np.random.Generator, cast: list[CharacterDesign], weights: 
     return _Scene(_pick(rng, _BACKGROUNDS), (_BG_COLORS[int(i)], _BG_COLORS[int(j)]), tint, tuple(members))
 
 
-def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[CharacterDesign],
-                  weights: np.ndarray, scene: _Scene, style: dict[str, Any],
-                  extras: list[CharacterDesign] | None = None) -> tuple[Image.Image, list[_Placed]]:
-    """Draw one panel of ``scene``; ``extras`` (inked style) are unnamed passers-by, indexed after the cast."""
-    inked = cfg.style == "inked"
-    w = int(rng.integers(cfg.min_panel_size, cfg.max_panel_size + 1))
-    h = int(rng.integers(cfg.min_panel_size, cfg.max_panel_size + 1))
-    img = _background(rng, scene, w, h)
+def _cast_panel(rng: np.random.Generator, cfg: SyntheticConfig, scene: _Scene, weights: np.ndarray, n_cast: int,
+                n_extras: int) -> list[_Placed]:
+    """Who is in one panel and how seen: 1..max characters of the scene, plus (inked style) 0-2 unnamed extras
+    (member indices after the cast's); at most one close-up, never an extra's."""
     scene_w = weights[list(scene.members)] / weights[list(scene.members)].sum()
     most = min(cfg.max_chars_per_panel, len(scene.members))
     count_p = np.array([1.0, 1.5, 1.0, 0.6, 0.3, 0.2][:most])
     n = 1 + int(rng.choice(most, p=count_p / count_p.sum()))
     picks = rng.choice(len(scene.members), n, replace=False, p=scene_w)
     members = [int(scene.members[int(i)]) for i in picks]
-    figures = cast + (extras or [])
-    if inked and extras:
-        members += [len(cast) + int(k) for k in rng.choice(len(extras), min(2, int(rng.poisson(cfg.extras_rate))),
-                                                             replace=False)]
-    placed = []
+    if cfg.style == "inked" and n_extras:
+        members += [n_cast + int(k) for k in rng.choice(n_extras, min(2, int(rng.poisson(cfg.extras_rate))),
+                                                          replace=False)]
+    placed: list[_Placed] = []
     for m in members:
         u = rng.random()
         view = ("closeup" if u < cfg.closeup_rate else
                 "back" if u < cfg.closeup_rate + cfg.back_view_rate else "front")
-        if view == "closeup" and (any(p.view == "closeup" for p in placed) or m >= len(cast)):
+        if view == "closeup" and (any(p.view == "closeup" for p in placed) or m >= n_cast):
             view = "front"
         placed.append(_Placed(m, view))
-    # far (small) figures first, the close-up last: later figures occlude earlier ones
+    return placed
+
+
+def _layout(rng: np.random.Generator, cfg: SyntheticConfig, figures: list[CharacterDesign], placed: list[_Placed],
+            w: int, h: int) -> list[tuple[_Placed, float, float, float]]:
+    """(character, size, centre x, top) of every figure in drawing order: far (small) figures first, the
+    close-up last, so that later figures occlude earlier ones."""
+    inked = cfg.style == "inked"
     standing = [p for p in placed if p.view != "closeup"]
     slots = rng.permutation(len(standing))
     if inked:
@@ -151,13 +153,10 @@ def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[Cha
         sizes = [size for size, _ in shots]
     else:
         shots = [(0.0, "full")] * len(standing)
-        sizes = [h * float(rng.uniform(0.5, 0.95)) * cast[p.member].height * (1 - 0.08 * (len(placed) - 1))
+        sizes = [h * float(rng.uniform(0.5, 0.95)) * figures[p.member].height * (1 - 0.08 * (len(placed) - 1))
                  for p in standing]
-    order = sorted(range(len(standing)), key=lambda i: sizes[i])
-    owner = np.full((h, w), -1, np.int16)
-    stats: list[tuple[int, int, tuple[int, int, int, int]]] = []
     draw_list: list[tuple[_Placed, float, float, float]] = []
-    for i in order:
+    for i in sorted(range(len(standing)), key=lambda i: sizes[i]):
         slot_w = w / len(standing)
         x = (int(slots[i]) + 0.5 + float(rng.uniform(-0.3, 0.3))) * slot_w
         if shots[i][1] == "medium":  # the head in the upper part, the legs below the panel's border
@@ -171,6 +170,22 @@ def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[Cha
         if p.view == "closeup":
             size = h * float(rng.uniform(1.6, 2.6) if inked else rng.uniform(1.5, 2.3))
             draw_list.append((p, size, w * float(rng.uniform(0.3, 0.7)), h * float(rng.uniform(0.0, 0.15))))
+    return draw_list
+
+
+def _render_panel(rng: np.random.Generator, cfg: SyntheticConfig, cast: list[CharacterDesign],
+                  weights: np.ndarray, scene: _Scene, style: dict[str, Any],
+                  extras: list[CharacterDesign] | None = None) -> tuple[Image.Image, list[_Placed]]:
+    """Draw one panel of ``scene``; ``extras`` (inked style) are unnamed passers-by, indexed after the cast."""
+    inked = cfg.style == "inked"
+    w = int(rng.integers(cfg.min_panel_size, cfg.max_panel_size + 1))
+    h = int(rng.integers(cfg.min_panel_size, cfg.max_panel_size + 1))
+    img = _background(rng, scene, w, h)
+    figures = cast + (extras or [])
+    placed = _cast_panel(rng, cfg, scene, weights, len(cast), len(extras or []))
+    draw_list = _layout(rng, cfg, figures, placed, w, h)
+    owner = np.full((h, w), -1, np.int16)
+    stats: list[tuple[int, int, tuple[int, int, int, int]]] = []
     for k, (p, size, x, top) in enumerate(draw_list):
         p.char_index = k
         design = inked_style.appearance(figures[p.member], rng) if inked else cast[p.member]
