@@ -59,7 +59,8 @@ def _pipeline_row(row: str, out: Path, args, seed: int) -> dict:
     from reid.pipeline import PipelineConfig, paths, run_pipeline
 
     cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series,
-                         train_seed=seed, recipe="paper" if row == "paper" else "default", ray_num_cpus=2)
+                         train_seed=seed, recipe="paper" if row == "paper" else "default", ray_num_cpus=2,
+                         **args.pipeline_set)
     run_pipeline(cfg)
     return _scores(paths(cfg)["reid_model"], paths(cfg), cfg)
 
@@ -194,6 +195,22 @@ def _model_set(items: list[str]) -> dict:
     return out
 
 
+def _pipeline_set(items: list[str]) -> dict:
+    """``FIELD=INT`` overrides of the pipeline's integer settings (sizes, epochs): a lever measured as a variant."""
+    from dataclasses import fields
+
+    from reid.pipeline import PipelineConfig
+
+    ints = {f.name for f in fields(PipelineConfig) if f.type in (int, "int")}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in ints or not value.isdigit():
+            raise SystemExit(f"--pipeline-set {item}: expected FIELD=INT with FIELD one of {sorted(ints)}")
+        out[key] = int(value)
+    return out
+
+
 def table(results: list[dict]) -> str:
     lines = ["| row | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |",
              "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |"]
@@ -237,6 +254,9 @@ def main() -> None:
                         help="with --relabel: calibrate and link with this distance between window identities")
     parser.add_argument("--link-constraint", choices=LINK_CONSTRAINTS, default=None,
                         help="with --relabel: calibrate and link with this cannot-link")
+    parser.add_argument("--pipeline-set", action="append", default=[], metavar="FIELD=INT",
+                        help="product and paper rows: override an integer pipeline setting, e.g. face_size=96 "
+                             "(repeatable); the variant is tagged in the results and run folders")
     args = parser.parse_args()
     args.preset = args.preset or STYLE_PRESETS[args.style]
     args.model_set = _model_set(args.model_set)
@@ -247,6 +267,10 @@ def main() -> None:
     if args.model_set and not args.relabel:
         parser.error("--model-set needs --relabel")
     args.tag = args.preset + (f"-s{args.series}" if args.series else "") + (f"-p{args.pages}" if args.pages else "")
+    args.pipeline_set = _pipeline_set(args.pipeline_set)
+    if args.pipeline_set and (args.relabel or set(args.rows) - {"product", "paper"}):
+        parser.error("--pipeline-set applies to training the product and paper rows only")
+    args.tag += "".join(f"-{k}={v}" for k, v in sorted(args.pipeline_set.items()))
     results_path = Path(args.out) / "results.jsonl"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
