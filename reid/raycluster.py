@@ -11,10 +11,17 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct TCP ports of 127.0.0.1 that nothing listens on right now (the one helper for a local
+    Ray, a local cluster's servers and the tests' process groups)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:  # all bound at once: the OS gives distinct ports
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 # How often a work unit (a Ray task or actor call) whose process died is run again before the job gives up on it.
@@ -91,7 +98,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
         if address:
             ray.init(address=address, log_to_driver=console.verbose())
         else:
-            port = free_port()
+            (port,) = free_ports(1)
             os.environ["RAY_GCS_SERVER_PORT"] = str(port)
             os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
             try:

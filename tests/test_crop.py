@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -19,7 +20,7 @@ from PIL import Image
 from reid import config
 from reid.contracts.crops import CROP_SCHEMA, crop_relpath, read_crops
 from reid.crop import CropConfig, run_crop, shards_per_ray_task
-from reid.data.formats import read_instances
+from reid.data.formats import panel_image_path, read_instances
 from reid.errors import ConfigError, DataFormatError
 from reid.geometry import face_crop_box
 from reid.raycluster import TASK_POOL_OVERRIDES, data_context
@@ -68,7 +69,7 @@ def test_crops_match_geometry_and_seed_layout(tiny_corpus, tiny_crops):
     instances = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv")).set_index("instance_id")
     face = crops[crops["type"] == "face"].iloc[0]
     row = instances.loc[face["instance_id"]]
-    page = Image.open(tiny_corpus / f"raw_panel_images/{row.series_id}/{row.page}_{row.panel}.jpg")
+    page = Image.open(panel_image_path(str(tiny_corpus), row.panel_id))
     expected = face_crop_box(row.x_0, row.y_0, row.x1, row.y_1, *page.size)
     assert tuple(face["box"]) == expected
     image = Image.open(io.BytesIO(face["image"]))
@@ -302,21 +303,14 @@ def test_ray_started_here_retries_a_unit_killed_for_memory_a_bounded_number_of_t
     from reid.localcluster.ray_nodes import RayNodes
     from reid.raycluster import UNIT_RETRIES
 
-    session = worker._global_node.get_session_dir_path().encode()
-    raylets = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-               and _cmdline(p).split(b"\0")[0].endswith(b"/raylet") and session in _cmdline(p)]
+    session = worker._global_node.get_session_dir_path()
+    raylets = [p for p in psutil.process_iter(["cmdline"], ad_value=None)
+               if (p.info["cmdline"] or [""])[0].endswith("/raylet") and session in " ".join(p.info["cmdline"])]
     assert raylets, "no raylet of the test session's Ray"
-    assert f"RAY_task_oom_retries={UNIT_RETRIES}".encode() in (raylets[0] / "environ").read_bytes().split(b"\0")
+    assert raylets[0].environ().get("RAY_task_oom_retries") == str(UNIT_RETRIES)
     assert worker._global_node._ray_params._system_config["task_oom_retries"] == UNIT_RETRIES
     nodes = RayNodes(LocalClusterConfig(), Path("/nonexistent"), "c1")  # only its environment is read
     assert nodes.node_env("head", {**os.environ, "RAY_ADDRESS": "x"})["RAY_task_oom_retries"] == str(UNIT_RETRIES)
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _small_corpus(root: Path, panels: int) -> Path:

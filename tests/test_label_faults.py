@@ -13,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from helpers.labeling import cli_args, crop_ids, label_config, random_reid_model
 
 from reid.contracts.manifest import ShardIntegrityError
 from reid.crop import CropConfig, run_crop
+from reid.data.ids import instance_id, parse_seq_id
 from reid.errors import ConfigError
 from reid.label import read_labels, run_label
 
@@ -41,15 +43,8 @@ def _job(cfg, *extra: str) -> subprocess.Popen:
 
 def _pids(title_part: str) -> list[int]:
     """PIDs of processes whose command line (a Ray worker's process title) contains ``title_part``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if title_part in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    return [p.pid for p in psutil.process_iter(["cmdline"], ad_value=None)
+            if title_part in " ".join(p.info["cmdline"] or [])]
 
 
 def _assert_exactly_once(out: Path, crops_root: Path) -> None:
@@ -125,7 +120,8 @@ def test_bad_sequences_are_recorded_and_the_rest_labelled(ray_session, tiny_corp
                                                           mlflow_uri):
     sequences = json.loads((tiny_corpus / "data/comics_seq/train_sequences.json").read_text())
     bad = json.loads(json.dumps(sequences[0]))
-    bad["annotations"][0]["charInstances"] = [{"face": bad["seq_id"].split("+")[0] + "_face_99"}]
+    first = parse_seq_id(bad["seq_id"])[0]
+    bad["annotations"][0]["charInstances"] = [{"face": instance_id(first.series, first.page, first.panel, "face", 99)}]
     path = tmp_path / "train_sequences.json"
     path.write_text(json.dumps([*sequences[1:], bad]))
     out = tmp_path / "labels"

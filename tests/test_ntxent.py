@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 from reid.losses.identity_ssl import IdentityAwareSSLLoss
 from reid.losses.metric import SequencePairLoss
 from reid.losses.ntxent import NTXentLoss
+from reid.raycluster import free_ports
 
 
 def reference_ntxent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:
@@ -159,16 +159,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gloo_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_ports(1)[0], str(out_dir)), nprocs=2, join=True)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 

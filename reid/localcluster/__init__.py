@@ -13,14 +13,15 @@ from reid.localcluster.processes import (
     TAG_ENV,
     LocalClusterError,
     ProcessInfo,
-    free_ports,
     owned_processes,
+    port_in_use,
     process_alive,
     read_process,
     stop_owned,
     terminate,
 )
 from reid.localcluster.ray_nodes import TOKEN_FILE, RayNodes, worker_resource
+from reid.raycluster import free_ports
 
 __all__ = [
     "ENV_FILE",
@@ -35,6 +36,7 @@ __all__ = [
     "RayNodes",
     "free_ports",
     "owned_processes",
+    "port_in_use",
     "process_alive",
     "read_process",
     "stop_owned",

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psutil
+
 from reid.localcluster.config import LocalClusterConfig
 from reid.localcluster.mlflow_server import MlflowServer
 from reid.localcluster.processes import (
@@ -264,5 +266,5 @@ class LocalCluster:
     def kill_worker(self, index: int, sig: signal.Signals = signal.SIGKILL) -> int:
         """Send `sig` to worker node `index`'s raylet (a node failure); returns the PID signalled."""
         pid = self.worker_raylet_pid(index)
-        os.kill(pid, sig)
+        psutil.Process(pid).send_signal(sig)
         return pid

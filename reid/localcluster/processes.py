@@ -1,6 +1,6 @@
-"""Processes of a local cluster: launching them, finding the ones we own through /proc, stopping them by PID.
+"""Processes of a local cluster: launching them, finding the ones we own, stopping them by PID.
 
-Linux only: processes are found through /proc.
+Linux only: processes are read with psutil, the ownership tag from /proc.
 
 Ownership. Every process we launch gets `REID_LOCAL_CLUSTER=<cluster id>/<role>` in its environment,
 which Ray hands down to what it spawns, and each `ray start` runs in a session of its own whose id the
@@ -13,7 +13,6 @@ a process name.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from reid.errors import ReidError
 
@@ -36,43 +38,59 @@ class LocalClusterError(ReidError, RuntimeError):
 
 @dataclass(frozen=True)
 class ProcessInfo:
-    """One live process as /proc shows it; `start_ticks` tells a reused PID apart."""
+    """One live process; `create_time` (psutil's) tells a reused PID apart."""
 
     pid: int
     parent_pid: int
     name: str
     session_id: int
-    start_ticks: int
+    create_time: float
     tag: str | None
+
+
+_ATTRS = ["pid", "ppid", "name", "status", "create_time"]
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def _tag(pid: int) -> str | None:
+    # Read by hand: psutil's environ() stops at the first empty entry, and Ray's process titles leave runs of
+    # NULs at the start of some daemons' environment block (their whole environment reads as empty).
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = f"{TAG_ENV}=".encode()
+    return next(
+        (e[len(prefix) :].decode(errors="replace") for e in environ.split(b"\0") if e.startswith(prefix)),
+        None,
+    )
+
+
+def _info(values: dict[str, Any]) -> ProcessInfo | None:
+    """A ProcessInfo from psutil's `as_dict(_ATTRS)`, or None for a zombie or a process that is gone."""
+    if values["status"] in _GONE or values["create_time"] is None or values["ppid"] is None:
+        return None
+    pid = int(values["pid"])
+    try:
+        session_id = os.getsid(pid)  # psutil does not expose the session
+    except OSError:
+        return None
+    return ProcessInfo(
+        pid=pid,
+        parent_pid=int(values["ppid"]),
+        name=str(values["name"]),
+        session_id=session_id,
+        create_time=float(values["create_time"]),
+        tag=_tag(pid),
+    )
 
 
 def read_process(pid: int) -> ProcessInfo | None:
     """The process `pid`, or None if it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return _info(psutil.Process(pid).as_dict(_ATTRS, ad_value=None))
+    except psutil.NoSuchProcess:
         return None
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[k - 3] is field k of proc(5)
-    if fields[0] in ("Z", "X"):
-        return None
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        environ = b""
-    prefix = f"{TAG_ENV}=".encode()
-    tag = next(
-        (e[len(prefix) :].decode(errors="replace") for e in environ.split(b"\0") if e.startswith(prefix)),
-        None,
-    )
-    return ProcessInfo(
-        pid=pid,
-        parent_pid=int(fields[1]),
-        name=name,
-        session_id=int(fields[3]),
-        start_ticks=int(fields[19]),
-        tag=tag,
-    )
 
 
 def _tag_matches(tag: str | None, wanted: str) -> bool:
@@ -80,13 +98,9 @@ def _tag_matches(tag: str | None, wanted: str) -> bool:
 
 
 def _snapshot() -> dict[int, ProcessInfo]:
-    processes = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            info = read_process(int(entry.name))
-            if info is not None:
-                processes[info.pid] = info
-    return processes
+    me = os.getpid()
+    infos = (_info(proc.info) for proc in psutil.process_iter(_ATTRS, ad_value=None) if proc.pid != me)
+    return {info.pid: info for info in infos if info is not None}
 
 
 def owned_processes(
@@ -133,22 +147,39 @@ def stop_owned(tag: str, session_ids: Iterable[int] = (), grace_s: float = 3.0) 
     raise LocalClusterError(f"{tag}: processes keep appearing while stopping: {_describe(processes)}")
 
 
+def _live(info: ProcessInfo) -> psutil.Process | None:
+    """`info`'s process while it runs: None once it is gone, a zombie, or its PID belongs to a new process."""
+    try:
+        process = psutil.Process(info.pid)
+        if process.create_time() != info.create_time or process.status() in _GONE:
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    return process
+
+
 def process_alive(info: ProcessInfo) -> bool:
     """True while `info`'s process runs (not a zombie, not a new process that reused its PID)."""
-    current = read_process(info.pid)
-    return current is not None and current.start_ticks == info.start_ticks
+    return _live(info) is not None
 
 
-def _signal_all(processes: Iterable[ProcessInfo], sig: signal.Signals) -> None:
+def _signal_all(processes: Iterable[ProcessInfo], kill: bool) -> None:
     for info in processes:
-        if process_alive(info):
-            try:
-                os.kill(info.pid, sig)
-            except ProcessLookupError:
-                pass
+        process = _live(info)
+        if process is None:
+            continue
+        try:  # psutil checks again that the PID was not reused before it signals
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _wait_gone(processes: list[ProcessInfo], timeout_s: float) -> list[ProcessInfo]:
+    # Polled by hand: psutil.wait_procs counts a zombie that is not our child as alive, and the daemons of
+    # a killed node stay zombies until their new parent (PID 1 in a container, which may never) reaps them.
     deadline = time.monotonic() + timeout_s
     remaining = [p for p in processes if process_alive(p)]
     while remaining and time.monotonic() < deadline:
@@ -159,9 +190,9 @@ def _wait_gone(processes: list[ProcessInfo], timeout_s: float) -> list[ProcessIn
 
 def terminate(processes: list[ProcessInfo], grace_s: float = 3.0) -> list[ProcessInfo]:
     """SIGTERM `processes`, SIGKILL what is left after `grace_s`; returns any that still survive."""
-    _signal_all(processes, signal.SIGTERM)
+    _signal_all(processes, kill=False)
     remaining = _wait_gone(processes, grace_s)
-    _signal_all(remaining, signal.SIGKILL)
+    _signal_all(remaining, kill=True)
     return _wait_gone(remaining, 10.0)
 
 
@@ -180,28 +211,22 @@ def _venv_tool(name: str) -> str:
     return str(candidate)
 
 
-def _require_free_port(port: int, what: str) -> None:
+def port_in_use(port: int) -> OSError | None:
+    """Why a server could not bind `port` on every interface now (a listener holds it), or None when it could."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # Like the servers themselves: connections in TIME_WAIT do not block, a listener does.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))
         except OSError as error:
-            raise LocalClusterError(
-                f"port {port} for the {what} is in use ({error}); choose another"
-            ) from None
+            return error
+    return None
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports nothing listens on right now (tests must not clash with a running cluster)."""
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+def _require_free_port(port: int, what: str) -> None:
+    error = port_in_use(port)
+    if error is not None:
+        raise LocalClusterError(f"port {port} for the {what} is in use ({error}); choose another")
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
