@@ -66,7 +66,8 @@ class CropConfig:
     mlflow_uri: str | None = field(default=None, metadata={"help": "tracking URI (default: MLFLOW_TRACKING_URI "
                                                                   "or sqlite runs/mlflow.db)"})
     experiment: str = "comic-reid"
-    name: str = field(default="crop", metadata={"help": "run name; the MLflow run key"})
+    name: str = field(default="crop", metadata={"help": "the MLflow run's name (a re-run with the same --out "
+                                                        "continues its run; another --out is a new run)"})
     strict: bool = config.strict_field("the first bad row of the instance CSV")
     max_bad_row_fraction: float = config.max_bad_fraction_field("the instance CSV")
     unit_retries: int = field(default=UNIT_RETRIES, metadata={"help": "re-runs of a crop task whose process "
@@ -214,7 +215,7 @@ def run_crop(cfg: CropConfig) -> dict:
                      "jpeg_quality": cfg.jpeg_quality, "instances_fingerprint": io.fingerprint(cfg.instances_path)})
     start = time.time()
     tracker = open_tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "crop"},
-                           spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
+                           spool_dir=cfg.out if not io.is_uri(cfg.out) else None, job_folder=cfg.out)
     shards, input_rows, pages, bad_rows = plan_shards(cfg)
     console.open_log()  # the input is checked: from here on the job writes, its log file included
     output.write_input_errors(error_table([b.as_error("input") for b in bad_rows]))

@@ -35,7 +35,8 @@ class ImportConfig:
     mlflow_uri: str | None = field(default=None, metadata={"help": "tracking URI (default: MLFLOW_TRACKING_URI "
                                                                   "or sqlite <out folder>/mlflow.db)"})
     experiment: str = "comic-reid"
-    name: str | None = field(default=None, metadata={"help": "MLflow run key (default: import-<sha256[:12]>)"})
+    name: str | None = field(default=None, metadata={"help": "MLflow run name (default: import-<sha256[:12]>); "
+                                                                "each import is a new run"})
 
     def __post_init__(self) -> None:
         config.check(bool(self.source), "--from (source) is required: the paper's .ckpt")

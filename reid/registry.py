@@ -8,6 +8,10 @@ What a fine-tuning run logs (``reid_model``, registered as ``--register-as``, de
 - ``extra_files/model.pt``: our checkpoint (architecture, weights, recorded transform and the calibrated
   thresholds), which ``jobs/label.py --model models:/comic-reid/3`` reads.
 
+Its metrics (the published model's validation and test figures) are linked to the logged model (MLflow 3's model
+id), and a new registered version takes the alias ``champion`` only when its validation MAP@R beats the current
+champion's (:func:`promote_champion`): ``models:/comic-reid@champion`` is the best model registered so far.
+
 and ``embedder``: a ``mlflow.pyfunc`` model whose ``predict`` takes a DataFrame with ``face`` and ``body``
 columns of encoded image bytes (either may be missing in a row) and returns one embedding per row, decoded and
 preprocessed exactly as the labeling job does (:mod:`reid.embedding`). It carries the ``reid`` package as code,
@@ -75,7 +79,9 @@ def resolve_model_uri(uri: str, tracking_uri: str, dst_dir: str) -> tuple[str, d
                 raise ConfigError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
             provenance.update(registered_model=name, model_version=str(version.version),
                               model_run_id=version.run_id or "")
-            source = f"models:/{name}/{version.version}"
+            # where the version's files are, asked of this store: MLflow resolves a models:/ URI itself against
+            # the process's default registry, not the tracking URI it is given
+            source = client.get_model_version_download_uri(name, str(version.version))
         else:
             source = uri
             provenance["model_run_id"] = uri[len("runs:/"):].split("/", 1)[0]
@@ -149,7 +155,8 @@ def _log_reid(tracker: Any, model: Any, checkpoint: str, register_as: str | None
                                         pip_requirements=_pip_requirements(),
                                         registered_model_name=register_as or None)
         embedder = log_embedder(checkpoint, model)
-    out = {"reid_model_uri": f"runs:/{tracker.run_id}/{REID_MODEL}", "embedder_uri": embedder}
+    out = {"reid_model_uri": f"runs:/{tracker.run_id}/{REID_MODEL}", "embedder_uri": embedder,
+           "model_id": info.model_id}
     if register_as:
         version = info.registered_model_version
         out.update(registered_model=register_as, model_version=str(version),
@@ -166,6 +173,59 @@ def _log_ssl(tracker: Any, checkpoint: str) -> dict[str, str]:
         mlflow.log_artifact(checkpoint, SSL_MODEL)
     out = {"ssl_model_uri": f"runs:/{tracker.run_id}/{SSL_MODEL}/{CHECKPOINT_NAME}"}
     tracker.set_tags({f"reid.{k}": v for k, v in out.items()})
+    return out
+
+
+CHAMPION = "champion"
+FIGURE_TAG = "reid.validation_map_at_r"  # a version's validation MAP@R, as the champion decision compared it
+
+
+def promote_champion(tracker: Any, name: str, version: str, figure: float, alias: str = CHAMPION
+                     ) -> dict[str, str]:
+    """Move ``alias`` of the registered model ``name`` to ``version`` when its validation figure (``figure``, the
+    fine-tuning's validation MAP@R of the published model) beats the current holder's, or nothing holds the alias.
+    A holder whose figure is not recorded (an alias set by hand) is kept; so is everything when ``figure`` is not
+    a number. Records the figure on the version (tag ``reid.validation_map_at_r``) and the decision on the run
+    (tags ``reid.champion_decision``: promoted | kept, ``reid.champion_reason``). Returns those two and the
+    champion's version; {} when MLflow is unavailable (a warning says so; the alias is left as it was)."""
+    try:
+        return _promote(tracker, name, str(version), figure, alias)
+    except Exception as exc:  # noqa: BLE001 - the model is registered; only the alias decision is missing
+        log.warning("MLflow: no %s decision for %s version %s (%s: %s); the alias is left as it was", alias, name,
+                    version, type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+        return {}
+
+
+def _promote(tracker: Any, name: str, version: str, figure: float, alias: str) -> dict[str, str]:
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracker.uri)
+    if math.isfinite(figure):
+        client.set_model_version_tag(name, version, FIGURE_TAG, repr(float(figure)))
+    holder = client.get_registered_model(name).aliases.get(alias)
+    holder = None if holder is None else str(holder)
+    held = client.get_model_version(name, holder).tags.get(FIGURE_TAG) if holder else None
+    ours = f"version {version} (validation MAP@R {figure:.4f})"
+    if not math.isfinite(figure):
+        decision, reason = "kept", f"version {version} has no validation MAP@R"
+    elif holder is None:
+        decision, reason = "promoted", f"{ours}: no {alias} yet"
+    elif holder == version:
+        decision, reason = "kept", f"version {version} already is {alias}"
+    elif held is None:
+        decision, reason = "kept", f"{alias} version {holder} has no recorded validation MAP@R (set by hand?)"
+    elif figure > float(held):
+        decision, reason = "promoted", f"{ours} beats {alias} version {holder} ({float(held):.4f})"
+    else:
+        decision, reason = "kept", f"{ours} does not beat {alias} version {holder} ({float(held):.4f})"
+    if decision == "promoted":
+        client.set_registered_model_alias(name, alias, version)
+    out = {"champion_decision": decision, "champion_reason": reason,
+           "champion_version": version if decision == "promoted" else (holder or "")}
+    tracker.set_tags({f"reid.{k}": v for k, v in out.items()})
+    log.info("MLflow: %s %s: %s", alias, decision, reason)
     return out
 
 

@@ -4,9 +4,17 @@ Only rank 0 / the driver creates a :class:`Tracker`. Every call is best-effort: 
 down, the operation is buffered and retried on the next call and at :meth:`Tracker.close`; what still
 cannot be logged is written to a local JSONL file and reported in a warning, so nothing is silently lost.
 
-A run is identified by a *run key* (the job's ``name``): a re-run with the same key reopens the same MLflow
-run, keeps its params (re-logging the same value is a no-op) and logs metrics with explicit steps, skipping
-steps already logged, because MLflow params are immutable and metric history is append-only.
+One job invocation is one MLflow run. A run is found by its id, never by its name: a tracker given ``run_id``
+continues exactly that run, and one given ``job_folder`` (the job's output folder) continues the run recorded in
+that folder's ``_job.json`` for this tracking URI (:func:`reid.contracts.manifest.record_run`), so that a job
+resuming its own output continues its own run; any other tracker starts a new run (and records it there). The
+job's ``name`` is the run's name and its ``reid.run_key`` tag, for people. A continued run keeps its params
+(re-logging the same value is a no-op) and skips metric steps it already has, because MLflow params are immutable
+and metric history is append-only.
+
+A tracker also logs the datasets a run read as its inputs (:meth:`Tracker.log_inputs`, described by
+:mod:`reid.run_inputs`) and the host's CPU, memory and GPU use as the run's system metrics
+(:meth:`Tracker.monitor_system`).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -78,28 +87,40 @@ def ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
 
 
 class Tracker:
-    """A resilient handle on one MLflow run."""
+    """A resilient handle on one MLflow run.
+
+    ``run_id``: continue exactly that run. ``job_folder``: the output folder of the job this run tracks; the run
+    recorded there for this tracking URI is continued, and a new run is recorded there. Without either, a new
+    run. ``mark_resumed`` tags a continued run ``reid.resumed`` (False for a process that is part of the same
+    attempt, such as a training driver after its workers, or a spool replay).
+    """
 
     def __init__(self, uri: str | None, run_key: str, experiment: str = DEFAULT_EXPERIMENT,
                  run_name: str | None = None, tags: dict[str, str] | None = None,
-                 parent_run_id: str | None = None, spool_dir: str | None = None, mark_resumed: bool = True) -> None:
+                 parent_run_id: str | None = None, spool_dir: str | None = None, mark_resumed: bool = True,
+                 *, run_id: str | None = None, job_folder: str | None = None) -> None:
         self.uri = default_tracking_uri(uri)
-        self.mark_resumed = mark_resumed  # False: the driver's part of the same attempt, not a resumed run
+        self.mark_resumed = mark_resumed
         self.run_key = run_key
         self.experiment = experiment
         self.run_name = run_name or run_key
         self.tags = dict(tags or {})
         self.parent_run_id = parent_run_id
+        self.requested_run_id = run_id
+        self.job_folder = job_folder
         # absolute: the warning must say where the file is (a Ray worker runs in a session temp dir)
         self.spool_path = os.path.abspath(os.path.join(spool_dir or ".", f"mlflow_unlogged_{run_key}.jsonl"))
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.resumed = False
+        self._token = uuid.uuid4().hex  # groups this tracker's spooled operations when it never had a run id
         self._pending: list[tuple[str, tuple, dict]] = []
         self._logged_steps: dict[str, int] = {}
         self._params: dict[str, str] = {}
         self._warned = False
         self._next_retry = 0.0
         self._client = None
+        self._monitor = None
         self._try(self._open)
 
     # -- plumbing -------------------------------------------------------------------------------------
@@ -115,20 +136,34 @@ class Tracker:
                 self._warned = True
             return False
 
+    def _run_to_continue(self, client: Any) -> Any | None:
+        """The run this tracker continues (the requested one, else the one its job folder records), or None for a
+        new run. A recorded run that this store does not have (deleted, or a store rebuilt) is replaced."""
+        from mlflow.exceptions import MlflowException
+
+        from reid.contracts.manifest import recorded_run
+
+        run_id = self.requested_run_id or (recorded_run(self.job_folder, self.uri) if self.job_folder else None)
+        if not run_id:
+            return None
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            log.warning("MLflow at %s has no run %s (deleted?); starting a new run for %s", self.uri, run_id,
+                        self.run_key)
+            return None
+        return run
+
     def _open(self) -> None:
         client = self._client or _client(self.uri)
         self._client = client
-        exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            self.experiment, artifact_location=local_artifact_location(self.uri),
-            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        if exp and exp.tags.get(EXPERIMENT_KIND_TAG) is None:
-            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        self.experiment_id = exp_id
-        runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.run_key}'",
-                                  max_results=1)
-        if runs:
-            run = runs[0]
+        run = self._run_to_continue(client)
+        if run is not None:
+            self.experiment_id = run.info.experiment_id
             self._params = dict(run.data.params)
             for key in run.data.metrics:
                 history = client.get_metric_history(run.info.run_id, key)
@@ -136,14 +171,33 @@ class Tracker:
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             self.run_id = run.info.run_id
+            self.resumed = True
             tags = {**self.tags, **({"reid.resumed": "true"} if self.mark_resumed else {})}
         else:
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(
+                self.experiment, artifact_location=local_artifact_location(self.uri),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            if exp and exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            self.experiment_id = exp_id
             tags = {**self.tags, RUN_KEY_TAG: self.run_key, "mlflow.runName": self.run_name}
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
             self.run_id = client.create_run(exp_id, tags=tags, run_name=self.run_name).info.run_id
         for k, v in tags.items():
             client.set_tag(self.run_id, k, v)
+        if self.job_folder:
+            self._record()
+
+    def _record(self) -> None:
+        from reid.contracts.manifest import record_run
+
+        try:
+            record_run(self.job_folder, self.uri, self.run_id)
+        except Exception as exc:  # noqa: BLE001 - the run exists; a re-run would only start another one
+            log.warning("could not record MLflow run %s in %s (%s: %s): a re-run will start a new run",
+                        self.run_id, self.job_folder, type(exc).__name__, str(exc)[:200])
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         self._pending.append((method, args, kwargs))
@@ -174,15 +228,29 @@ class Tracker:
             self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()])
             self._params.update(new)
 
-    def _metrics_op(self, metrics: dict[str, float], step: int, timestamp: int) -> None:
+    def _metrics_op(self, metrics: dict[str, float], step: int, timestamp: int, model_id: str | None = None,
+                    dataset: dict[str, str] | None = None) -> None:
         from mlflow.entities import Metric
 
-        todo = [Metric(k, float(v), timestamp, step) for k, v in metrics.items()
-                if step > self._logged_steps.get(k, -1)]
+        linked = {"model_id": model_id, "dataset_name": (dataset or {}).get("name"),
+                  "dataset_digest": (dataset or {}).get("digest")}
+        # a model's metrics are its own: a new model logs them even at a step the run already has
+        seen = {k: (f"{model_id}/{k}" if model_id else k) for k in metrics}
+        todo = [Metric(k, float(v), timestamp, step, **linked) for k, v in metrics.items()
+                if step > self._logged_steps.get(seen[k], -1)]
         if todo:
             self._client.log_batch(self.run_id, metrics=todo)
             for m in todo:
-                self._logged_steps[m.key] = step
+                self._logged_steps[seen[m.key]] = step
+                self._logged_steps[m.key] = max(step, self._logged_steps.get(m.key, -1))
+
+    def _inputs_op(self, inputs: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self._client.log_inputs(self.run_id, datasets=[
+            DatasetInput(Dataset(**item["dataset"]), tags=[InputTag(MLFLOW_DATASET_CONTEXT, item["context"])])
+            for item in inputs])
 
     def _artifact_op(self, local_path: str, artifact_path: str | None) -> None:
         if os.path.isdir(local_path):
@@ -201,15 +269,60 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         self._call("_params_op", {k: str(v)[:6000] for k, v in params.items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log ``metrics`` at an explicit ``step``; steps already in the run's history are skipped."""
-        self._call("_metrics_op", dict(metrics), int(step), int(time.time() * 1000))
+    def log_metrics(self, metrics: dict[str, float], step: int, model_id: str | None = None,
+                    dataset: dict[str, str] | None = None) -> None:
+        """Log ``metrics`` at an explicit ``step``; steps already in the run's history are skipped.
+
+        ``model_id`` (a logged model's id, MLflow 3) makes them that model's metrics too, as its model page shows
+        them (a new model logs them even at a step the run already has); ``dataset`` (a :mod:`reid.run_inputs`
+        dataset, logged as an input) says what they were measured on."""
+        self._call("_metrics_op", dict(metrics), int(step), int(time.time() * 1000), model_id,
+                   {"name": dataset["name"], "digest": dataset["digest"]} if dataset else None)
+
+    def log_inputs(self, inputs: list[tuple[dict[str, str] | None, str]]) -> None:
+        """Log datasets the run read, each with its context (``training``, ``validation``, ``testing``,
+        ``labeling``): ``(dataset, context)`` pairs of :mod:`reid.run_inputs` datasets; None (a dataset that could
+        not be described) is left out."""
+        items = [{"dataset": dataset, "context": context} for dataset, context in inputs if dataset]
+        if items:
+            self._call("_inputs_op", items)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         self._call("_artifact_op", local_path, artifact_path)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._call("_tags_op", {k: str(v) for k, v in tags.items()})
+
+    def monitor_system(self, sampling_interval: float = 10.0) -> bool:
+        """Log this host's CPU and memory use (and each NVIDIA GPU's, with ``nvidia-ml-py``) as the run's system
+        metrics (``system/...``) until :meth:`close`, with MLflow's own monitor on this run's id (it needs no
+        active fluent run). A continued run continues their steps. Best-effort: returns False, with a warning,
+        when it cannot start (no run yet because MLflow is down, no ``psutil``)."""
+        if self._monitor is not None:
+            return True
+        if self.run_id is None:
+            log.warning("MLflow at %s unavailable: no system metrics for this run", self.uri)
+            return False
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval, resume_logging=True,
+                                           tracking_uri=self.uri)
+            monitor.start()
+        except Exception as exc:  # noqa: BLE001 - system metrics are a nicety, never a reason to stop
+            log.warning("no system metrics for MLflow run %s (%s: %s)", self.run_id, type(exc).__name__,
+                        str(exc)[:200])
+            return False
+        self._monitor = monitor
+        return True
+
+    def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception as exc:  # noqa: BLE001 - its last samples only
+                log.warning("system metrics monitor did not stop cleanly (%s: %s)", type(exc).__name__, exc)
 
     def metric_history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         """The logged (step, value) history of each of ``keys`` that has one (for plots); {} while MLflow is
@@ -226,8 +339,18 @@ class Tracker:
             self._try(read)
         return out
 
+    def _spool_entry(self, method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """One spooled operation, with everything :func:`replay` needs to send it where it belonged: the run id
+        (None when the run was never created), the store, experiment and job folder, and the new run's name and
+        tags."""
+        return {"run_key": self.run_key, "run_id": self.run_id, "uri": self.uri, "experiment": self.experiment,
+                "run_name": self.run_name, "tags": self.tags, "parent_run_id": self.parent_run_id,
+                "job_folder": self.job_folder, "tracker": self._token, "op": method, "args": args,
+                "kwargs": kwargs}
+
     def close(self, status: str = "FINISHED", retries: int = 3, backoff_s: float = 2.0) -> list[str]:
         """End the run. Retries buffered operations; returns (and spools to disk) what could not be logged."""
+        self._stop_monitor()
         self._pending.append(("_end_op", (status,), {}))
         for attempt in range(retries):
             if self.flush(final=True):
@@ -237,8 +360,8 @@ class Tracker:
         os.makedirs(os.path.dirname(os.path.abspath(self.spool_path)), exist_ok=True)
         with open(self.spool_path, "a", encoding="utf-8") as out:
             for method, args, kwargs in self._pending:
-                out.write(json.dumps({"run_key": self.run_key, "run_id": self.run_id, "op": method,
-                                      "args": args, "kwargs": kwargs}, default=str) + "\n")
+                out.write(json.dumps(self._spool_entry(method, args, kwargs), default=str) + "\n")
+        self._pending = []
         log.warning("MLflow at %s: %d operation(s) could not be logged; saved to %s (replay with "
                     "`python -m reid.tracking replay %s`)", self.uri, len(unlogged), self.spool_path,
                     self.spool_path)
@@ -255,14 +378,29 @@ def open_tracker(*args: Any, **kwargs: Any) -> Future[Tracker]:
 
 
 def replay(spool_path: str, uri: str | None = None) -> int:
-    """Re-send operations spooled by :meth:`Tracker.close`; returns how many were sent."""
+    """Re-send operations spooled by :meth:`Tracker.close` into the run, experiment and tracking store they were
+    spooled from (``uri`` overrides the store, for a server that moved); an operation whose run was never
+    created goes into one new run per tracker that spooled it (recorded in its job folder, if it had one).
+    Returns how many were sent; raises when MLflow is still unavailable (the file is kept, and a later replay
+    sends the rest: steps and params already logged are skipped)."""
     with open(spool_path, encoding="utf-8") as f:
         entries = [json.loads(line) for line in f if line.strip()]
     sent = 0
-    trackers: dict[str, Tracker] = {}
+    trackers: dict[tuple[str, str], Tracker] = {}
     for entry in entries:
-        tracker = trackers.get(entry["run_key"]) or Tracker(uri, entry["run_key"])
-        trackers[entry["run_key"]] = tracker
+        target = uri or entry.get("uri")
+        key = (target or "", entry.get("run_id") or entry.get("tracker") or entry["run_key"])
+        tracker = trackers.get(key)
+        if tracker is None:
+            tracker = Tracker(target, entry["run_key"], entry.get("experiment", DEFAULT_EXPERIMENT),
+                              run_name=entry.get("run_name"), tags=entry.get("tags"),
+                              parent_run_id=entry.get("parent_run_id"),
+                              spool_dir=os.path.dirname(os.path.abspath(spool_path)), mark_resumed=False,
+                              run_id=entry.get("run_id"), job_folder=entry.get("job_folder"))
+            if tracker.run_id is None:
+                raise RuntimeError(f"MLflow at {tracker.uri} is unavailable: nothing replayed from {spool_path} "
+                                   f"after {sent} operation(s); try again later")
+            trackers[key] = tracker
         getattr(tracker, entry["op"])(*entry["args"], **entry["kwargs"])
         sent += 1
     os.replace(spool_path, spool_path + ".replayed")

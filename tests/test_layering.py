@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "reid"
 STAGES = ("reid.crop", "reid.train", "reid.label", "reid.report", "reid.sweeps", "reid.pipeline", "reid.import_checkpoint",
           "reid.review")
-RUNTIME = ("reid.raycluster", "reid.tracking", "reid.registry", "reid.faults", "reid.datasets", "reid.localcluster")
+RUNTIME = ("reid.raycluster", "reid.tracking", "reid.registry", "reid.faults", "reid.datasets", "reid.localcluster",
+           "reid.run_inputs")
 ALLOWED_STAGE_EDGES = {("reid.sweeps", "reid.train")}
 FOREIGN_RUNTIME = ("ray", "mlflow")
 

@@ -8,7 +8,8 @@ error rows, that ids are unique across shards, and only then writes ``_SUCCESS``
 
 Layout under ``root``::
 
-    _job.json                 the job's identity (arguments that must match on resume)
+    _job.json                 the job's identity (arguments that must match on resume) and the MLflow run that
+                              tracks it (``mlflow_runs``: tracking URI -> run id; not part of the identity)
     data/<shard>.parquet      rows
     errors/<shard>.parquet    rows that could not be produced, with a reason
     errors/input.parquet      input rows refused before any shard (bad CSV lines, bad sequences), with a reason
@@ -48,6 +49,31 @@ class ShardIntegrityError(ReidError):
 
 
 FINGERPRINT = "_fingerprint"  # suffix of the identity keys that hold an input file's size and sha256
+JOB_FILE = "_job.json"
+# The key of _job.json that records which MLflow run tracks the job writing this folder, per tracking URI: a re-run
+# that resumes the folder continues that run; another folder is another job, hence another run.
+RUNS_KEY = "mlflow_runs"
+
+
+def _read_job_file(root: str) -> dict[str, Any]:
+    path = io.join(root, JOB_FILE)
+    return json.loads(io.read_text(path)) if io.exists(path) else {}
+
+
+def recorded_run(root: str, tracking_uri: str) -> str | None:
+    """The id of the MLflow run (in the store at ``tracking_uri``) recorded in ``<root>/_job.json``; None when the
+    folder has none (a new job, or one tracked in another store)."""
+    return _read_job_file(root).get(RUNS_KEY, {}).get(tracking_uri)
+
+
+def record_run(root: str, tracking_uri: str, run_id: str) -> None:
+    """Record in ``<root>/_job.json`` that the run ``run_id`` of the store at ``tracking_uri`` tracks the job that
+    writes ``root``; the job's identity (:meth:`ShardedOutput.bind_job`) is kept as it is."""
+    job = _read_job_file(root)
+    runs = job.get(RUNS_KEY, {})
+    if runs.get(tracking_uri) != run_id:
+        job[RUNS_KEY] = {**runs, tracking_uri: run_id}
+        io.write_text_atomic(io.join(root, JOB_FILE), json.dumps(job, indent=1, sort_keys=True))
 
 
 def _describe_change(key: str, before: Any, after: Any) -> str:
@@ -119,10 +145,13 @@ class ShardedOutput:
     def bind_job(self, identity: dict[str, Any]) -> None:
         """Record the job's identity, or check that a resumed job has the same one: its arguments and the contents
         of its inputs (``*_fingerprint`` keys: :func:`reid.io.fingerprint`). An output written before fingerprints
-        were recorded has them added."""
-        path = self._path("_job.json")
+        were recorded has them added. The MLflow run recorded there (:func:`record_run`) is kept and is no part
+        of the identity."""
+        path = self._path(JOB_FILE)
+        runs = None
         if io.exists(path):
             previous = json.loads(io.read_text(path))
+            runs = previous.pop(RUNS_KEY, None)
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k)
                              and not (k.endswith(FINGERPRINT) and k not in previous))
             if changed:
@@ -135,7 +164,8 @@ class ShardedOutput:
                                   f"{self.root}); to resume, run with the inputs and arguments it was started with")
             if previous == identity:
                 return
-        io.write_text_atomic(path, json.dumps(identity, indent=1, sort_keys=True))
+        job = {**identity, **({RUNS_KEY: runs} if runs else {})}
+        io.write_text_atomic(path, json.dumps(job, indent=1, sort_keys=True))
 
     def committed(self) -> dict[str, ShardSummary]:
         out = {}

@@ -92,7 +92,8 @@ class LabelConfig:
     mlflow_uri: str | None = field(default=None, metadata={"help": "tracking URI (default: MLFLOW_TRACKING_URI "
                                                                   "or sqlite runs/mlflow.db)"})
     experiment: str = "comic-reid"
-    name: str = field(default="label", metadata={"help": "run name; the MLflow run key"})
+    name: str = field(default="label", metadata={"help": "the MLflow run's name (a re-run with the same --out "
+                                                          "continues its run; another --out is a new run)"})
     strict: bool = config.strict_field("a bad entry of --sequences")
     max_bad_row_fraction: float = config.max_bad_fraction_field("--sequences")
     unit_retries: int = field(default=UNIT_RETRIES, metadata={"help": "re-runs of a work unit whose process died "

@@ -38,6 +38,7 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     ``report_writer(labels_root, crops_root, comics_root, out_dir, windows, series, members) -> index.html``.
     """
     from reid.raycluster import init_ray
+    from reid.run_inputs import crops_dataset, sequences_dataset
     from reid.tracking import Tracker, ui_hint
 
     cfg, model_source = resolve_model(cfg)  # models:/ or runs:/ → the checkpoint file, and which version it is
@@ -61,8 +62,11 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
                     cfg.sequences, final.input_errors_path(), bad[0].where, bad[0].reason)
     shards = [i["shard"] for i in items]
     start = time.time()
+    # one MLflow run per label job: a new one, unless this re-run resumes the same --out (recorded in its _job.json)
     tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "label"},
-                      spool_dir=cfg.out if not io.is_uri(cfg.out) else None)
+                      spool_dir=cfg.out if not io.is_uri(cfg.out) else None, job_folder=cfg.out)
+    tracker.log_inputs([(crops_dataset(cfg.crops), "labeling"),
+                        *([(sequences_dataset(cfg.sequences), "labeling")] if cfg.sequences else [])])
     tracker.log_params({**config.to_dict(cfg), "model_sha256": inputs["model_sha256"], "shards": len(shards),
                         **{f"model_{k}": v for k, v in inputs["model_config"].items()},
                         **{f"{k}_source": v for k, v in threshold_sources.items()},

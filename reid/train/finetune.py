@@ -28,6 +28,8 @@ from reid.train.progress import Progress
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = (*REID_FIELDS, "ssl_checkpoint")
 SELECT_METRIC = "val_mean_average_precision_at_r"
+FINAL_PREFIX = "final_val_"  # the published model's validation metrics, logged once at the end and linked to it
+CHAMPION_METRIC = FINAL_PREFIX + "mean_average_precision_at_r"  # what a new version must beat to be champion
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class FinetuneConfig:
     ssl_checkpoint: str | None = field(default=None, metadata={"help": "model.pt of a pretrain run "
                                                                         "(none = random init, a baseline)"})
     storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path"})
-    name: str = field(default="finetune", metadata={"help": "run name: same name = resume; MLflow run key"})
+    name: str = field(default="finetune", metadata={"help": "run name: same name and storage = resume, in "
+                                                                 "the same MLflow run; the MLflow run's name"})
     arch: str = field(default="resnet50", metadata={"help": "backbone when no --ssl-checkpoint is given"})
     face_size: int = field(default=96, metadata={"help": "face crop side, px"})
     body_size: int = field(default=128, metadata={"help": "body crop side (longer side, padded square), px"})
@@ -89,6 +92,7 @@ class FinetuneConfig:
     ray_num_cpus: int | None = None
     mlflow_uri: str | None = None
     experiment: str = "comic-reid"
+    system_metrics_s: float = field(default=10.0, metadata={"help": common.SYSTEM_METRICS_HELP})
     strict: bool = config.strict_field("a bad sequence entry")
     max_bad_row_fraction: float = config.max_bad_fraction_field("a split's sequences file")
     fault_epoch: int = -1
@@ -159,10 +163,7 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
     loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner, gather_distributed=rt.world_size > 1)
     tracker = None
     if rt.rank == 0:
-        from reid.tracking import Tracker
-
-        tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "finetune"},
-                          parent_run_id=loop_config.get("parent_run_id"), spool_dir=loop_config.get("spool_dir"))
+        tracker = common.worker_tracker(cfg, loop_config, "finetune")
         tracker.log_params(loop_config["cfg"])
         if checkpoint:
             tracker.set_tags({"reid.resumed_at_epoch": start_epoch,
@@ -233,7 +234,6 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     from reid import registry
     from reid.datasets import sequence_dataset
     from reid.raycluster import init_ray
-    from reid.train.failures import fit
 
     if registry.is_model_uri(cfg.ssl_checkpoint):  # models:/ or runs:/ → a file on the run's storage
         from reid.tracking import default_tracking_uri
@@ -259,7 +259,10 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
         "val": sequence_dataset(cfg.crops, splits["validation"], cfg.face_size, cfg.body_size, False,
                                 cfg.data_cpus, transform=model.config.transform),
     }
-    loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id,
+    tracker = common.open_run(cfg, "finetune", parent_run_id)
+    inputs = input_datasets(cfg)
+    tracker.log_inputs([(dataset, context) for context, datasets in inputs.items() for dataset in datasets])
+    loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id, "run_id": tracker.run_id,
                    "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name),
                    "steps_per_epoch": max(1, len(splits["train"]) // cfg.sequences_per_batch)}
     run_config = run_config or common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
@@ -271,9 +274,24 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config)
     # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
-    result = fit(trainer, common.run_dir(cfg.storage, cfg.name), "finetune")
-    out = finish(cfg, result, splits["validation"], splits["test"], parent_run_id)
+    result = common.fit_tracked(trainer, tracker, "finetune", cfg.storage, cfg.name)
+    out = finish(cfg, result, splits["validation"], splits["test"], tracker,
+                 {"validation": inputs["validation"][0], "test": inputs["testing"][0]})
     return {**out, "bad_sequences": len(bad), "bad_sequences_file": sequence_errors_path(cfg)}
+
+
+def input_datasets(cfg: FinetuneConfig) -> dict[str, list]:
+    """What fine-tuning reads, as MLflow datasets (:mod:`reid.run_inputs`) by context: the crops and the training
+    sequences (with ``--extra-sequences``) for training, the validation and the test sequences."""
+    from reid.run_inputs import crops_dataset, sequences_dataset
+
+    def split(root: str, name: str):
+        return sequences_dataset(formats.split_file(root, name, "sequences"))
+
+    extra = [s.strip() for s in cfg.extra_sequences.split(",") if s.strip()]
+    return {"training": [crops_dataset(cfg.crops), split(cfg.sequences, "train"),
+                         *(split(source, "train") for source in extra)],
+            "validation": [split(cfg.sequences, "validation")], "testing": [split(cfg.sequences, "test")]}
 
 
 def sequence_errors_path(cfg: FinetuneConfig) -> str:
@@ -336,16 +354,18 @@ def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dic
     return record, values
 
 
-def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_run_id: str | None
+def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, tracker, datasets: dict[str, Any]
            ) -> dict[str, Any]:
-    """Best checkpoint → thresholds calibrated on validation (stored in the checkpoint), test metrics,
-    TorchScript export, MLflow artifacts."""
+    """The published checkpoint → thresholds calibrated on validation (stored in the checkpoint), its validation
+    and test metrics, TorchScript export; in MLflow (``tracker``: the driver's, ended here) the model logged and
+    registered with those metrics linked to it (``datasets``: the validation and test sequences as logged), the
+    ``champion`` alias moved to it when it beats the champion on validation MAP@R, the plots."""
     from reid.calibration import distance_histogram_png, pair_distances
     from reid.datasets import sequence_dataset
+    from reid.eval.metrics import retrieval_metrics
     from reid.models.checkpoint import load_model_checkpoint, save_model_checkpoint
     from reid.models.export import export_torchscript
-    from reid.registry import log_reid_model
-    from reid.tracking import Tracker
+    from reid.registry import log_reid_model, promote_champion
 
     best = _best_checkpoint(result) if cfg.select == "best" else result.checkpoint
     best_model = common.publish_model(best.path, cfg.storage, cfg.name)
@@ -356,14 +376,14 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     log.info("finetune: assigner calibrated on %d validation windows: threshold %.3g, link threshold %.3g "
              "(window AMI %.3f)", calibration["windows"], calibration["threshold"], calibration["link_threshold"],
              calibration["window_AMI"])
+    # the published model's own validation figures (with --select last, the last epoch's; with best, the best's)
+    validation = {f"{FINAL_PREFIX}{k}": float(v)
+                  for k, v in retrieval_metrics(val["embeddings"], val["labels"], val["sequences"]).items()}
     test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
                                transform=model.config.transform)
     test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
     exported = io.join(out_dir, "reid_net.torchscript.pt")
     export_torchscript(model, exported)
-    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
-                      spool_dir=common.spool_dir(cfg.storage, cfg.name), mark_resumed=False)
-    tracker.log_metrics(test, step=cfg.epochs)
     tracker.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
                          if isinstance(v, int | float)}, step=cfg.epochs)
     tracker.set_tags({"reid.calibration_source": calibration["source"],
@@ -373,7 +393,7 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
     io.write_bytes_atomic(histogram, distance_histogram_png(
         positive, negative, calibration["threshold"],
         f"validation pairs within a window; calibrated threshold {calibration['threshold']:.3g}"))
-    registered: dict[str, str] = {}
+    registered: dict[str, Any] = {}
     if not io.is_uri(best_model):
         tracker.log_artifact(best_model, "model")
         tracker.log_artifact(exported, "model")
@@ -381,11 +401,17 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, parent_ru
         tracker.log_artifact(_curves(tracker, cfg, out_dir), "plots")
         if cfg.log_model:
             registered = log_reid_model(tracker, model, best_model, cfg.register_as)
+    model_id = registered.get("model_id")  # None: run metrics only (no model logged, or MLflow down)
+    tracker.log_metrics(validation, step=cfg.epochs, model_id=model_id, dataset=datasets.get("validation"))
+    tracker.log_metrics(test, step=cfg.epochs, model_id=model_id, dataset=datasets.get("test"))
+    if registered.get("model_version"):
+        registered.update(promote_champion(tracker, cfg.register_as, registered["model_version"],
+                                           validation.get(CHAMPION_METRIC, float("nan"))))
     tracker.set_tags({"reid.best_checkpoint": best.path})
     tracker.close()
-    log.info("finetune: test %s; best model %s", test, best_model)
-    return {"best_model": best_model, "exported": exported, "test": test, "result": result,
-            "calibration": calibration, **registered}
+    log.info("finetune: validation %s, test %s; model %s", validation, test, best_model)
+    return {"best_model": best_model, "exported": exported, "test": test, "validation": validation,
+            "result": result, "calibration": calibration, **registered}
 
 
 def _curves(tracker, cfg: FinetuneConfig, out_dir: str) -> str:

@@ -37,7 +37,8 @@ class PretrainConfig:
 
     crops: str = field(default="runs/demo/crops", metadata={"help": "output folder of jobs/crop.py"})
     storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path (checkpoints)"})
-    name: str = field(default="pretrain", metadata={"help": "run name: same name = resume; MLflow run key"})
+    name: str = field(default="pretrain", metadata={"help": "run name: same name and storage = resume, in "
+                                                                 "the same MLflow run; the MLflow run's name"})
     arch: str = "resnet50"
     face_size: int = field(default=96, metadata={"help": "face crop side, px"})
     body_size: int = field(default=128, metadata={"help": "body crop side (longer side, padded square), px"})
@@ -80,6 +81,7 @@ class PretrainConfig:
     ray_num_cpus: int | None = None
     mlflow_uri: str | None = None
     experiment: str = "comic-reid"
+    system_metrics_s: float = field(default=10.0, metadata={"help": common.SYSTEM_METRICS_HELP})
     fault_epoch: int = field(default=-1, metadata={"help": "fault injection for tests: rank 0 dies once "
                                                            "at this epoch"})
 
@@ -223,10 +225,7 @@ def pretrain_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _tracker(cfg: PretrainConfig, loop_config: dict[str, Any]):
-    from reid.tracking import Tracker
-
-    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": "pretrain"},
-                      parent_run_id=loop_config.get("parent_run_id"), spool_dir=loop_config.get("spool_dir"))
+    tracker = common.worker_tracker(cfg, loop_config, "pretrain")
     tracker.log_params({**loop_config["cfg"], "train_instances": loop_config["train_instances"]})
     return tracker
 
@@ -280,7 +279,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     from reid.contracts.crops import committed_crop_files
     from reid.datasets import count_character_instances, ssl_dataset
     from reid.raycluster import init_ray
-    from reid.train.failures import fit
+    from reid.run_inputs import crops_dataset
 
     crop_files = committed_crop_files(cfg.crops)  # on the driver, before Ray: a finished, undamaged crop output
     train_instances = count_character_instances(cfg.crops)
@@ -297,19 +296,22 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
     train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale,
                         seed=cfg.seed)
+    tracker = common.open_run(cfg, "pretrain", parent_run_id)
+    tracker.log_inputs([(crops_dataset(cfg.crops), "training")])
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
                    "val": _put(_validation_arrays(cfg.crops, cfg)), "parent_run_id": parent_run_id,
-                   "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
+                   "run_id": tracker.run_id, "marker_dir": common.run_dir(cfg.storage, cfg.name),
+                   "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
     trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
                            dataset_config=common.data_config(),
                            scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config or common.trainer_run_config(cfg.name, cfg.storage,
                                                                              cfg.max_failures))
     # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
-    result = fit(trainer, common.run_dir(cfg.storage, cfg.name), "pretrain")
+    result = common.fit_tracked(trainer, tracker, "pretrain", cfg.storage, cfg.name)
     model_path = common.publish_model(result.checkpoint.path, cfg.storage, cfg.name)
     _record_augmentation(model_path, augmentation)
-    log_to_mlflow(cfg, model_path, parent_run_id, augmentation)
+    log_to_mlflow(cfg, model_path, tracker, augmentation)
     return result, model_path
 
 
@@ -351,24 +353,23 @@ def _record_augmentation(model_path: str, augmentation: dict[str, Any]) -> None:
     save_model_checkpoint(model, model_path, extra={**extra, "augmentation": augmentation})
 
 
-def log_to_mlflow(cfg: PretrainConfig, model_path: str, parent_run_id: str | None,
+def log_to_mlflow(cfg: PretrainConfig, model_path: str, tracker: Any,
                   augmentation: dict[str, Any] | None = None) -> None:
-    """The driver's part of the run's MLflow record: the loss curves (a PNG of the logged history) and the SSL
-    model (``runs:/<id>/ssl_model/model.pt``, what ``jobs/finetune.py --ssl-checkpoint`` accepts)."""
+    """The driver's part of the run's MLflow record (``tracker``: :func:`reid.train.common.open_run`'s), then the
+    run's end: the colour-augmentation choice, the loss curves (a PNG of the logged history) and the SSL model
+    (``runs:/<id>/ssl_model/model.pt``, what ``jobs/finetune.py --ssl-checkpoint`` accepts)."""
     from reid.plots import curves_png
     from reid.registry import log_ssl_model
-    from reid.tracking import Tracker
 
-    if io.is_uri(model_path):
-        return
-    tracker = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, parent_run_id=parent_run_id,
-                      spool_dir=common.spool_dir(cfg.storage, cfg.name), mark_resumed=False)
-    if tracker.run_id is None:  # MLflow is down: the loop's own tracker has spooled what it could not log
-        log.warning("pretrain: MLflow unavailable; the curves and the SSL model were not logged (model: %s)",
-                    model_path)
-        return
     if augmentation:
         tracker.log_params({f"augmentation_{k}": v for k, v in augmentation.items()})
+    tracker.flush(final=True)  # MLflow may have come back since the driver opened the run
+    if tracker.run_id is None or io.is_uri(model_path):
+        if tracker.run_id is None:  # what the trackers could not log is spooled, to replay
+            log.warning("pretrain: MLflow unavailable; the curves and the SSL model were not logged (model: %s)",
+                        model_path)
+        tracker.close()
+        return
     history = tracker.metric_history(["loss", "face", "body", "identity", "val_face_body_p1"])
     plot = io.join(os.path.dirname(model_path), "curves.png")
     io.write_bytes_atomic(plot, curves_png(
