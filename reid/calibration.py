@@ -267,6 +267,15 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, pa
 
     ``series`` (N,): the series of each row (linking pools a series' labelled windows); None = each window is a
     series of its own."""
+    return calibration_grid(embeddings, labels, groups, panels, series, linkage, metric, objective, thresholds,
+                            link_distance, link_constraint)[0]
+
+
+def calibration_grid(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, panels: Any,
+                     series: Any = None, linkage: str = "average", metric: str = "euclidean",
+                     objective: str = "AMI", thresholds: Any = DEFAULT_GRID, link_distance: str = "centroid",
+                     link_constraint: str = "hard") -> tuple[dict[str, Any], list[dict], list[dict]]:
+    """:func:`calibrate`'s record with the grids it was chosen on: (record, window rows, link rows)."""
     window_rows = grid_scores(embeddings, labels, groups, thresholds, (linkage,), metric, panels)
     window = choose_threshold(window_rows, objective)
     series = np.asarray(groups) if series is None else np.asarray(series)
@@ -289,4 +298,4 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndarray, pa
     result.update({f"window_{k}": float(window[k]) for k in SCORES})
     result.update({f"link_{k}": float(link[k]) for k in ("pair_precision", "pair_recall", "pair_f1", "pair_f1_best",
                                                           "pair_f1_floor") if k in link})
-    return result
+    return result, window_rows, link_rows

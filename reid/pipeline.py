@@ -1,5 +1,9 @@
 """The whole pipeline: synthetic corpus → crop → pretrain → finetune → label (+ report).
 
+With ``--sweep-trials N`` a Ray Tune sweep of fine-tuning (``tune/sweep_finetune.py``: margins and learning
+rate, N trials) runs before the finetune stage, and the finetune stage trains the final model with the winning
+trial's values (the sweep's ``best.yaml``, overridden only by the pipeline's own flags).
+
 Each stage is one ``jobs/<stage>.py`` command line. ``run_pipeline`` either runs those command lines in
 this process on an embedded local Ray (``make demo``), or submits each with ``ray job submit`` to the
 cluster that ``RAY_ADDRESS`` names (``--submit``; ``cluster/run_pipeline.sh``), waiting for each before
@@ -61,16 +65,31 @@ class PipelineConfig:
     mlflow_uri: str | None = field(default=None, metadata={"help": "default: sqlite:///<out>/mlflow.db, or the "
                                                                   "cluster's MLFLOW_TRACKING_URI with --submit"})
     name_prefix: str = field(default="demo", metadata={"help": "prefix of the Train run names / MLflow run keys"})
+    sweep_trials: int = field(default=0, metadata={
+        "help": "before fine-tuning, sweep its margins and learning rate with this many trials and fine-tune "
+                "with the best (0 = no sweep)"})
+    sweep_search: str = field(default="optuna", metadata={"help": "the sweep's searcher: optuna | random"})
 
     def __post_init__(self) -> None:
         unknown = set(self.stage_list) - set(STAGES)
         config.check(not unknown, f"unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
         config.check(self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}: {self.preset}")
         config.check(self.recipe in RECIPES, f"recipe must be one of {sorted(RECIPES)}: {self.recipe}")
+        config.check(self.sweep_trials >= 0, f"sweep_trials must be >= 0, got {self.sweep_trials}")
+        config.check(self.sweep_trials == 0 or "finetune" in self.stage_list,
+                     "--sweep-trials tunes the finetune stage: add finetune to --stages")
 
     @property
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
+
+    @property
+    def run_order(self) -> list[str]:
+        """The stages to run, with the fine-tuning sweep before fine-tuning when there is one."""
+        order = []
+        for stage in self.stage_list:
+            order += ["sweep", stage] if stage == "finetune" and self.sweep_trials else [stage]
+        return order
 
 
 def paths(cfg: PipelineConfig) -> dict[str, str]:
@@ -78,7 +97,8 @@ def paths(cfg: PipelineConfig) -> dict[str, str]:
     return {"out": out, "corpus": f"{out}/corpus", "crops": f"{out}/crops", "train": f"{out}/train",
             "labels": f"{out}/labels", "mlflow_db": f"{out}/mlflow.db",
             "ssl_model": f"{out}/train/{cfg.name_prefix}-pretrain/final/model.pt",
-            "reid_model": f"{out}/train/{cfg.name_prefix}-finetune/final/model.pt"}
+            "reid_model": f"{out}/train/{cfg.name_prefix}-finetune/final/model.pt",
+            "sweep_best": f"{out}/train/{cfg.name_prefix}-finetune-sweep/best.yaml"}
 
 
 def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
@@ -95,6 +115,9 @@ def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
     corpus = ["-m", "reid.data.synthetic", "--out", p["corpus"], "--preset", cfg.preset, "--seed", str(cfg.seed)]
     corpus += ["--series", str(cfg.series)] if cfg.series else []
     corpus += ["--pages", str(cfg.pages)] if cfg.pages else []
+    finetune_inputs = ["--crops", p["crops"], "--sequences", f"{p['corpus']}/data/comics_seq", "--ssl-checkpoint",
+                       p["ssl_model"], *model, "--epochs", str(cfg.finetune_epochs), "--sequences-per-batch",
+                       str(cfg.sequences_per_batch)]
     return {
         "corpus": corpus,
         "crop": ["jobs/crop.py", "--comics-root", p["corpus"], "--out", p["crops"], "--pages-per-shard", "4",
@@ -102,9 +125,13 @@ def stage_commands(cfg: PipelineConfig) -> dict[str, list[str]]:
         "pretrain": ["jobs/pretrain.py", *recipe.get("pretrain", []), "--crops", p["crops"], "--name", f"{cfg.name_prefix}-pretrain",
                      "--arch", cfg.arch, *model, "--epochs", str(cfg.pretrain_epochs), "--batch-size",
                      str(cfg.batch_size), *train, *mlflow, *common],
-        "finetune": ["jobs/finetune.py", *recipe.get("finetune", []), "--crops", p["crops"], "--sequences", f"{p['corpus']}/data/comics_seq",
-                     "--ssl-checkpoint", p["ssl_model"], "--name", f"{cfg.name_prefix}-finetune", *model,
-                     "--epochs", str(cfg.finetune_epochs), "--sequences-per-batch", str(cfg.sequences_per_batch),
+        "sweep": ["tune/sweep_finetune.py", *recipe.get("finetune", []), *finetune_inputs, "--name",
+                  f"{cfg.name_prefix}-finetune-sweep", "--samples", str(cfg.sweep_trials), "--search",
+                  cfg.sweep_search, "--search-seed", str(cfg.train_seed), *train, *mlflow, *common],
+        # the sweep's best.yaml first: its searched values stay, the pipeline's flags override the rest
+        "finetune": ["jobs/finetune.py", *(["--config", p["sweep_best"]] if cfg.sweep_trials else
+                                           recipe.get("finetune", [])), *finetune_inputs,
+                     "--name", f"{cfg.name_prefix}-finetune",
                      *([] if RECIPES[cfg.recipe] else ["--val-every", "3"]),  # the last epoch's model is kept
                      *train, *mlflow, *common],
         "label": ["jobs/label.py", "--model", p["reid_model"], "--crops", p["crops"], "--out", p["labels"],
@@ -161,7 +188,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
         cfg = config.replace(cfg, mlflow_uri=f"sqlite:///{p['mlflow_db']}")
     commands = stage_commands(cfg)
     log.info("pipeline: stages %s → %s (log: %s)", ", ".join(cfg.stage_list), p["out"], console.open_log())
-    for stage in cfg.stage_list:
+    for stage in cfg.run_order:
         if stage == "corpus" and os.path.exists(f"{p['corpus']}/summary.json"):
             log.info("=== stage corpus: %s exists (generation is deterministic), skipping", p["corpus"])
             continue

@@ -21,7 +21,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from reid import config
 from reid.errors import ConfigError
-from reid.sweeps.finetune import FinetuneSweepConfig
+from reid.sweeps.finetune import FinetuneSweepConfig, published_metric
 from reid.sweeps.pretrain import PretrainSweepConfig
 from reid.sweeps.threshold import (
     ThresholdSweepConfig,
@@ -30,7 +30,13 @@ from reid.sweeps.threshold import (
     grid_scores,
     pair_distances,
 )
-from reid.sweeps.trials import SweepInterruptedError, best_row, concurrent_trials, job_config
+from reid.sweeps.trials import (
+    SweepInterruptedError,
+    best_row,
+    concurrent_trials,
+    job_config,
+    published_score,
+)
 from reid.train.finetune import SELECT_METRIC, FinetuneConfig
 from reid.train.pretrain import PretrainConfig
 
@@ -143,12 +149,31 @@ def test_sweep_configs_carry_every_job_flag_and_check_their_ranges(tmp_path):
         config.parse_config(ThresholdSweepConfig, ["--linkages", "average,ward"])
 
 
-def test_best_row_skips_errors_and_nan():
+def test_best_row_skips_errors_and_nan_and_prefers_trials_that_published_a_model():
     rows = [{"trial": "a", "status": "error", "score": 0.9}, {"trial": "b", "status": "finished", "score": float("nan")},
-            {"trial": "c", "status": "finished", "score": 0.4}, {"trial": "d", "status": "stopped early", "score": 0.5}]
-    assert best_row(rows, "max")["trial"] == "d"
-    assert best_row(rows, "min")["trial"] == "c"
+            {"trial": "c", "status": "finished", "score": 0.4}, {"trial": "d", "status": "stopped early", "score": 0.5},
+            {"trial": "e", "status": "finished", "score": 0.3}]
+    assert best_row(rows, "max")["trial"] == "c"  # d scored higher but was stopped early: no final model
+    assert best_row(rows, "min")["trial"] == "e"
     assert best_row(rows[:2], "max") is None
+    assert best_row(rows[:4:3], "max")["trial"] == "d"  # no finished trial: the best stopped early
+
+
+def test_a_trial_is_scored_on_the_model_it_publishes():
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], SELECT_METRIC: [0.5, 0.9, 0.6],
+                            f"best_{SELECT_METRIC}": [0.5, 0.9, 0.9]})
+    last = FinetuneSweepConfig(select="last")
+    best = FinetuneSweepConfig(select="best")
+    # --select last publishes the last epoch's model (0.6), not the best epoch's (0.9)
+    assert published_score(history, published_metric(last)) == pytest.approx(0.6)
+    assert published_score(history, published_metric(best)) == pytest.approx(0.9)
+    assert np.isnan(published_score(history, "missing"))
+    with pytest.raises(ConfigError, match="val_every"):
+        FinetuneSweepConfig(val_every=2)
+    with pytest.raises(ConfigError, match="search"):
+        FinetuneSweepConfig(search="grid")
 
 
 # ------------------------------------------------------------------------------- real sweeps on Ray
@@ -321,26 +346,76 @@ def test_finetune_sweep_tracks_rank0_validation_and_writes_a_loadable_best_confi
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_threshold_sweep_on_the_finetuned_model(finetune_sweep, corpus, capsys):
+def test_threshold_sweep_is_the_calibration_fine_tuning_stored(finetune_sweep, corpus, capsys):
     from reid.label import LabelConfig
+    from reid.label.config import resolve_thresholds
+    from reid.models.checkpoint import load_model_checkpoint
 
     model = [p for p in finetune_sweep["folder"].glob("trials/*/final/model.pt")][0]
-    _entry_point("sweep_threshold")(["--model", str(model), "--crops", corpus["crops"], "--sequences",
-                                     corpus["sequences"], "--storage", corpus["storage"], "--mlflow-uri",
-                                     corpus["mlflow"], "--threshold-steps", "19"])
+    base = ["--model", str(model), "--crops", corpus["crops"], "--sequences", corpus["sequences"], "--storage",
+            corpus["storage"], "--mlflow-uri", corpus["mlflow"]]
+    _entry_point("sweep_threshold")(base)
     assert "chosen:" in capsys.readouterr().out
     folder = pathlib.Path(corpus["storage"]) / "threshold-sweep"
     label = config.parse_config(LabelConfig, ["--config", str(folder / "best.yaml")])
     rows = (folder / "summary.csv").read_text().splitlines()[1:]
-    assert len(rows) == 19 * 3
+    assert len(rows) == 37 * 3  # the calibration grid, every linkage
     best_ami = max(float(r.split(",")[2]) for r in rows)
     chosen = [r for r in rows if r.split(",")[0] == label.linkage and float(r.split(",")[1]) == label.threshold]
     assert len(chosen) == 1 and float(chosen[0].split(",")[2]) == pytest.approx(best_ami)
-    assert label.model == str(model)
+    assert label.model == str(model) and label.link_threshold >= label.threshold
     assert (folder / "distances.png").read_bytes().startswith(b"\x89PNG")
     parent, children = _runs(corpus["mlflow"], "threshold-sweep")
     assert parent.info.status == "FINISHED" and len(children) == 3
     assert parent.data.metrics["best_threshold"] == pytest.approx(label.threshold)
+    assert parent.data.metrics["best_link_threshold"] == pytest.approx(label.link_threshold)
+
+    # with fine-tuning's linkage, the sweep's best.yaml is what fine-tuning stored in the checkpoint
+    _entry_point("sweep_threshold")([*base, "--linkages", "average", "--name", "threshold-average"])
+    same = config.parse_config(LabelConfig, ["--config", str(pathlib.Path(corpus["storage"]) / "threshold-average"
+                                                          / "best.yaml")])
+    _, _, extra = load_model_checkpoint(str(model))
+    stored = extra["calibration"]
+    assert (same.threshold, same.link_threshold, same.linkage, same.link_distance, same.link_constraint) == (
+        stored["threshold"], stored["link_threshold"], stored["linkage"], stored["link_distance"],
+        stored["link_constraint"])
+    # the label job records where its thresholds came from
+    _, sources = resolve_thresholds(same, extra)
+    assert sources["threshold"] == sources["link_threshold"] == same.thresholds_from
+    assert same.thresholds_from.startswith("threshold sweep threshold-average")
+    _, sources = resolve_thresholds(config.replace(same, threshold=None, link_threshold=None), extra)
+    assert sources["threshold"].startswith("checkpoint calibration")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_pipeline_sweeps_then_fine_tunes_with_the_winning_values(pretrain_sweep, corpus):
+    """``--sweep-trials``: a fine-tuning sweep (Optuna, the default searcher) before the finetune stage, whose
+    final model is trained with the winning trial's margins and learning rate."""
+    import shutil
+
+    from reid.pipeline import PipelineConfig, paths, run_pipeline
+
+    # one trial keeps the suite short; the winner's values reaching the final model is what is checked
+    cfg = PipelineConfig(out=str(corpus["root"]), stages="finetune", sweep_trials=1, face_size=32, body_size=48,
+                         finetune_epochs=1, sequences_per_batch=4, name_prefix="pipe", mlflow_uri=corpus["mlflow"])
+    assert cfg.run_order == ["sweep", "finetune"]
+    p = paths(cfg)
+    ssl = sorted(pretrain_sweep["folder"].glob("trials/*/final/model.pt"))[0]
+    os.makedirs(os.path.dirname(p["ssl_model"]), exist_ok=True)
+    shutil.copy(ssl, p["ssl_model"])
+    run_pipeline(cfg)
+    best = config.load_yaml(p["sweep_best"])
+    rows = (pathlib.Path(p["sweep_best"]).parent / "summary.csv").read_text().splitlines()
+    assert len(rows) == 2 and "optuna search" in (pathlib.Path(p["sweep_best"]).parent / "summary.md").read_text()
+    assert os.path.exists(p["reid_model"])
+    mlflow.set_tracking_uri(corpus["mlflow"])
+    (run,) = mlflow.search_runs(experiment_names=["comic-reid"], filter_string="attributes.run_name = 'pipe-finetune'",
+                                output_format="list")
+    for key in ("pos_margin", "neg_margin", "lr"):  # the final model was trained with the winning values
+        assert float(run.data.params[key]) == pytest.approx(best[key]), key
+    assert run.data.params["val_every"] == "3"  # the pipeline's own flags override the sweep's file
 
 
 def _is_tune_or_train_deprecation(warning: warnings.WarningMessage) -> bool:

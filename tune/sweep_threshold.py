@@ -1,9 +1,11 @@
-"""Calibrate the assigner: distance threshold × linkage maximising validation AMI (or ARI) of window clustering.
+"""Calibrate the assigner: window threshold × linkage maximising validation AMI (or ARI, B-cubed F1) of window
+clustering with cannot-link by panel, and the series-linking threshold: fine-tuning's own calibration, per linkage.
 
     python tune/sweep_threshold.py --model runs/train/finetune/final/model.pt --crops CROPS \
         --sequences CORPUS/data/comics_seq
-Embeddings are computed once; the grid is cheap. Writes best.yaml (for jobs/label.py --config), the summary
-and distances.png (positive/negative pair distance histograms with the chosen threshold).
+Embeddings are computed once; the grid is cheap. Writes best.yaml (then: python jobs/label.py --config
+best.yaml ..., which records the sweep as its thresholds' source), the summary and distances.png
+(positive/negative pair distance histograms with the chosen threshold).
 """
 
 import pathlib
@@ -20,8 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ThresholdSweepConfig, argv, description=__doc__)
     out = run_threshold_sweep(cfg)
     best = out["best"]
-    print(f"best per linkage ({cfg.objective}):\n{out['best_per_linkage']}\nchosen: {best['linkage']} linkage, "
-          f"threshold {best['threshold']:.4g} ({cfg.objective} {best[cfg.objective]:.4f})\n"
+    print(f"best per linkage (window {cfg.objective}):\n{out['best_per_linkage']}\nchosen: {best['linkage']} "
+          f"linkage, threshold {best['threshold']:.4g} (window {cfg.objective} {best[f'window_{cfg.objective}']:.4f}),"
+          f" link threshold {best['link_threshold']:.4g} ({best['link_rule']})\n"
           f"best config: {out['best_config']}\nhistogram: {out['histogram']}\nsummary: {out['summary']['md']}")
 
 

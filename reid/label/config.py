@@ -62,6 +62,9 @@ class LabelConfig:
     link_constraint: str | None = field(default=None, metadata={
         "help": "cannot-link between window identities when linking: hard | soft (default: the model's "
                 "calibrated choice, else hard)"})
+    thresholds_from: str = field(default="", metadata={
+        "help": "where the threshold flags came from, recorded with the run as their source (a threshold "
+                "sweep's best.yaml sets it; empty: the flags were given by hand)"})
     arch: str | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     face_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
     body_size: int | None = field(default=None, metadata={"help": "if set, must match the checkpoint"})
@@ -155,12 +158,14 @@ def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None, with_e
 
 def resolve_thresholds(cfg: LabelConfig, extra: dict[str, Any]) -> tuple[LabelConfig, dict[str, str]]:
     """Fill the thresholds the flags left unset from the checkpoint's calibration (fine-tuning chose them on
-    the validation sequences), else the paper's 0.82. Returns the config and where each value came from."""
+    the validation sequences), else the paper's 0.82. Returns the config and where each value came from: the
+    checkpoint's calibration, ``thresholds_from`` (a sweep file) or "flag", or the default."""
     calibration = extra.get("calibration") or {}
     values, sources = {}, {}
+    given = cfg.thresholds_from or "flag"
     for name, key in (("threshold", "threshold"), ("link_threshold", "link_threshold")):
         if getattr(cfg, name) is not None:
-            values[name], sources[name] = getattr(cfg, name), "flag"
+            values[name], sources[name] = getattr(cfg, name), given
         elif key in calibration:
             values[name] = float(calibration[key])
             sources[name] = f"checkpoint calibration ({calibration.get('source', 'validation sequences')})"
@@ -169,7 +174,7 @@ def resolve_thresholds(cfg: LabelConfig, extra: dict[str, Any]) -> tuple[LabelCo
                                                            "calibration)"
     for name, default in (("link_distance", "centroid"), ("link_constraint", "hard")):
         if getattr(cfg, name) is not None:
-            values[name], sources[name] = getattr(cfg, name), "flag"
+            values[name], sources[name] = getattr(cfg, name), given
         elif name in calibration:
             values[name], sources[name] = str(calibration[name]), "checkpoint calibration"
         else:

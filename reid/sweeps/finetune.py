@@ -1,9 +1,10 @@
 """Sweep of fine-tuning: the contrastive loss's positive and negative margins and the learning rate,
-maximising validation MAP@R.
+maximising validation MAP@R, searched by Optuna's TPE (or at random) with ASHA early stopping.
 
-A trial is judged by its best epoch's ``val_mean_average_precision_at_r`` (rank 0 computes it; Tune sees
-rank 0's report), because fine-tuning publishes its best checkpoint. Margin ranges must not overlap, so
-every sample satisfies neg_margin > pos_margin.
+A trial is judged on the model it publishes (rank 0 computes validation MAP@R; Tune sees rank 0's report):
+with ``--select last`` (the default) its last epoch's ``val_mean_average_precision_at_r``, with ``--select
+best`` the best so far (``best_val_mean_average_precision_at_r``). Margin ranges must not overlap, so every
+sample satisfies neg_margin > pos_margin.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from reid.sweeps.pretrain import log_uniform
 from reid.sweeps.trials import SweepResult, SweepSettings, SweepSpec, run_sweep
 from reid.train.finetune import SELECT_METRIC, FinetuneConfig, run_finetune
 
-SPEC = SweepSpec(stage="finetune", job_cls=FinetuneConfig, run_job=run_finetune, metric=SELECT_METRIC,
-                 mode="max", best_epoch=True)
+
+def published_metric(cfg: FinetuneConfig) -> str:
+    """The reported metric that scores the model fine-tuning publishes under ``cfg.select``."""
+    return SELECT_METRIC if cfg.select == "last" else f"best_{SELECT_METRIC}"
+
+
+SPEC = SweepSpec(stage="finetune", job_cls=FinetuneConfig, run_job=run_finetune, metric_of=published_metric,
+                 mode="max")
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class FinetuneSweepConfig(FinetuneConfig, SweepSettings):
                      "need 0 <= pos_margin_min <= pos_margin_max < neg_margin_min <= neg_margin_max, got "
                      f"{self.pos_margin_min}, {self.pos_margin_max}, {self.neg_margin_min}, {self.neg_margin_max}")
         config.check(0 < self.lr_min <= self.lr_max, f"need 0 < lr_min <= lr_max, got {self.lr_min}, {self.lr_max}")
+        config.check(self.val_every == 1, f"a sweep validates every epoch (ASHA compares trials at each epoch), "
+                                          f"got val_every {self.val_every}")
 
 
 def uniform(low: float, high: float) -> Any:

@@ -1,5 +1,5 @@
 """Sweep of identity-aware SSL pretraining: the NT-Xent temperature (log-uniform), optionally the learning
-rate, with ASHA early stopping on ``val_face_body_p1``.
+rate, searched by Optuna's TPE (or at random) with ASHA early stopping on ``val_face_body_p1``.
 
 ``val_face_body_p1`` is the held-out instances' face→body nearest-neighbour precision@1 with the SSL
 features (rank 0, every epoch): cheap, and it measures what the identity-aware term is for. A trial is
@@ -16,8 +16,9 @@ from reid.errors import ConfigError
 from reid.sweeps.trials import SweepResult, SweepSettings, SweepSpec, run_sweep
 from reid.train.pretrain import PretrainConfig, run_pretrain
 
-SPEC = SweepSpec(stage="pretrain", job_cls=PretrainConfig, run_job=run_pretrain, metric="val_face_body_p1",
-                 mode="max", best_epoch=False)
+METRIC = "val_face_body_p1"
+SPEC = SweepSpec(stage="pretrain", job_cls=PretrainConfig, run_job=run_pretrain, metric_of=lambda cfg: METRIC,
+                 mode="max")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,6 @@ class PretrainSweepConfig(PretrainConfig, SweepSettings):
     lr_min: float | None = field(default=None, metadata={
         "help": "also search lr, log-uniform in [lr_min, lr_max] (none = the fixed --lr)"})
     lr_max: float | None = None
-    grace_period: int = field(default=1, metadata={"help": "ASHA: epochs a trial runs before it may be stopped"})
-    reduction_factor: int = field(default=2, metadata={"help": "ASHA: 1/this of the trials go on at each rung"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,9 +43,6 @@ class PretrainSweepConfig(PretrainConfig, SweepSettings):
         config.check((self.lr_min is None) == (self.lr_max is None), "give both lr_min and lr_max, or neither")
         config.check(self.lr_min is None or 0 < self.lr_min <= self.lr_max,
                      f"need 0 < lr_min <= lr_max, got {self.lr_min}, {self.lr_max}")
-        config.check(1 <= self.grace_period <= self.epochs,
-                     f"grace_period must be in 1..epochs ({self.epochs}), got {self.grace_period}")
-        config.check(self.reduction_factor >= 2, f"reduction_factor must be >= 2, got {self.reduction_factor}")
 
 
 def log_uniform(low: float, high: float) -> Any:
@@ -61,14 +57,6 @@ def search_space(cfg: PretrainSweepConfig) -> dict[str, Any]:
     if cfg.lr_min is not None:
         space["lr"] = log_uniform(cfg.lr_min, cfg.lr_max)
     return space
-
-
-def scheduler(cfg: PretrainSweepConfig) -> Any:
-    """ASHA on the reported ``epoch`` (0-based; it survives a resumed Train run, unlike Tune's iteration)."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
-                         reduction_factor=cfg.reduction_factor)
 
 
 def held_out_pairs(crops_root: str) -> int:
@@ -94,5 +82,5 @@ def run_pretrain_sweep(cfg: PretrainSweepConfig) -> SweepResult:
     pairs = held_out_pairs(cfg.crops)
     if pairs < 2:
         raise ConfigError(f"{cfg.crops}: {pairs} held-out instance(s) with both a face and a body; the sweep's "
-                          f"metric {SPEC.metric} needs at least 2 (use a larger corpus)")
-    return run_sweep(cfg, SPEC, search_space(cfg), scheduler(cfg))
+                          f"metric {METRIC} needs at least 2 (use a larger corpus)")
+    return run_sweep(cfg, SPEC, search_space(cfg))

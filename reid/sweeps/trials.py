@@ -40,6 +40,7 @@ from reid.sweeps.summary import write_summary
 log = logging.getLogger(__name__)
 C = TypeVar("C")
 SWEEP_FILE = "sweep.yaml"
+SEARCHES = ("optuna", "random")
 FAULT_MARKER = "_fault_interrupted"
 
 
@@ -60,7 +61,12 @@ class SweepSettings:
         "help": "trials at once (none = as many as the cluster's CPUs and GPUs fit)"})
     trial_cpus: float = field(default=0.1, metadata={
         "help": "CPUs of each trial's driver function (it only launches and watches its Train run)"})
-    search_seed: int = field(default=0, metadata={"help": "seed of the random search"})
+    search: str = field(default="optuna", metadata={
+        "help": "how trials are chosen: optuna (Optuna's TPE, model-based: each trial learns from the finished "
+                "ones) or random"})
+    search_seed: int = field(default=0, metadata={"help": "seed of the search"})
+    grace_period: int = field(default=1, metadata={"help": "ASHA: epochs a trial runs before it may be stopped"})
+    reduction_factor: int = field(default=2, metadata={"help": "ASHA: 1/this of the trials go on at each rung"})
     trial_max_failures: int = field(default=1, metadata={"help": "Tune restarts of a trial whose driver failed"})
     controller_failure_limit: int = field(default=2, metadata={
         "help": "Train controller failures tolerated per trial (-1 = unlimited)"})
@@ -73,6 +79,11 @@ class SweepSettings:
                      f"max_concurrent_trials must be >= 1, got {self.max_concurrent_trials}")
         config.check(self.trial_cpus > 0, f"trial_cpus must be > 0, got {self.trial_cpus}")
         config.check(self.trial_max_failures >= 0, "trial_max_failures must be >= 0")
+        config.check(self.search in SEARCHES, f"search must be one of {SEARCHES}, got {self.search!r}")
+        epochs = getattr(self, "epochs", 1)
+        config.check(1 <= self.grace_period <= epochs,
+                     f"grace_period must be in 1..epochs ({epochs}), got {self.grace_period}")
+        config.check(self.reduction_factor >= 2, f"reduction_factor must be >= 2, got {self.reduction_factor}")
 
 
 @dataclass(frozen=True)
@@ -82,9 +93,11 @@ class SweepSpec:
     stage: str
     job_cls: type
     run_job: Callable[..., Any]  # run_pretrain / run_finetune: (cfg, parent_run_id=, run_config=)
-    metric: str
+    # the reported metric that scores the model a trial publishes, given the sweep's config: each epoch's
+    # report of it describes the model the trial would publish if it ended there (its last epoch's figure for
+    # a job that keeps its last epoch, the best so far for one that keeps its best)
+    metric_of: Callable[[Any], str]
     mode: str = "max"
-    best_epoch: bool = False  # score a trial by its best epoch (its published model is the best) or its last
 
 
 @dataclass
@@ -166,11 +179,31 @@ class InterruptAfterTrials(tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def _tuner(cfg: Any, spec: SweepSpec, trainable: Any, param_space: dict[str, Any], scheduler: Any,
-           folder: str) -> tune.Tuner:
-    """A new Tuner, or the interrupted one restored from ``<folder>/tune`` (finished trials are kept)."""
+def asha(cfg: Any) -> Any:
+    """ASHA on the reported ``epoch`` (0-based; it survives a resumed Train run, unlike Tune's iteration)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.grace_period,
+                         reduction_factor=cfg.reduction_factor)
+
+
+def searcher(cfg: Any, max_concurrent: int) -> Any:
+    """Optuna's TPE (model-based) or Tune's random search, seeded, at most ``max_concurrent`` trials at once.
+
+    The concurrency limit goes to the search algorithm: Tune ignores ``max_concurrent_trials`` beside one."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if cfg.search == "random":
+        return BasicVariantGenerator(random_state=cfg.search_seed, max_concurrent=max_concurrent)
+    from ray.tune.search.optuna import OptunaSearch
+
+    return ConcurrencyLimiter(OptunaSearch(seed=cfg.search_seed), max_concurrent=max_concurrent)
+
+
+def _tuner(cfg: Any, spec: SweepSpec, trainable: Any, param_space: dict[str, Any], folder: str) -> tune.Tuner:
+    """A new Tuner, or the interrupted one restored from ``<folder>/tune`` (finished trials are kept; the
+    searcher's state is restored with it)."""
     import ray
-    from ray.tune.search import BasicVariantGenerator
 
     experiment = io.join(folder, "tune")
     if tune.Tuner.can_restore(experiment):
@@ -183,11 +216,8 @@ def _tuner(cfg: Any, spec: SweepSpec, trainable: Any, param_space: dict[str, Any
         if cfg.fault_after_trials > 0 else []
     return tune.Tuner(
         trainable, param_space=param_space,
-        # the concurrency limit goes to the search algorithm: Tune ignores max_concurrent_trials beside one
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=cfg.samples,
-                                    scheduler=scheduler,
-                                    search_alg=BasicVariantGenerator(random_state=cfg.search_seed,
-                                                                     max_concurrent=max_concurrent)),
+        tune_config=tune.TuneConfig(metric=spec.metric_of(cfg), mode=spec.mode, num_samples=cfg.samples,
+                                    scheduler=asha(cfg), search_alg=searcher(cfg, max_concurrent)),
         run_config=tune.RunConfig(name="tune", storage_path=folder, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures)))
 
@@ -206,8 +236,9 @@ def _launched_samples(cfg: Any, folder: str) -> int:
     return int(first.get("samples", cfg.samples))
 
 
-def run_sweep(cfg: Any, spec: SweepSpec, param_space: dict[str, Any], scheduler: Any = None) -> SweepResult:
-    """Run (or resume) a Tune sweep of ``spec.job_cls`` over ``param_space``; returns the summary and best.
+def run_sweep(cfg: Any, spec: SweepSpec, param_space: dict[str, Any]) -> SweepResult:
+    """Run (or resume) a Tune sweep of ``spec.job_cls`` over ``param_space`` (the searcher of ``cfg.search``,
+    ASHA early stopping); returns the summary and best.
 
     Raises :class:`SweepInterruptedError` when the sweep stopped before its trials finished, and
     ReidError when no trial produced the metric.
@@ -227,26 +258,27 @@ def run_sweep(cfg: Any, spec: SweepSpec, param_space: dict[str, Any], scheduler:
                              trials_dir=io.join(folder, "trials"), parent_run_id=parent.run_id,
                              controller_failure_limit=cfg.controller_failure_limit),
         {"cpu": cfg.trial_cpus})
-    results = _tuner(cfg, spec, trainable, param_space, scheduler, folder).fit()
+    results = _tuner(cfg, spec, trainable, param_space, folder).fit()
     finished = results.num_terminated + results.num_errors
     if finished < max(samples, len(results)):
         parent.set_tags({"reid.sweep_state": f"interrupted after {finished}/{samples} trials"})
         parent.close(status="KILLED")
         raise SweepInterruptedError(f"sweep {cfg.name} stopped after {finished} of {samples} trials; run the "
                                     f"same command again to resume it ({io.join(folder, 'tune')})")
-    rows = trial_rows(results, spec, cfg, folder, list(param_space))
+    metric = spec.metric_of(cfg)
+    rows = trial_rows(results, metric, cfg, folder, list(param_space))
     best = best_row(rows, spec.mode)
     if best is None:
         parent.close(status="FAILED")
         errors = "; ".join(f"{r['trial']}: {r['error']}" for r in rows if r["error"])
-        raise ReidError(f"sweep {cfg.name}: no trial reported {spec.metric} ({errors or 'no errors'}); see "
+        raise ReidError(f"sweep {cfg.name}: no trial reported {metric} ({errors or 'no errors'}); see "
                         f"{io.join(folder, 'tune')}")
     best_cfg = job_config(cfg, spec.job_cls, name=f"{cfg.name}-best",
                           **{k: best[k] for k in param_space})
     best_config = io.join(folder, "best.yaml")
     config.save_yaml(best_cfg, best_config)
-    summary = write_summary(rows, folder, f"{spec.stage} sweep {cfg.name}: score = {spec.metric} "
-                                          f"({'best' if spec.best_epoch else 'last'} epoch, {spec.mode})")
+    summary = write_summary(rows, folder, f"{spec.stage} sweep {cfg.name} ({cfg.search} search): score = "
+                                          f"{metric} of the model each trial publishes ({spec.mode})")
     _log_parent(parent, rows, best, [best_config, summary["csv"], summary["md"], io.join(folder, SWEEP_FILE)])
     return SweepResult(folder, rows, best, best_config, summary, parent.run_id)
 
@@ -262,7 +294,7 @@ def _log_parent(parent: Any, rows: list[dict[str, Any]], best: dict[str, Any], a
     parent.close()
 
 
-def trial_rows(results: Any, spec: SweepSpec, cfg: Any, folder: str, searched: list[str]) -> list[dict[str, Any]]:
+def trial_rows(results: Any, metric: str, cfg: Any, folder: str, searched: list[str]) -> list[dict[str, Any]]:
     """One summary row per trial: id, status, searched values, score, epochs, run name, model path, error."""
     rows = []
     for result in results:
@@ -273,30 +305,30 @@ def trial_rows(results: Any, spec: SweepSpec, cfg: Any, folder: str, searched: l
         run = trial_run_name(cfg.name, trial_id)
         status = "error" if result.error else ("finished" if epochs >= cfg.epochs else "stopped early")
         rows.append({"trial": trial_id, "status": status, **{k: result.config.get(k) for k in searched},
-                     "score": _score(history, metrics, spec), "epochs": epochs, "run": run,
+                     "score": published_score(history, metric), "epochs": epochs, "run": run,
                      "model": io.join(folder, "trials", run, "final", "model.pt"),
                      "error": str(result.error).strip().splitlines()[-1][:200] if result.error else ""})
     return sorted(rows, key=lambda r: r["trial"])
 
 
-def _score(history: Any, last: dict[str, Any], spec: SweepSpec) -> float:
-    if not spec.best_epoch:
-        value = last.get(spec.metric)
-        return float(value) if value is not None else float("nan")
-    if history is None or spec.metric not in history:
+def published_score(history: Any, metric: str) -> float:
+    """The trial's score: ``metric`` at its last reported epoch (the model it publishes: ``metric`` already
+    describes that model, see :class:`SweepSpec`); the last finite value when that epoch did not report it."""
+    if history is None or metric not in history:
         return float("nan")
-    values = [float(v) for v in history[spec.metric] if v is not None and math.isfinite(float(v))]
-    if not values:
-        return float("nan")
-    return max(values) if spec.mode == "max" else min(values)
+    ordered = history.sort_values("epoch", kind="stable") if "epoch" in history else history
+    values = [float(v) for v in ordered[metric] if v is not None and math.isfinite(float(v))]
+    return values[-1] if values else float("nan")
 
 
 def best_row(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
-    """The best non-errored row by ``score`` (``mode`` max or min); None if no score is finite."""
+    """The best row by ``score`` (``mode`` max or min) among the finished trials (they published a model),
+    else among those stopped early; None if no score is finite."""
     scored = [r for r in rows if r["status"] != "error" and math.isfinite(r["score"])]
+    finished = [r for r in scored if r["status"] == "finished"]
     if not scored:
         return None
-    return (max if mode == "max" else min)(scored, key=lambda r: r["score"])
+    return (max if mode == "max" else min)(finished or scored, key=lambda r: r["score"])
 
 
 def _trial_id_from_path(path: str) -> str:
