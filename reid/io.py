@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pyarrow.fs as pafs
@@ -83,15 +84,62 @@ def read_text(path: str) -> str:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a unique temporary name and a rename. The temporary name starts with ``.``,
-    so a dataset reader of the folder (``pandas.read_parquet(folder)``) never sees a partial file."""
+    so a dataset reader of the folder (``pandas.read_parquet(folder)``) never sees a partial file; a local file is
+    flushed to disk before the rename (a crash leaves the old file or the new one, never a torn one); the
+    temporary file or object is removed when the write fails."""
     fs, p = resolve(path)
     split = posixpath.split if is_uri(path) else os.path.split
     parent, name = split(p)
     fs.create_dir(parent, recursive=True)
     tmp = (posixpath.join if is_uri(path) else os.path.join)(parent, f".{name}.tmp-{uuid.uuid4().hex}")
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, p)
+    try:
+        if is_uri(path):
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+        else:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        fs.move(tmp, p)
+    except BaseException:
+        _remove_quietly(fs, tmp)
+        raise
+    if not is_uri(path):
+        _fsync_dir(parent)
+
+
+def write_file_atomic(path: str, produce: Callable[[str], None], suffix: str = "") -> None:
+    """Publish a file that a library can only write to a local path (``produce(local_path)``: an exporter) at
+    ``path``, local or an object store, atomically as :func:`write_bytes_atomic` does. ``suffix``: the extension
+    the library wants on its file."""
+    with tempfile.TemporaryDirectory(prefix="reid-write-") as scratch:
+        local = os.path.join(scratch, f"file{suffix}")
+        produce(local)
+        with open(local, "rb") as f:
+            write_bytes_atomic(path, f.read())
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
+    except OSError:  # the store is what failed; the temporary name still starts with "." and is never read
+        pass
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 from typing import Any
 
 import torch
@@ -62,25 +61,11 @@ def checkpoint_payload(model: nn.Module, extra: dict[str, Any] | None = None) ->
 
 
 def save_model_checkpoint(model: nn.Module, path: str, extra: dict[str, Any] | None = None) -> str:
-    """Write ``model``'s checkpoint to ``path`` (local: temp name then atomic rename); returns ``path``."""
+    """Write ``model``'s checkpoint to ``path``, local or an object store, atomically
+    (:func:`reid.io.write_bytes_atomic`); returns ``path``."""
     buffer = io.BytesIO()
     torch.save(checkpoint_payload(model, extra), buffer)
-    data = buffer.getvalue()
-    if "://" in path:
-        from pyarrow import fs  # only remote paths need pyarrow
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        with filesystem.open_output_stream(inner) as stream:  # object stores publish whole objects
-            stream.write(data)
-        return path
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    reid_io.write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

@@ -10,12 +10,12 @@ of the example inputs (the config's sizes unless given). ONNX export needs the o
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 
 import torch
 
+from reid import io as reid_io
 from reid.errors import ReidError
 from reid.models.reid_net import ReIDNet
 
@@ -36,14 +36,6 @@ def example_inputs(
     face_mask = rows % 3 != 1  # rows 1, 4, ... have only a body; rows 2, 5, ... only a face
     body_mask = rows % 3 != 2
     return face, body, face_mask, body_mask
-
-
-def _temp_name(path: str) -> str:
-    """A sibling name to write first and rename when complete; it keeps the extension."""
-    directory, base = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    stem, ext = os.path.splitext(base)
-    return os.path.join(directory, f".{stem}.tmp-{os.getpid()}{ext}")
 
 
 @contextlib.contextmanager
@@ -75,9 +67,7 @@ def export_torchscript(
         traced = torch.jit.trace(
             net, example_inputs(net, batch_size, face_size, body_size), check_trace=False
         )
-        tmp = _temp_name(path)
-        torch.jit.save(traced, tmp)
-    os.replace(tmp, path)
+        reid_io.write_file_atomic(path, lambda local: torch.jit.save(traced, local), ".pt")
     return path
 
 
@@ -91,9 +81,7 @@ def export_program(
     with _eval_mode(net):
         inputs = example_inputs(net, max(batch_size, 2), face_size, body_size)
         program = torch.export.export(net, inputs, dynamic_shapes=_dynamic_batch())
-        tmp = _temp_name(path)
-        torch.export.save(program, tmp)
-    os.replace(tmp, path)
+        reid_io.write_file_atomic(path, lambda local: torch.export.save(program, local), ".pt2")
     return path
 
 
@@ -109,16 +97,14 @@ def export_onnx(
         raise ReidError(f"ONNX export needs the onnx and onnxscript packages ({e})") from e
     with _eval_mode(net):
         inputs = example_inputs(net, max(batch_size, 2), face_size, body_size)
-        tmp = _temp_name(path)
-        torch.onnx.export(
+        reid_io.write_file_atomic(path, lambda local: torch.onnx.export(
             net,
             inputs,
-            tmp,
+            local,
             dynamo=True,
             external_data=False,
             input_names=list(INPUT_NAMES),
             output_names=["embeddings"],
             dynamic_shapes=_dynamic_batch(),
-        )
-    os.replace(tmp, path)
+        ), ".onnx")
     return path
