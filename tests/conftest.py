@@ -78,3 +78,20 @@ def review_labels(tiny_crops, tmp_path_factory, mlflow_uri) -> dict[str, Path]:
     run_label(label_config(tiny_crops, root / "labels", model, (0.5, 0.6), mlflow_uri, save_embeddings=True,
                            report_windows=0, name="review-label"))
     return {"root": root, "labels": root / "labels", "crops": tiny_crops, "model": model}
+
+
+@pytest.fixture(scope="module")  # per module: no Playwright loop outlives the tests that use it
+def browser():
+    """Headless Chromium driven by Playwright: Debian's ``chromium`` (``make test`` installs it; Playwright's own
+    browser download needs the internet)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail("chromium is not on PATH: `make test` installs it (apt-get install -y chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()

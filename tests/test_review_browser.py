@@ -4,8 +4,6 @@ browser contexts acting at once both persist."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from reid.contracts.review import ReviewLog, effective_actions
@@ -13,19 +11,6 @@ from reid.review.config import ReviewConfig
 from reid.review.serve import start_in_background
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.fail("chromium is not on PATH: `make test` installs it (apt-get install -y chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture()
