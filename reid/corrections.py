@@ -37,9 +37,21 @@ def unit_id(window_id: str, identity: int) -> str:
     return f"{window_id}{UNIT_SEP}{identity}"
 
 
+def split_unit_id(unit: str) -> tuple[str, int]:
+    """(window id, identity within the window) of a unit id made by :func:`unit_id`."""
+    window, identity = unit.rsplit(UNIT_SEP, 1)
+    return window, int(identity)
+
+
 def member_id(char_key: str, window_id: str) -> str:
     """A character instance in a window: ``<char_key>@<window_id>``."""
     return f"{char_key}{MEMBER_SEP}{window_id}"
+
+
+def split_member_id(member: str) -> tuple[str, str]:
+    """(char_key, window id) of a member id made by :func:`member_id`."""
+    char_key, window = member.rsplit(MEMBER_SEP, 1)
+    return char_key, window
 
 
 Identity = tuple[int, int]  # (series, series identity)

@@ -29,7 +29,6 @@ from reid.data.formats import Sequence
 from reid.embedding import decode_rgb, to_uint8_chw
 from reid.errors import DataFormatError
 
-INSTANCE_KEY_SEP = "#"
 VAL_BUCKETS = 20  # 1 instance in 20 (by a hash of its key) is held out of SSL training for validation
 
 

@@ -23,6 +23,7 @@ from reid.calibration import (
     loosest_window_threshold,
     loosest_within_one_se,
 )
+from reid.data.ids import panel_id
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_calibration_finds_the_gap_between_positive_and_negative_distances() -> 
                 rows.append(centre * np.sqrt(1 - 0.04) + sign * 0.2 * other)  # pair distance 0.40
                 labels.append(w * 10 + c)
                 groups.append(w)
-                panels.append(f"{w}_{k}_{c}")
+                panels.append(panel_id(w, k, c))
     emb, labels, groups = np.array(rows), np.array(labels), np.array(groups)
     rows_ = grid_scores(emb, labels, groups, np.round(np.arange(0.1, 1.91, 0.05), 3), ("average",))
     perfect = [r["threshold"] for r in rows_ if r["AMI"] > 0.999]

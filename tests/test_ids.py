@@ -1,6 +1,22 @@
+import pandas as pd
 import pytest
 
-from reid.data.ids import IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
+from reid.data.ids import (
+    IdError,
+    PanelId,
+    instance_id,
+    instance_id_column,
+    page_panel,
+    panel_id,
+    panel_id_column,
+    panel_image_relpath,
+    parse_instance_id,
+    parse_page_panel,
+    parse_panel_id,
+    parse_seq_id,
+    seq_id,
+    seq_panel_ids,
+)
 
 
 def test_parse_instance_id_round_trip():
@@ -50,3 +66,27 @@ def test_ids_no_corpus_reaches_are_refused():
         parse_instance_id("1_2_3_face_10000")
     with pytest.raises(IdError, match="series 10000000 is larger"):
         parse_seq_id("10000000_1_0+10000000_1_1+10000000_1_2+10000000_1_3")
+
+
+def test_builders_and_parsers_agree():
+    assert panel_id(1443, 58, 6) == str(PanelId(1443, 58, 6)) == "1443_58_6"
+    assert instance_id(1443, 58, 6, "face", 0) == str(parse_instance_id("1443_58_6_face_0"))
+    assert page_panel(58, 6) == PanelId(1443, 58, 6).page_panel == "58_6"
+    assert parse_page_panel("58_6") == parse_page_panel("058_06") == (58, 6)  # the corpus files may pad
+    for bad in ("58", "58_6_1", "a_6", "58_-6", ""):
+        with pytest.raises(IdError, match="page id"):
+            parse_page_panel(bad)
+    panels = [PanelId(1014, 14, k) for k in range(4)]
+    assert seq_id(panels) == seq_id(map(str, panels)) == "1014_14_0+1014_14_1+1014_14_2+1014_14_3"
+    assert seq_panel_ids(seq_id(panels)) == [str(p) for p in panels]
+    assert parse_seq_id(seq_id(panels)) == tuple(panels)
+    assert panel_image_relpath(PanelId(1014, 14, 3)) == "raw_panel_images/1014/14_3.jpg"
+
+
+def test_id_columns_equal_the_scalar_builders():
+    frame = pd.DataFrame({"series": [0, 1443, 9999999], "page": [0, 58, 99999], "panel": [0, 6, 999],
+                          "type": ["face", "body", "face"], "index": [0, 12, 9999]})
+    panels = panel_id_column(frame["series"], frame["page"], frame["panel"])
+    assert list(panels) == [panel_id(*row) for row in frame[["series", "page", "panel"]].itertuples(index=False)]
+    instances = instance_id_column(panels, frame["type"], frame["index"])
+    assert list(instances) == [instance_id(*row) for row in frame.itertuples(index=False)]

@@ -26,9 +26,10 @@ from PIL import Image
 from reid.assign import link_windows
 from reid.cli import run_main
 from reid.contracts.crops import pair_rows
+from reid.contracts.labels import row_id, split_row_id, window_id, window_panels
 from reid.data.augment import eval_transform
-from reid.data.formats import read_instances, read_sequences
-from reid.data.ids import parse_instance_id
+from reid.data.formats import panel_image_path, read_instances, read_sequences
+from reid.data.ids import panel_id, parse_instance_id, parse_panel_id
 from reid.embedding import CharacterEmbedder, CropPreprocessor, decode_rgb
 from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.label import LabelConfig, decoding_fused, pool_size, read_labels, run_label, sliding_windows
@@ -87,7 +88,8 @@ def thresholds(reference) -> tuple[float, float]:
     """Window and link thresholds that split windows into several identities with this random model."""
     by_page = defaultdict(list)
     for char, embedding in reference.values():
-        by_page[char["panel_id"].rsplit("_", 1)[0]].append(embedding)
+        panel = parse_panel_id(char["panel_id"])
+        by_page[(panel.series, panel.page)].append(embedding)
     distances = [np.linalg.norm(a - b) for e in by_page.values() for i, a in enumerate(e) for b in e[i + 1:]]
     threshold = float(np.median(distances))
     return threshold, threshold * 0.8
@@ -138,16 +140,14 @@ def _same_partition(a: dict, b: dict) -> bool:
 def _page_windows_brute_force(panel_ids: set[str], size: int) -> dict[str, str]:
     """panel id -> window id, blocks of ``size`` panel numbers per page (stride = size)."""
     pages = defaultdict(set)
-    for p in panel_ids:
-        series, page, panel = p.split("_")
-        pages[(series, page)].add(int(panel))
+    for p in map(parse_panel_id, panel_ids):
+        pages[(p.series, p.page)].add(p.panel)
     out = {}
     for (series, page), panels in pages.items():
         n = max(panels) + 1
         for start in range(0, n, size):
-            window = "+".join(f"{series}_{page}_{k}" for k in range(start, min(start + size, n)))
-            for k in range(start, min(start + size, n)):
-                out[f"{series}_{page}_{k}"] = window
+            window = [panel_id(series, page, k) for k in range(start, min(start + size, n))]
+            out.update(dict.fromkeys(window, window_id(window)))
     return out
 
 
@@ -222,7 +222,7 @@ def test_killed_job_resumes_with_every_instance_once(resumed, crops):
     assert set(ids) == set(ok) | set(failed)
     windows = _page_windows_brute_force({_panel(i) for i in ids}, 4)
     for r in labels:
-        assert r["window_id"] == windows[r["panel_id"]] and r["row_id"] == f"{r['instance_id']}@{r['window_id']}"
+        assert r["window_id"] == windows[r["panel_id"]] and r["row_id"] == row_id(r["instance_id"], r["window_id"])
     success = json.loads((out / "_SUCCESS").read_text())
     assert success["rows"] + success["error_rows"] == len(ids)
 
@@ -241,7 +241,7 @@ def test_unassigned_rows_carry_the_reason(resumed, crops):
     # the broken body's face still has its character's identity
     assert labels[partner]["status"] == "assigned" and labels[partner]["identity"] is not None
     errors = pq.read_table(out / "errors").to_pylist()
-    assert {e["id"].split("@")[0] for e in errors} == set(unassigned)
+    assert {split_row_id(e["id"])[0] for e in errors} == set(unassigned)
 
 
 def test_job_matches_label_window_on_every_window(resumed, crops, model_path, thresholds):
@@ -256,13 +256,13 @@ def test_job_matches_label_window_on_every_window(resumed, crops, model_path, th
     for r in read_labels(str(out), include_unassigned=False).to_pylist():
         by_window[r["window_id"]][r["instance_id"]] = r["identity"]
     several = 0
-    for window_id, job in by_window.items():
-        panels = window_id.split("+")
+    for window, job in by_window.items():
+        panels = window_panels(window)
         rows = [r for p in panels for r in crop_rows[p]]
         boxes = [{"panel": panels.index(r["panel_id"]), "type": r["type"], "char_index": r["char_index"],
                   "image": r["image"]} for r in rows]
         identities = label_window(model, [], boxes, threshold=thresholds[0])
-        assert _same_partition(job, {r["instance_id"]: k for r, k in zip(rows, identities, strict=True)}), window_id
+        assert _same_partition(job, {r["instance_id"]: k for r, k in zip(rows, identities, strict=True)}), window
         several += len(set(job.values())) > 1
     assert several >= 2, "the thresholds must give windows with several identities"
 
@@ -280,7 +280,7 @@ def test_face_and_body_share_labels_and_series_links_match_reference(resumed, re
     panel_of = {r["char_key"]: r["panel_id"] for r in rows}
     keys = sorted(per_character)
     window_labels = np.asarray([next(iter(per_character[k]))[0] for k in keys])
-    series_ids = [int(w.split("_")[0]) for w, _ in keys]
+    series_ids = [parse_panel_id(window_panels(w)[0]).series for w, _ in keys]
     series_job = [(s, next(iter(per_character[k]))[1]) for s, k in zip(series_ids, keys, strict=True)]
     embeddings = np.stack([reference[char_key][1] for _, char_key in keys])
     expected = link_windows(embeddings, window_labels, np.asarray([w for w, _ in keys]), np.asarray(series_ids),
@@ -308,10 +308,10 @@ def test_annotated_windows_every_pair_once_and_evaluated(annotated, crops, tiny_
     for iid in [*ok, *failed]:
         by_panel[_panel(iid)].append(iid)
     sequences = read_sequences(cfg.sequences)
-    expected = {f"{i}@{s.seq_id}" for s in sequences for p in s.panels for i in by_panel[str(p)]}
+    expected = {row_id(i, s.seq_id) for s in sequences for p in s.panels for i in by_panel[str(p)]}
     row_ids = read_labels(str(out)).column("row_id").to_pylist()
     assert len(row_ids) == len(set(row_ids)) and set(row_ids) == expected
-    assert len({r.split("@")[0] for r in row_ids}) < len(row_ids), "overlapping windows share instances"
+    assert len({split_row_id(r)[0] for r in row_ids}) < len(row_ids), "overlapping windows share instances"
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("ARI", "AMI", "bcubed_f1", "precision_at_1", "mean_average_precision_at_r", "gt_series_bcubed_f1"):
         assert key in metrics and -1.0 <= metrics[key] <= 1.0, key
@@ -341,7 +341,7 @@ def test_crop_boxes_reproduce_the_crop_job(tiny_corpus, tiny_crops):
     table = pq.read_table(tiny_crops / "data").to_pylist()[:12]
     for r in table:
         row = instances.loc[r["instance_id"]]
-        panel = Image.open(tiny_corpus / f"raw_panel_images/{r['series_id']}/{r['page']}_{r['panel']}.jpg")
+        panel = Image.open(panel_image_path(str(tiny_corpus), r["panel_id"]))
         (crop,) = crop_boxes([panel], [{"panel": 0, "type": r["type"], "box": (row.x_0, row.y_0, row.x1, row.y_1)}])
         stored = Image.open(io.BytesIO(r["image"])).convert("RGB")
         assert crop.size == stored.size

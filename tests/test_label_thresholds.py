@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from reid.contracts.labels import LABEL_SCHEMA, labels_output
+from reid.contracts.labels import LABEL_SCHEMA, labels_output, row_id
 from reid.contracts.manifest import error_table
 from reid.errors import ReidError
 from reid.label import LabelConfig, check_cannot_link, load_reid_model, resolve_thresholds
@@ -47,7 +47,7 @@ def test_thresholds_come_from_the_checkpoint_then_flags_then_the_paper(calibrate
 
 
 def _commit(root, rows):
-    table = pa.Table.from_pylist([{"row_id": f"{r[0]}@{r[1]}", "instance_id": r[0], "type": "body",
+    table = pa.Table.from_pylist([{"row_id": row_id(r[0], r[1]), "instance_id": r[0], "type": "body",
                                    "panel_id": r[2], "series_id": 1, "window_id": r[1], "char_key": r[3],
                                    "identity": r[4], "series_identity": r[5], "distance": 0.0, "box": [0, 0, 1, 1],
                                    "model": "m", "model_sha256": "x", "run_id": "", "shard": "1-00000"}

@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from reid.contracts.labels import row_id, window_panels
 from reid.contracts.manifest import ShardedOutput, error_table
+from reid.data.ids import PanelId, instance_id, panel_image_relpath, parse_panel_id
 from reid.images import encode_jpeg
 from reid.label import LABEL_SCHEMA
 from reid.report import draw_window, identity_color, identity_gallery, sample_windows, write_report
@@ -63,19 +65,21 @@ def _labels_output(root: Path, crops_root: Path, comics_root: Path) -> list[str]
     labels, crops = ShardedOutput(str(root), "row_id"), ShardedOutput(str(crops_root), "instance_id")
     for shard, window_ids in windows.items():
         rows, crop_rows = [], []
-        for w, window_id in enumerate(window_ids):
-            for panel_id in window_id.split("+"):
-                if panel_id != "6_0_1":  # a panel whose image is missing
-                    Image.new("RGB", (100, 80), (230, 230, 200)).save(_panel_path(comics_root, panel_id))
+        for w, window in enumerate(window_ids):
+            for panel in map(parse_panel_id, window_panels(window)):
+                if str(panel) != "6_0_1":  # a panel whose image is missing
+                    Image.new("RGB", (100, 80), (230, 230, 200)).save(_panel_path(comics_root, panel))
                 for k, kind in enumerate(("face", "body")):
-                    iid = f"{panel_id}_{kind}_0"
-                    rows.append({"row_id": f"{iid}@{window_id}", "instance_id": iid, "type": kind,
-                                 "panel_id": panel_id, "series_id": int(shard[0]), "window_id": window_id,
-                                 "char_key": f"{panel_id}#0", "identity": w, "series_identity": w + k,
+                    iid = instance_id(panel.series, panel.page, panel.panel, kind, 0)
+                    rows.append({"row_id": row_id(iid, window), "instance_id": iid, "type": kind,
+                                 "panel_id": str(panel), "series_id": int(shard[0]), "window_id": window,
+                                 "char_key": f"{panel}#0", "identity": w, "series_identity": w + k,
                                  "distance": 0.1, "box": [10, 10, 40, 70], "model": "m", "model_sha256": "x",
                                  "run_id": "r", "shard": shard})
                     crop_rows.append({"instance_id": iid, "image": encode_jpeg(Image.new("RGB", (30, 60), "red"))})
-        errors = error_table([{"id": f"{window_ids[0].split('+')[0]}_face_1@{window_ids[0]}", "shard": shard,
+        first = parse_panel_id(window_panels(window_ids[0])[0])
+        errors = error_table([{"id": row_id(instance_id(first.series, first.page, first.panel, "face", 1), window_ids[0]),
+                               "shard": shard,
                                "stage": "crop", "source": "x", "reason": "panel image not found"}])
         labels.commit(shard, pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), errors, len(rows) + 1)
         crops.commit(shard, pa.Table.from_pylist(crop_rows), error_table([]), len(crop_rows))
@@ -83,9 +87,8 @@ def _labels_output(root: Path, crops_root: Path, comics_root: Path) -> list[str]
     return [w for ws in windows.values() for w in ws]
 
 
-def _panel_path(comics_root: Path, panel_id: str) -> Path:
-    series, page, panel = panel_id.split("_")
-    path = comics_root / "raw_panel_images" / series / f"{page}_{panel}.jpg"
+def _panel_path(comics_root: Path, panel: PanelId) -> Path:
+    path = comics_root / panel_image_relpath(panel)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

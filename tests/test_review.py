@@ -22,6 +22,7 @@ import torch
 from helpers.labeling import label_config
 
 from reid.contracts.review import ReviewLog, read_applied_corrections
+from reid.corrections import split_unit_id
 from reid.data.formats import read_sequences
 from reid.errors import ConfigError
 from reid.label import read_labels, run_label
@@ -286,7 +287,7 @@ def _two_units_of_two_windows(app, series: int) -> tuple[str, str]:
     units = sorted(u for u, ms in state.unit_members.items() if state.series_of[ms[0]] == series
                    and len(state.ids[state.identity_of_unit(u)]) > len(ms))
     first = units[0]
-    return first, next(u for u in units if u.split("#")[0] != first.split("#")[0])
+    return first, next(u for u in units if split_unit_id(u)[0] != split_unit_id(first)[0])
 
 
 def test_the_next_label_run_keeps_merges_splits_names_and_ids(app, review_labels, tmp_path, mlflow_uri) -> None:

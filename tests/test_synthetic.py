@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from reid.data import filtered, formats
-from reid.data.ids import parse_instance_id, parse_seq_id
+from reid.data.ids import instance_id, parse_instance_id, parse_page_panel, parse_panel_id, parse_seq_id
 from reid.data.synthetic import (
     PRESETS,
     SHAPE_ATTRIBUTES,
@@ -60,6 +60,12 @@ def _hashes(root: str) -> dict[str, str]:
 
 def _instances(root: str) -> pd.DataFrame:
     return pd.read_csv(f"{root}/data/ssl/merged_face_body.csv", dtype={"page_id": str})
+
+
+def _instance_ids(instances: pd.DataFrame) -> list[str]:
+    """The instance id of every row of the instance CSV as written (its page_id column unparsed)."""
+    columns = (instances[c] for c in ("series_id", "page_id", "type", "index"))
+    return [instance_id(s, *parse_page_panel(p), t, i) for s, p, t, i in zip(*columns, strict=True)]
 
 
 def _truth(root: str) -> pd.DataFrame:
@@ -177,8 +183,7 @@ def test_the_project_readers_accept_the_generated_files(tiny):
 def test_sequences_agree_with_instances_images_and_ground_truth(tiny):
     root, _ = tiny
     instances = _instances(root)
-    instances["instance_id"] = (instances["series_id"].astype(str) + "_" + instances["page_id"] + "_"
-                                + instances["type"] + "_" + instances["index"].astype(str))
+    instances["instance_id"] = _instance_ids(instances)
     char_index = dict(zip(instances["instance_id"], instances["char_index"], strict=True))
     identity = dict(zip(*(_truth(root)[c] for c in ("instance_id", "identity")), strict=True))
     charid_identity = {}
@@ -188,8 +193,7 @@ def test_sequences_agree_with_instances_images_and_ground_truth(tiny):
             panels = parse_seq_id(seq["seq_id"])
             assert len({(p.series, p.page) for p in panels}) == 1
             assert [p.panel for p in panels] == list(range(panels[0].panel, panels[0].panel + 4))
-            assert all(os.path.exists(f"{root}/raw_panel_images/{p.series}/{p.page}_{p.panel}.jpg")
-                       for p in panels)
+            assert all(os.path.exists(formats.panel_image_path(root, p)) for p in panels)
             char_ids = [a["charId"] for a in seq["annotations"]]
             assert len(char_ids) == len(set(char_ids))
             seq_identities = []
@@ -270,7 +274,7 @@ def test_no_page_or_series_is_in_two_splits(corpus, unit, request):
     root, summary = request.getfixturevalue(corpus)
     assert summary.split_by == unit
     truth = _truth(root)
-    truth["page"] = truth["page_id"].str.split("_").str[0]
+    truth["page"] = [parse_page_panel(p)[0] for p in truth["page_id"]]
     unit_columns = ["series_id"] if unit == "series" else ["series_id", "page"]
     assert (truth.groupby(unit_columns)["split"].nunique() == 1).all()
     split_of = dict(zip(truth["instance_id"], truth["split"], strict=True))
@@ -346,16 +350,16 @@ def test_faults_do_what_faults_json_says(faulty, tiny):
     assert faults == summary.faults and {k: len(v) for k, v in faults.items()} == FAULTS
     referenced = set(zip(*(_instances(root)[c] for c in ("series_id", "page_id")), strict=True))
     for record in faults["corrupt_images"]:
-        series, page, panel = map(int, record["panel_id"].split("_"))
-        assert (series, f"{page}_{panel}") in referenced
+        panel = parse_panel_id(record["panel_id"])
+        assert (panel.series, panel.page_panel) in referenced
         with pytest.raises(OSError):
             with Image.open(f"{root}/{record['path']}") as im:
                 im.load()
     assert {r["mode"] for r in faults["corrupt_images"]} == {"truncate", "garble"}
     for record in faults["missing_images"]:
-        series, page, panel = map(int, record["panel_id"].split("_"))
+        panel = parse_panel_id(record["panel_id"])
         assert not os.path.exists(f"{root}/{record['path']}")
-        assert (series, f"{page}_{panel}") in referenced
+        assert (panel.series, panel.page_panel) in referenced
     broken = {r["path"] for k in ("corrupt_images", "missing_images") for r in faults[k]}
     clean_hashes, faulty_hashes = _hashes(clean_root), _hashes(root)
     for path, digest in clean_hashes.items():
@@ -364,8 +368,7 @@ def test_faults_do_what_faults_json_says(faulty, tiny):
     # off-page boxes: only the listed rows differ from the clean corpus
     sizes = _panel_sizes(clean_root)
     clean, bad = _instances(clean_root), _instances(root)
-    bad["instance_id"] = (bad["series_id"].astype(str) + "_" + bad["page_id"] + "_" + bad["type"] + "_"
-                          + bad["index"].astype(str))
+    bad["instance_id"] = _instance_ids(bad)
     changed = set(bad.loc[(clean != bad.drop(columns="instance_id")).any(axis=1), "instance_id"])
     assert changed == {r["instance_id"] for k in ("offpage_partial", "offpage_whole") for r in faults[k]}
     box = bad.set_index("instance_id")[["x_0", "y_0", "x1", "y_1"]]
@@ -374,7 +377,7 @@ def test_faults_do_what_faults_json_says(faulty, tiny):
             x0, y0, x1, y1 = box.loc[record["instance_id"]]
             assert [x0, y0, x1, y1] == record["written"] and x1 > x0 and y1 > y0
             iid = parse_instance_id(record["instance_id"])
-            w, h = sizes[(iid.series, f"{iid.page}_{iid.panel}")]
+            w, h = sizes[(iid.series, iid.panel_id.page_panel)]
             overlap = (min(x1, w) - max(x0, 0)) > 0 and (min(y1, h) - max(y0, 0)) > 0
             inside = x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h
             assert (overlap and not inside) if kind == "offpage_partial" else not overlap

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from reid import io
 from reid.contracts.manifest import ERROR_SCHEMA, ShardedOutput
+from reid.data.ids import page_panel
 from reid.errors import DataFormatError
 
 CROP_SCHEMA = pa.schema([
@@ -40,8 +41,8 @@ def series_of_shard(shard: str) -> int:
 def crop_relpath(type_: str, series: int, page: int, panel: int, index: int) -> str:
     """The seed's layout: faces under comics_crops_large_faces/, bodies under comics_crops/.../bodies/."""
     if type_ == "face":
-        return f"{FACE_DIR}/{series}/{page}_{panel}/{index}.jpg"
-    return f"{BODY_DIR}/{series}/{page}_{panel}/bodies/{index}.jpg"
+        return f"{FACE_DIR}/{series}/{page_panel(page, panel)}/{index}.jpg"
+    return f"{BODY_DIR}/{series}/{page_panel(page, panel)}/bodies/{index}.jpg"
 
 
 def crops_output(crops_root: str) -> ShardedOutput:

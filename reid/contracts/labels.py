@@ -3,8 +3,8 @@ character box and window), ``errors/<shard>.parquet`` (boxes that could not be l
 reason), the sharded-output manifest (:mod:`reid.contracts.manifest`), ``metrics.json``; and the pass-1
 intermediate ``_windows/`` (the same layout, plus ``centroids/`` and ``embeddings/`` sidecars per shard).
 
-Ids: a window id is its panel ids joined by ``+`` (the annotated sequences' ``seq_id`` format); a row id is
-``<instance_id>@<window_id>`` (an instance has one row per window it lies in).
+Ids: a window id is its panel ids joined by ``+`` (the annotated sequences' ``seq_id`` format,
+:mod:`reid.data.ids`); a row id is ``<instance_id>@<window_id>`` (an instance has one row per window it lies in).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import pyarrow as pa
 
 from reid import io
 from reid.contracts.manifest import ShardedOutput
-from reid.data.ids import parse_instance_id
+from reid.data.ids import parse_instance_id, seq_id, seq_panel_ids
 from reid.errors import DataFormatError
-
-WINDOW_SEP = "+"
 
 ROW_ID_SEP = "@"
 UNASSIGNED = "unassigned"
@@ -50,7 +48,7 @@ def split_row_id(row_id_: str) -> tuple[str, str]:
 
 def window_panels(window_id: str) -> list[str]:
     """The panel ids of a window id."""
-    return window_id.split(WINDOW_SEP)
+    return seq_panel_ids(window_id)
 
 
 def windows_root(out: str) -> str:
@@ -102,7 +100,7 @@ def read_labels(labels_root: str, columns: list[str] | None = None, include_unas
 
 def window_id(panel_ids: list[str]) -> str:
     """The id of the window made of ``panel_ids`` (in order)."""
-    return WINDOW_SEP.join(panel_ids)
+    return seq_id(panel_ids)
 
 
 def labels_output(labels_root: str) -> ShardedOutput:

@@ -7,6 +7,7 @@ import posixpath
 import pandas as pd
 
 from reid.data.formats import csv_line, read_csv, require_columns
+from reid.data.ids import IdError, instance_id_column, panel_id_column, parse_page_panel
 from reid.errors import DataFormatError
 
 
@@ -23,12 +24,14 @@ def parse_crop_path(img_path: str, type_: str) -> tuple[int, int, int, int]:
             raise ValueError(f"face crop path {img_path!r} does not end in <series>/<page>_<panel>/<idx>.jpg")
         series, page_panel, name = parts[-3], parts[-2], parts[-1]
     stem, ext = posixpath.splitext(name)
-    pp = page_panel.split("_")
-    if (ext.lower() not in (".jpg", ".jpeg", ".png") or not stem.isdigit() or not series.isdigit()
-            or len(pp) != 2 or not all(p.isdigit() for p in pp)):
+    try:
+        page, panel = parse_page_panel(page_panel)
+    except IdError:
+        page = panel = -1
+    if page < 0 or ext.lower() not in (".jpg", ".jpeg", ".png") or not stem.isdigit() or not series.isdigit():
         raise ValueError(f"{type_} crop path {img_path!r} does not end in <series>/<page>_<panel>/"
                          f"{'bodies/' if type_ == 'body' else ''}<idx>.jpg with integer parts")
-    return int(series), int(pp[0]), int(pp[1]), int(stem)
+    return int(series), page, panel, int(stem)
 
 
 def read_filtered(path: str, type_: str) -> pd.DataFrame:
@@ -48,7 +51,6 @@ def read_filtered(path: str, type_: str) -> pd.DataFrame:
             raise DataFormatError(path, str(exc), csv_line(i)) from None
         rows.append((img_path, series, page, panel, index))
     out = pd.DataFrame(rows, columns=["img_path", "series_id", "page", "panel", "index"])
-    out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"
-                       + out["panel"].astype(str))
-    out["instance_id"] = out["panel_id"] + f"_{type_}_" + out["index"].astype(str)
+    out["panel_id"] = panel_id_column(out["series_id"], out["page"], out["panel"])
+    out["instance_id"] = instance_id_column(out["panel_id"], pd.Series(type_, index=out.index), out["index"])
     return out

@@ -16,7 +16,18 @@ import numpy as np
 import pandas as pd
 
 from reid import io
-from reid.data.ids import MAX_IDS, IdError, PanelId, parse_instance_id, parse_panel_id, parse_seq_id
+from reid.data.ids import (
+    MAX_IDS,
+    PAGE_PANEL_PATTERN,
+    IdError,
+    PanelId,
+    instance_id_column,
+    panel_id_column,
+    panel_image_relpath,
+    parse_instance_id,
+    parse_panel_id,
+    parse_seq_id,
+)
 from reid.data.rows import BadRow, RowPolicy
 from reid.errors import DataFormatError
 
@@ -53,9 +64,6 @@ def _int_column(frame: pd.DataFrame, column: str, source: str, row_offset: int) 
     return values.to_numpy().astype(np.int64)
 
 
-_PAGE_ID = r"(\d+)_(\d+)"
-
-
 def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
                        bad: list[BadRow] | None = None) -> pd.DataFrame:
     """Validate one chunk of ``merged_face_body.csv`` and add derived columns.
@@ -84,9 +92,9 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
     out = pd.DataFrame(index=frame.index)
     series = integers("series_id")
     page_id = frame["page_id"].astype(str)
-    parts = page_id.str.fullmatch(_PAGE_ID)
+    parts = page_id.str.fullmatch(PAGE_PANEL_PATTERN)
     flag(~parts, "page_id " + page_id.map(repr) + " is not '<page>_<panel>' with integer parts")
-    split = page_id.where(parts, "0_0").str.split("_", n=1, expand=True)
+    split = page_id.where(parts, "0_0").str.extract(f"^{PAGE_PANEL_PATTERN}$")
     types = frame["type"].astype(str).str.strip()
     flag(~types.isin(["face", "body"]), "type must be 'face' or 'body', got " + frame["type"].map(repr))
     index, char_index = integers("index"), integers("char_index")
@@ -120,9 +128,8 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
     for column in ("series_id", "page", "panel", "index", "char_index"):
         out[column] = out[column].astype(np.int64)
     out = out[["series_id", "page", "panel", "type", "index", "char_index", *BOX_COLUMNS]]
-    out["panel_id"] = (out["series_id"].astype(str) + "_" + out["page"].astype(str) + "_"
-                       + out["panel"].astype(str))
-    out["instance_id"] = out["panel_id"] + "_" + out["type"] + "_" + out["index"].astype(str)
+    out["panel_id"] = panel_id_column(out["series_id"], out["page"], out["panel"])
+    out["instance_id"] = instance_id_column(out["panel_id"], out["type"], out["index"])
     out["line"] = [row_offset + int(i) + 2 for i in np.flatnonzero(keep)]  # CSV line (header: line 1)
     return out
 
@@ -428,5 +435,4 @@ def read_split_checked(seq_root: str, split: str, policy: RowPolicy, known_insta
 
 def panel_image_path(comics_root: str, panel: PanelId | str) -> str:
     """``<comics_root>/raw_panel_images/<series>/<page>_<panel>.jpg``."""
-    p = parse_panel_id(panel) if isinstance(panel, str) else panel
-    return io.join(comics_root, "raw_panel_images", str(p.series), f"{p.page}_{p.panel}.jpg")
+    return io.join(comics_root, panel_image_relpath(parse_panel_id(panel) if isinstance(panel, str) else panel))

@@ -23,7 +23,7 @@ from reid.contracts.labels import (
 )
 from reid.contracts.manifest import ERROR_SCHEMA, ShardedOutput
 from reid.data import formats
-from reid.data.ids import parse_instance_id, parse_panel_id
+from reid.data.ids import panel_id, parse_instance_id, parse_panel_id
 from reid.errors import DataFormatError
 from reid.label.config import LabelConfig
 
@@ -43,7 +43,7 @@ def sliding_windows(panel_ids: Iterator[str] | list[str], window_size: int, stri
         while start < n:
             numbers = range(start, min(start + window_size, n))
             if present.intersection(numbers):
-                windows.append(window_id([f"{series}_{page}_{k}" for k in numbers]))
+                windows.append(window_id([panel_id(series, page, k) for k in numbers]))
             if start + window_size >= n:
                 break
             start += stride

@@ -19,7 +19,7 @@ import numpy as np
 from reid import io
 from reid.contracts.labels import labels_output, read_centroids, read_labels, windows_output
 from reid.contracts.review import REVIEW_DB, Action, ReviewLog, open_log
-from reid.corrections import ReviewState, effective_columns, member_id, replay, unit_id
+from reid.corrections import ReviewState, effective_columns, member_id, replay, split_member_id, unit_id
 from reid.errors import DataFormatError
 
 LABEL_COLUMNS = ["instance_id", "type", "panel_id", "series_id", "window_id", "char_key", "identity",
@@ -114,9 +114,9 @@ class ReviewCorpus:
             by_key: dict[str, np.ndarray] = {}
             for s in stored:
                 by_key.update(read_embeddings(self.labels_root, s))
-            rows = [i for i, m in enumerate(self.member_ids) if self.members[m].id.split("@")[0] in by_key]
+            rows = [i for i, m in enumerate(self.member_ids) if split_member_id(m)[0] in by_key]
             if rows:
-                keys = [self.member_ids[i].rsplit("@", 1)[0] for i in rows]
+                keys = [split_member_id(self.member_ids[i])[0] for i in rows]
                 vectors[rows] = _unit_rows(np.stack([by_key[k] for k in keys]))
                 self.has_embeddings = True
         self.member_vectors = vectors

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from reid import io
-from reid.data.ids import PanelId, instance_id, panel_image_relpath
+from reid.data.ids import PanelId, instance_id, page_panel, panel_image_relpath, parse_page_panel
 from reid.data.synthetic.cast import _pick
 from reid.data.synthetic.config import SyntheticConfig
 from reid.errors import ConfigError
@@ -24,14 +24,14 @@ def _inject_faults(cfg: SyntheticConfig, instances: pd.DataFrame, truth: pd.Data
     n_panel_faults = cfg.corrupt_images + cfg.missing_images
     # only panels the CSV references, so that a reader meets the broken file
     referenced = set(zip(instances["series_id"], instances["page_id"], strict=True))
-    candidates = [p for p in panels if (p[0], f"{p[1]}_{p[2]}") in referenced]
+    candidates = [p for p in panels if (p[0], page_panel(p[1], p[2])) in referenced]
     if n_panel_faults > len(candidates):
         raise ConfigError(f"corrupt_images + missing_images = {n_panel_faults} > {len(candidates)} panels "
                           "with instances")
     if cfg.offpage_partial + cfg.offpage_whole > len(instances):
         raise ConfigError(f"offpage_partial + offpage_whole = {cfg.offpage_partial + cfg.offpage_whole} > "
                           f"{len(instances)} instances")
-    sizes = {(s, f"{p}_{q}"): (w, h) for s, p, q, w, h in panels}
+    sizes = {(s, page_panel(p, q)): (w, h) for s, p, q, w, h in panels}
     chosen = rng.permutation(len(instances))[:cfg.offpage_partial + cfg.offpage_whole]
     for k, row in enumerate(sorted(int(i) for i in chosen)):
         kind = "offpage_partial" if k < cfg.offpage_partial else "offpage_whole"
@@ -52,7 +52,7 @@ def _inject_faults(cfg: SyntheticConfig, instances: pd.DataFrame, truth: pd.Data
                    "top": [old[0], -bh - gap, old[2], -gap],
                    "bottom": [old[0], h + gap, old[2], h + gap + bh]}[edge]
         instances.iloc[row, [instances.columns.get_loc(c) for c in ("x_0", "y_0", "x1", "y_1")]] = new
-        iid = instance_id(int(r["series_id"]), *map(int, r["page_id"].split("_")), r["type"], int(r["index"]))
+        iid = instance_id(int(r["series_id"]), *parse_page_panel(r["page_id"]), r["type"], int(r["index"]))
         truth.loc[truth["instance_id"] == iid, "fault"] = kind
         faults[kind].append({"instance_id": iid, "edge": edge, "page_size": [w, h], "box": old,
                              "written": new})

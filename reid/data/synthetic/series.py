@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from reid import io
-from reid.data.ids import PanelId, instance_id, panel_image_relpath
+from reid.data.ids import PanelId, instance_id, panel_image_relpath, seq_id
 from reid.data.synthetic import inked
 from reid.data.synthetic.cast import CharacterDesign, _pick, make_cast
 from reid.data.synthetic.config import WINDOW_PANELS, SyntheticConfig
@@ -99,7 +99,7 @@ def _page_windows(sid: int, page: int, page_chars: list[list[_Placed]], cast: li
     """The labelled windows of one page: (split, seq_id, [(identity, charInstances)])."""
     out = []
     for start in range(0, len(page_chars) - WINDOW_PANELS + 1, stride):
-        seq_id = "+".join(str(PanelId(sid, page, p)) for p in range(start, start + WINDOW_PANELS))
+        sequence = seq_id(PanelId(sid, page, p) for p in range(start, start + WINDOW_PANELS))
         by_identity: dict[str, list[dict[str, Any]]] = {}
         visual: set[str] = set()
         for placed in page_chars[start:start + WINDOW_PANELS]:
@@ -119,5 +119,5 @@ def _page_windows(sid: int, page: int, page_chars: list[list[_Placed]], cast: li
                 if "face" in entry or "body" in entry:
                     visual.add(identity)
         characters = [(identity, entries) for identity, entries in by_identity.items() if identity in visual]
-        out.append((split, seq_id, characters))
+        out.append((split, sequence, characters))
     return out
