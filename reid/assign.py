@@ -55,7 +55,7 @@ def assign_window(
     Rows are L2-normalised first; clusters merge while their linkage distance is below ``threshold`` (strictly,
     as scikit-learn's ``AgglomerativeClustering(distance_threshold=...)``, which the tests compare against).
     Labels are numbered in order of each cluster's first row. N = 0 gives an empty array, N = 1 [0].
-    scipy, not scikit-learn: importing ``sklearn.cluster`` costs ~1 s in every labeling actor and task.
+    scipy, not scikit-learn: importing ``sklearn.cluster`` is slow, and every labeling actor and task pays it.
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {METRICS}")

@@ -120,8 +120,9 @@ class CharacterEmbedder:
         """Rows a chunk of ``n`` is padded to: the next multiple of :data:`PAD_MULTIPLE`, at most the batch size.
 
         Work units give every size from 1 to ``batch_size``; each new input shape costs the CPU backend new
-        kernels and memory it keeps (RSS of a labeling actor grew 1.2 → 3.5 GB over 40 distinct batch sizes),
-        and a GPU new autotuning. Eval mode makes rows independent, so padding changes no embedding."""
+        kernels and memory it keeps (a labeling actor's memory grows with every distinct batch size:
+        docs/BENCHMARKS.md), and a GPU new autotuning. Eval mode makes rows independent, so padding changes
+        no embedding."""
         return n if n >= self.batch_size else min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, self.batch_size)
 
     @torch.inference_mode()

@@ -129,9 +129,8 @@ def session_logs_dir() -> str:
 
 
 # Ray Data's per-operator resource reservation keeps part of the CPUs back for operators that may come later.
-# Our task-pool stages are one operator over a handful of CPUs: with the reservation on, the 128 crop tasks
-# of tests/bench/bench_crop.py ran almost one at a time (13.5 s vs 7.5 s off, and 6.5 s with 4 shards per
-# task); see docs/BENCHMARKS.md.
+# Our task-pool stages are one operator over a handful of CPUs: with the reservation on, their tasks ran
+# almost one at a time (docs/BENCHMARKS.md, the crop job).
 TASK_POOL_OVERRIDES = {"op_resource_reservation_enabled": False}
 
 

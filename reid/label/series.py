@@ -131,6 +131,6 @@ def run_series_pass(cfg: LabelConfig, shards: list[str]) -> int:
         return 0
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     # linking is CPU-bound: at least one CPU per task, so small decoding tasks (--num-cpus-per-task 0.25) do not
-    # turn into 4 linking workers per core, each holding its own imports (+1.8 GB at 16 series in bench_label)
+    # turn into 4 linking workers per core, each holding its own imports (docs/BENCHMARKS.md)
     ds = ds.map_batches(_finish_batch, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=max(1.0, cfg.num_cpus_per_task))
     return sum(1 for row in ds.iter_rows() if not row["skipped"])

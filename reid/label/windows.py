@@ -300,7 +300,7 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
     ds = ds.map_batches(ShardLabeler, fn_constructor_kwargs={"cfg": config.to_dict(cfg), "model_id": model_id,
                                                              "prepare": prepare if in_actor else None},
                         batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None, **actor_retries,
-                        # all actors start at once: scaling up one by one left a CPU idle for the first ~7 s
+                        # all actors start at once: scaling up one by one leaves a CPU idle meanwhile
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))
     start = last_logged = time.time()
     bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="shard", desc="label", smoothing=0.1)
