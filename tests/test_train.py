@@ -168,7 +168,7 @@ def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_
     cfg = FinetuneConfig(crops=pretrain_cfg.crops, sequences=str(tiny_corpus / "data/comics_seq"),
                          ssl_checkpoint=ssl_uri, storage=pretrain_cfg.storage, name="ft", face_size=32,
                          body_size=48, epochs=2, sequences_per_batch=4, workers=2, cpus_per_worker=0.5,
-                         data_cpus=0.25, mlflow_uri=mlflow_uri)
+                         data_cpus=0.25, mlflow_uri=mlflow_uri, system_metrics_s=1)
     out = run_finetune(cfg)
     assert 0.0 <= out["test"]["test_mean_average_precision_at_r"] <= 1.0
     assert [s for s, _ in _history(mlflow_uri, "ft", "val_mean_average_precision_at_r")] == [0, 1]
@@ -201,6 +201,21 @@ def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert plots == {"plots/curves.png", "plots/val_distances.png"}
     assert (Path(cfg.storage) / "ft" / "progress.json").exists()  # what the driver's bar was drawn from
+    # MLflow 3: the data it read as inputs, the host's system metrics, the model's own metrics linked to it
+    run = client.get_run(run_id)
+    assert {(i.dataset.name, t.value) for i in run.inputs.dataset_inputs for t in i.tags} == {
+        ("crops", "training"), ("train_sequences", "training"), ("validation_sequences", "validation"),
+        ("test_sequences", "testing")}
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    linked = {m.key: (m.value, m.dataset_name) for m in client.get_logged_model(out["model_id"]).metrics
+              if m.dataset_name}
+    last_epoch = _history(mlflow_uri, "ft", "val_mean_average_precision_at_r")[-1][1]
+    assert linked["final_val_mean_average_precision_at_r"] == (pytest.approx(last_epoch, abs=1e-6),
+                                                                "validation_sequences")  # --select last
+    assert linked["test_precision_at_1"] == (pytest.approx(out["test"]["test_precision_at_1"]), "test_sequences")
+    assert run.data.tags["reid.champion_decision"] == out["champion_decision"] in ("promoted", "kept")
+    champion = client.get_model_version_by_alias("comic-reid", "champion")
+    assert (str(champion.version) == out["model_version"]) == (out["champion_decision"] == "promoted")
 
 
 def test_the_paper_recipe_loads_and_runs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri):
