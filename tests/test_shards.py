@@ -143,3 +143,27 @@ def test_read_parquet_reads_only_the_first_rows_when_asked(tmp_path):
     assert io.read_parquet(str(tmp_path / "e.parquet"), ["a"], max_rows=4).num_rows == 0
     with pytest.raises(ValueError, match="max_rows"):
         io.read_parquet(str(path), filters=[("a", ">", 2)], max_rows=4)
+
+
+def test_crops_fingerprint_changes_when_the_crops_are_redone_and_a_resume_names_it(tmp_path):
+    """The label job's identity holds the crops' fingerprint: re-cropping into the same folder between a killed
+    label run and its re-run is refused, naming the crops and their row counts."""
+    from reid.contracts.crops import crops_fingerprint, crops_output
+    from reid.contracts.manifest import record_run
+
+    root = str(tmp_path / "crops")
+    crops = crops_output(root)
+    crops.bind_job({"instances": "x.csv", "face_scale": 1.2})
+    rows = pa.table({"instance_id": ["1_0_0_face_0", "1_0_0_body_0"]})
+    crops.commit("s1_p0", rows, error_table([]), 2)
+    before = crops_fingerprint(root)
+    assert before["rows"] == 2 and before == crops_fingerprint(root)
+    record_run(root, "sqlite:///elsewhere.db", "abc")  # a run recorded in _job.json is no change of contents
+    assert crops_fingerprint(root) == before
+    crops.commit("s1_p4", pa.table({"instance_id": ["1_4_0_face_0"]}), error_table([]), 1)
+    after = crops_fingerprint(root)
+    assert after["rows"] == 3 and after["sha256"] != before["sha256"]
+    labels = ShardedOutput(str(tmp_path / "labels"), "instance_id")
+    labels.bind_job({"crops": root, "crops_fingerprint": before})
+    with pytest.raises(ConfigError, match=r"crops changed: 2 -> 3 rows"):
+        labels.bind_job({"crops": root, "crops_fingerprint": after})

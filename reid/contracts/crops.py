@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from reid import io
-from reid.contracts.manifest import ERROR_SCHEMA, ShardedOutput
+from reid.contracts.manifest import ERROR_SCHEMA, RUNS_KEY, ShardedOutput
 from reid.data.ids import page_panel
 from reid.errors import DataFormatError
 
@@ -63,6 +63,18 @@ def committed_crop_files(crops_root: str) -> list[str]:
 def crop_job_params(crops_root: str) -> dict[str, Any]:
     """The parameters the crop job recorded (``pages_per_shard``, ``comics_root``, ``instances``, ...)."""
     return json.loads(io.read_text(io.join(crops_root, "_job.json")))
+
+
+def crops_fingerprint(crops_root: str) -> dict[str, Any]:
+    """What identifies a finished crop output's contents, for a later job's ``_job.json``: its row count and a
+    sha256 over the crop job's identity (its inputs' fingerprints and parameters) and every committed shard's
+    manifest entry (rows and the checksum of its ids). Re-cropping into the same folder changes it."""
+    import hashlib
+
+    params = {k: v for k, v in crop_job_params(crops_root).items() if k != RUNS_KEY}  # MLflow runs: not contents
+    shards = {k: v.to_dict() for k, v in sorted(crops_output(crops_root).committed().items())}
+    digest = hashlib.sha256(json.dumps({"job": params, "shards": shards}, sort_keys=True, default=str).encode())
+    return {"rows": sum(int(v["rows"]) for v in shards.values()), "sha256": digest.hexdigest()}
 
 
 def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:

@@ -78,6 +78,9 @@ def record_run(root: str, tracking_uri: str, run_id: str) -> None:
 
 def _describe_change(key: str, before: Any, after: Any) -> str:
     name = key[: -len(FINGERPRINT)]
+    if isinstance(before, dict) and isinstance(after, dict) and "rows" in after:
+        return (f"{name} changed: {before.get('rows')} -> {after.get('rows')} rows, sha256 "
+                f"{str(before.get('sha256'))[:12]} -> {str(after.get('sha256'))[:12]}")
     if isinstance(before, dict) and isinstance(after, dict):
         return (f"{name} changed: {before.get('size')} -> {after.get('size')} bytes, sha256 "
                 f"{str(before.get('sha256'))[:12]} -> {str(after.get('sha256'))[:12]}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from reid import config, console, io
 from reid.contracts.crops import (
+    crops_fingerprint,
     crops_output,
 )
 from reid.contracts.labels import (
@@ -50,6 +51,7 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     corrections = prepare_corrections(cfg) if cfg.corrections else None  # before anything is written
     identity = job_identity(cfg, inputs)  # its model by sha256; its sequences by contents, not path, too:
     identity.update({"sequences_fingerprint": io.fingerprint(cfg.sequences)} if cfg.sequences else {})
+    identity["crops_fingerprint"] = crops_fingerprint(cfg.crops)  # re-cropped in place: not the same input
     windows_out, final = windows_output(cfg.out), labels_output(cfg.out)
     windows_out.bind_job(identity)
     final.bind_job(identity)
