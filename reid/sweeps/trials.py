@@ -13,8 +13,8 @@ Layout under ``<storage>/<sweep name>/``::
     best.yaml                    the best trial's job config (``jobs/<stage>.py --config best.yaml``)
     summary.csv, summary.md      one row per trial
 
-MLflow: the sweep is a parent run (run key = sweep name); each trial's Train run logs a child run (run key
-= trial run name). Re-running the same command resumes: finished trials are kept as they are, unfinished
+MLflow: the sweep is a parent run (named after the sweep, its id recorded in the sweep folder's ``_job.json``);
+each trial's Train run logs a child run (named after the trial, its id recorded in the trial's run folder). Re-running the same command resumes: finished trials are kept as they are, unfinished
 ones continue from their last Train checkpoint (the interrupted epoch restarts).
 """
 
@@ -250,8 +250,9 @@ def run_sweep(cfg: Any, spec: SweepSpec, param_space: dict[str, Any]) -> SweepRe
     folder = sweep_folder(cfg.storage, cfg.name)
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     samples = _launched_samples(cfg, folder)
+    # the sweep folder records its parent run: a resumed sweep continues it, another sweep gets its own
     parent = Tracker(cfg.mlflow_uri, cfg.name, cfg.experiment, tags={"reid.stage": f"sweep_{spec.stage}"},
-                     spool_dir=None if io.is_uri(folder) else folder)
+                     spool_dir=None if io.is_uri(folder) else folder, job_folder=folder)
     parent.log_params(config.to_dict(cfg))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, base=config.to_dict(base), sweep_name=cfg.name,

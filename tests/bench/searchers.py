@@ -26,11 +26,23 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
+def trial_order(sweep_folder: Path, trial_ids: list[str]) -> dict[str, int]:
+    """Each trial's creation index, from Tune's trial folder names (``run_trial_<id>_<index>_<params>_<date>``):
+    random search numbers its trial ids in order, Optuna's are random hex."""
+    order = {}
+    for trial in trial_ids:
+        for path in (sweep_folder / "tune").glob(f"run_trial_{trial}_*"):
+            index = path.name[len(f"run_trial_{trial}_"):].split("_", 1)[0]
+            if index.isdigit():
+                order[trial] = int(index)
+    return order
+
+
 def best_after(rows: list[dict], k: int) -> float:
     """The sweep's pick among its first ``k`` trials (the same rule as the sweep: finished trials first)."""
     from reid.sweeps.trials import best_row
 
-    first = sorted(rows, key=lambda r: r["trial"])[:k]
+    first = sorted(rows, key=lambda r: (r.get("order", 0), r["trial"]))[:k]
     best = best_row(first, "max")
     return best["score"] if best else float("nan")
 
@@ -49,8 +61,9 @@ def run_one(args, search: str, seed: int) -> dict:
         f"sqlite:///{Path(args.out).resolve()}/mlflow.db", "--max-concurrent-trials", "1"])
     start = time.time()
     result = run_finetune_sweep(cfg)
-    rows = [{k: r[k] for k in ("trial", "status", "score", "epochs", "pos_margin", "neg_margin", "lr")}
-            for r in result.rows]
+    order = trial_order(Path(result.folder), [r["trial"] for r in result.rows])
+    rows = [{**{k: r[k] for k in ("trial", "status", "score", "epochs", "pos_margin", "neg_margin", "lr")},
+             "order": order.get(r["trial"], 0)} for r in result.rows]
     return {"search": search, "seed": seed, "samples": args.samples, "epochs": args.epochs,
             "wall_s": round(time.time() - start, 1), "rows": rows}
 
@@ -96,6 +109,11 @@ def main() -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     done = [d for d in done if d["samples"] == args.samples and d["epochs"] == args.epochs]
+    for d in done:  # results written before the creation order was recorded
+        order = trial_order(Path(args.out) / "sweeps" / f"{d['search']}-seed{d['seed']}",
+                            [r["trial"] for r in d["rows"]])
+        for r in d["rows"]:
+            r.setdefault("order", order.get(r["trial"], 0))
     for seed in args.seeds:
         for search in args.searchers:
             if any(d["search"] == search and d["seed"] == seed for d in done):
