@@ -176,6 +176,20 @@ def test_a_trial_is_scored_on_the_model_it_publishes():
         FinetuneSweepConfig(search="grid")
 
 
+def test_tpe_models_the_results_within_a_small_budget():
+    """Optuna's default of 10 random start-up trials would make a sweep of 8 random from start to end."""
+    from optuna.samplers import TPESampler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from reid.sweeps.trials import searcher, tpe_startup_trials
+
+    assert [tpe_startup_trials(n) for n in (1, 4, 8, 16, 40, 100)] == [2, 2, 2, 4, 10, 10]
+    tpe = searcher(FinetuneSweepConfig(samples=8, search_seed=3), max_concurrent=1)
+    assert isinstance(tpe, ConcurrencyLimiter) and isinstance(tpe.searcher._sampler, TPESampler)
+    assert tpe.searcher._sampler._n_startup_trials == 2
+    assert isinstance(searcher(FinetuneSweepConfig(search="random"), max_concurrent=1), BasicVariantGenerator)
+
+
 # ------------------------------------------------------------------------------- real sweeps on Ray
 
 class _Records(logging.Handler):
