@@ -9,9 +9,7 @@ model, the node kill comes last but one (the node does not come back) and the la
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +17,22 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import e2e
 from mlflow.tracking import MlflowClient
+from ray.job_submission import JobStatus
 
+from reid.contracts.labels import row_id, window_id
 from reid.data.formats import read_instances
-from reid.data.ids import parse_panel_id
+from reid.data.ids import panel_id, parse_panel_id
 from reid.label import read_labels
 from reid.localcluster import (
     LocalCluster,
     LocalClusterConfig,
     free_ports,
     owned_processes,
+    port_in_use,
     process_alive,
     read_process,
 )
@@ -100,7 +102,7 @@ def _windows_brute_force(panel_ids: set[str]) -> dict[str, str]:
     for p in map(parse_panel_id, panel_ids):
         start = p.panel - p.panel % WINDOW
         numbers = range(start, min(start + WINDOW, last_panel[(p.series, p.page)] + 1))
-        windows[str(p)] = "+".join(f"{p.series}_{p.page}_{k}" for k in numbers)
+        windows[str(p)] = window_id([panel_id(p.series, p.page, k) for k in numbers])
     return windows
 
 
@@ -113,7 +115,7 @@ def _assert_every_instance_once(labels_root: Path, instance_ids: list[str]) -> l
     windows = _windows_brute_force({r["panel_id"] for r in rows})
     for r in rows:
         assert r["window_id"] == windows[r["panel_id"]], r
-        assert r["row_id"] == f"{r['instance_id']}@{r['window_id']}"
+        assert r["row_id"] == row_id(r["instance_id"], r["window_id"])
     success = json.loads((labels_root / "_SUCCESS").read_text())
     assert success["rows"] + success["error_rows"] == success["input_rows"] == len(instance_ids)
     return rows
@@ -139,10 +141,10 @@ def _pretrain_argv(crops: Path, storage: Path, name: str, epochs: int, cpus_per_
             "--cpus-per-worker", str(cpus_per_worker), "--epochs", str(epochs), *extra]
 
 
-def _stop_background(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
+def _stop_if_running(cluster: LocalCluster, submission_id: str) -> None:
+    """A job a failed test left running must not hold the cluster's CPUs for the next tests."""
+    if not cluster.job_status(submission_id).is_terminal():
+        e2e.stop_job(cluster, submission_id)
 
 
 # -- tests --------------------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def test_pipeline_submitted_stage_by_stage(cluster: LocalCluster, pipeline: dict
     stage_jobs = {sid: status for sid, status in e2e.jobs(cluster).items() if sid.startswith(f"{PREFIX}-")}
     submitted = sorted(sid.rsplit("-", 1)[0].removeprefix(f"{PREFIX}-") for sid in stage_jobs)
     assert submitted == sorted(STAGES), stage_jobs
-    assert set(stage_jobs.values()) == {"SUCCEEDED"}, stage_jobs
+    assert set(stage_jobs.values()) == {JobStatus.SUCCEEDED}, stage_jobs
 
     instance_ids = _corpus_instances(pipeline["corpus"])
     assert instance_ids
@@ -178,19 +180,17 @@ def test_pipeline_submitted_stage_by_stage(cluster: LocalCluster, pipeline: dict
 def test_stopped_label_job_resubmitted_gives_every_instance_once(cluster: LocalCluster, pipeline: dict,
                                                                  tmp_path: Path) -> None:
     """`ray job stop` as soon as the first window shard is committed, then the same command again."""
-    out, job_log = tmp_path / "labels", tmp_path / "job.log"
+    out = tmp_path / "labels"
     argv = ["jobs/label.py", "--model", str(pipeline["reid_model"]), "--crops", str(pipeline["crops"]),
             "--out", str(out), "--name", f"{PREFIX}-label-resubmitted", "--max-actors", "1",
             "--num-cpus-per-actor", "0.5", "--report-windows", "0"]
-    with open(job_log, "wb") as log:
-        job = e2e.submit_in_background(cluster, "label-stopped", argv, log)
+    e2e.submit_in_background(cluster, "label-stopped", argv)
     try:
         e2e.wait_for(lambda: list(out.glob("_windows/_manifest/*.json")), 600, "a committed window shard", 0.05)
         assert e2e.stop_job(cluster, "label-stopped")
-        job.wait(timeout=120)  # `ray job submit` exits 0 for a stopped job: the status tells
     finally:
-        _stop_background(job)
-    e2e.wait_for(lambda: cluster.job_status("label-stopped") == "STOPPED", 60, "the job to be STOPPED")
+        _stop_if_running(cluster, "label-stopped")
+    assert e2e.wait_job(cluster, "label-stopped", 120) == JobStatus.STOPPED
     e2e.wait_for(lambda: not e2e.alive_actors_of_job(cluster, "label-stopped"), 60,
                  "the stopped job's actors to die")  # nothing may still be writing: count the commits now
     total_shards = len(list((pipeline["crops"] / "_manifest").glob("*.json")))
@@ -200,9 +200,8 @@ def test_stopped_label_job_resubmitted_gives_every_instance_once(cluster: LocalC
     assert not list(out.glob("_manifest/*.json")), "no final shard committed before the stop"
     assert not (out / "_SUCCESS").exists() and not (out / "_windows" / "_SUCCESS").exists()
 
-    resubmitted = e2e.submit(cluster, "label-resubmitted", argv)
-    assert resubmitted.returncode == 0, resubmitted.stdout[-4000:]
-    assert cluster.job_status("label-resubmitted") == "SUCCEEDED"
+    status, job_log = e2e.submit(cluster, "label-resubmitted", argv)
+    assert status == JobStatus.SUCCEEDED, job_log[-4000:]
     rows = _assert_every_instance_once(out, _corpus_instances(pipeline["corpus"]))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["shards_this_run"] == total_shards - committed_before  # finished shards were not redone
@@ -216,22 +215,19 @@ def test_mlflow_outage_during_training_is_spooled_then_replayed(cluster: LocalCl
     """The server goes down once the run exists and comes back only after the job ended: the job finishes,
     says what it could not log and where it saved it, and `python -m reid.tracking replay` completes the run."""
     assert cluster.mlflow is not None
-    name, epochs, storage = f"{PREFIX}-mlflow-outage", 2, tmp_path / "train"
-    job_log = tmp_path / "job.log"
-    with open(job_log, "wb") as log:
-        job = e2e.submit_in_background(cluster, "pretrain-mlflow-outage",
-                                       _pretrain_argv(pipeline["crops"], storage, name, epochs, 0.5), log)
+    name, epochs, storage, submission = f"{PREFIX}-mlflow-outage", 2, tmp_path / "train", "pretrain-mlflow-outage"
+    e2e.submit_in_background(cluster, submission, _pretrain_argv(pipeline["crops"], storage, name, epochs, 0.5))
     try:
         started = e2e.wait_for(lambda: _run(cluster.mlflow_uri, name), 600, "the training run in MLflow", 0.5)
         # the run is opened before the first batch; an epoch takes many seconds, so none is logged yet
         cluster.mlflow.stop()
-        assert job.wait(timeout=600) == 0, job_log.read_text()[-4000:]
+        status = e2e.wait_job(cluster, submission, 600)
     finally:
-        _stop_background(job)
+        _stop_if_running(cluster, submission)
         if cluster.mlflow.pid is None:
             cluster.mlflow.start()
-    assert cluster.job_status("pretrain-mlflow-outage") == "SUCCEEDED"
-    text = job_log.read_text()
+    text = e2e.job_logs(cluster, submission)
+    assert status == JobStatus.SUCCEEDED, text[-4000:]
     assert re.search(rf"MLflow at {re.escape(cluster.mlflow_uri)} unavailable .*; buffering and retrying", text)
     # rank 0's tracker and the driver's (the model and curves it logs at the end) each say what they saved
     saved = re.findall(r"(\d+) operation\(s\) could not be logged; saved to (\S+\.jsonl) \(replay with", text)
@@ -266,11 +262,9 @@ def test_worker_node_killed_during_pretraining_resumes_from_checkpoint(cluster: 
     """Kill the raylet of the node that runs the training workers once epoch 0's checkpoint is registered:
     Train restarts the worker group on the surviving nodes from that checkpoint and finishes."""
     name, storage, submission = f"{PREFIX}-node-killed", tmp_path / "train", "pretrain-node-killed"
-    job_log = tmp_path / "job.log"
     # 1 CPU per training worker: both fit on one 2-CPU worker node (Train packs them), not on the 1-CPU head
     argv = _pretrain_argv(pipeline["crops"], storage, name, 2, 1.0, "--max-failures", "1")
-    with open(job_log, "wb") as log:
-        job = e2e.submit_in_background(cluster, submission, argv, log)
+    e2e.submit_in_background(cluster, submission, argv)
     try:
         snapshot = storage / name / "checkpoint_manager_snapshot.json"  # written once the controller has it
         e2e.wait_for(snapshot.exists, 600, "the first registered checkpoint", 0.2)
@@ -283,11 +277,12 @@ def test_worker_node_killed_during_pretraining_resumes_from_checkpoint(cluster: 
         nodes = cluster.wait_for_nodes(alive=2, timeout_s=60)
         print(f"node worker-{targets[0]} (raylet {killed_pid}) DEAD after {time.monotonic() - killed_at:.1f} s")
         assert read_process(killed_pid) is None
-        assert job.wait(timeout=600) == 0, job_log.read_text()[-4000:]
+        status = e2e.wait_job(cluster, submission, 600)
     finally:
-        _stop_background(job)
-    assert cluster.job_status(submission) == "SUCCEEDED"
-    assert "pretrain: finished epoch 1" in job_log.read_text()
+        _stop_if_running(cluster, submission)
+    job_log = e2e.job_logs(cluster, submission)
+    assert status == JobStatus.SUCCEEDED, job_log[-4000:]
+    assert "pretrain: finished epoch 1" in job_log
     dead_node = next(n["node_id"] for n in nodes if n["state"] == "DEAD")
     workers = e2e.actors(cluster, "RayTrainWorker", state="DEAD")
     placed = [a["node_id"] for a in workers if a["job_id"] == e2e.job_id(cluster, submission)]
@@ -301,23 +296,11 @@ def test_worker_node_killed_during_pretraining_resumes_from_checkpoint(cluster: 
     assert extra["epoch"] == 1
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 _CHILDREN_BEFORE: set[int] = set()
 
 
 def _children_of_this_process() -> list[int]:
-    me = os.getpid()
-    pids = (int(e) for e in os.listdir("/proc") if e.isdigit())
-    return [pid for pid in pids if (info := read_process(pid)) is not None and info.parent_pid == me]
+    return [p.pid for p in psutil.Process().children() if read_process(p.pid) is not None]  # zombies are gone
 
 
 def test_cluster_down_leaves_nothing_running(cluster: LocalCluster) -> None:
@@ -327,7 +310,7 @@ def test_cluster_down_leaves_nothing_running(cluster: LocalCluster) -> None:
     assert not [p for p in processes if process_alive(p)]
     assert not owned_processes(cluster.cluster_id)[0], "a process still carries the cluster's tag"
     left = [pid for pid in _children_of_this_process() if pid not in _CHILDREN_BEFORE]
-    assert not left, "a `ray job submit` or server left behind by the tests"
+    assert not left, "a process or server left behind by the tests"
     config = cluster.config
     for port in (config.gcs_port, config.dashboard_port, config.client_server_port, config.mlflow_port):
-        assert _port_free(port), f"port {port} still in use"
+        assert port_in_use(port) is None, f"port {port} still in use"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.job_submission import JobStatus
 
 from reid.localcluster import (
     ENV_FILE,
@@ -55,6 +56,11 @@ JOB_SCRIPT = """
         mlflow.log_metric("alive_nodes", len(alive))
         mlflow.log_params(placed)
 """
+
+JOB_STATUS_FROM_ENV = (
+    "import sys; from ray.job_submission import JobSubmissionClient; "
+    "print(JobSubmissionClient().get_job_status(sys.argv[1]).value)"
+)
 
 
 def _run(
@@ -165,7 +171,10 @@ def test_job_submit_reaches_every_worker_and_mlflow(cluster: LocalCluster, tmp_p
         timeout=180,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    assert cluster.job_status(submission_id) == "SUCCEEDED"
+    assert cluster.job_status(submission_id) == JobStatus.SUCCEEDED
+    # what the env file gives Ray's job client (`jobs/pipeline.py --submit`): the cluster and its token
+    from_env = _run([sys.executable, "-c", JOB_STATUS_FROM_ENV, submission_id], env=cluster.subprocess_env())
+    assert from_env.returncode == 0 and from_env.stdout.strip() == "SUCCEEDED", from_env.stderr[-3000:]
 
     client = MlflowClient(tracking_uri=cluster.mlflow_uri)
     experiment = client.get_experiment_by_name("cluster-smoke")

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -33,6 +33,9 @@ from reid.localcluster.processes import (
     stop_owned,
 )
 from reid.localcluster.ray_nodes import TOKEN_FILE, RayNodes
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
 STATE_FILE = "state.json"
 ENV_FILE = "env"
@@ -240,7 +243,11 @@ class LocalCluster:
         """Nodes as the GCS sees them (state API over the dashboard, with the token)."""
         return self.ray_nodes.nodes()
 
-    def job_status(self, submission_id: str) -> str:
+    def job_client(self) -> JobSubmissionClient:
+        """A Ray job client of this cluster's job server, with its token."""
+        return self.ray_nodes.job_client()
+
+    def job_status(self, submission_id: str) -> JobStatus:
         """Status of a submitted job as the job server reports it: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
         return self.ray_nodes.job_status(submission_id)
 

@@ -1,8 +1,8 @@
 """The Ray side of a local cluster: a head and N worker nodes, each its own `ray start`, and token auth.
 
 Network. The dashboard/job server binds 127.0.0.1. On Linux Ray rewrites `--node-ip-address=127.0.0.1`
-to the machine's routable address and its GCS and raylets listen on all interfaces (upstream ray#26293,
-ray#59110), so the cluster runs with token authentication and its own token file (`RAY_AUTH_MODE=token`,
+to the machine's routable address and its GCS and raylets listen on all interfaces (cluster/README.md), so
+the cluster runs with token authentication and its own token file (`RAY_AUTH_MODE=token`,
 `RAY_AUTH_TOKEN_PATH=<state dir>/auth_token`); `~/.ray` is never read or written.
 """
 
@@ -16,10 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reid.localcluster.config import LocalClusterConfig
 from reid.localcluster.processes import (
@@ -32,7 +31,11 @@ from reid.localcluster.processes import (
 )
 from reid.raycluster import OOM_RETRIES_ENV, UNIT_RETRIES
 
+if TYPE_CHECKING:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
 TOKEN_FILE = "auth_token"
+_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 # <temp dir>/session_<date>_<pid>/sockets/plasma_store must fit a 107-byte Unix socket path.
 _MAX_RAY_TEMP_DIR_LEN = 40
 
@@ -49,7 +52,8 @@ def worker_resource(index: int) -> str:
 
 class RayNodes:
     """The head and `config.num_workers` worker nodes of cluster `cluster_id`: their `ray start` command
-    lines and environment, launching and waiting for them, the cluster's token, and the dashboard's API.
+    lines and environment, launching and waiting for them, the cluster's token, its job client (Ray's
+    `JobSubmissionClient`) and the dashboard's state API.
 
     It starts nothing by itself and records nothing: `LocalCluster` drives it and keeps the sessions.
     """
@@ -173,23 +177,42 @@ class RayNodes:
                 f"`ray start` for {role} exited with {code}; log {log}:\n{_log_tail(log)}"
             )
 
-    # -- the dashboard's API, with the token
+    # -- the job server and the dashboard's API, with the token
+
+    def auth_headers(self) -> dict[str, str]:
+        """The HTTP header every request to the dashboard and job server needs."""
+        return {"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
+
+    def job_client(self) -> JobSubmissionClient:
+        """A Ray job client of this cluster's job server, with its token."""
+        from ray.job_submission import JobSubmissionClient
+
+        # The client takes its address from RAY_API_SERVER_ADDRESS or RAY_ADDRESS over its argument: a
+        # process that runs a local Ray of its own (a test session) would reach that one instead.
+        saved = os.environ.get(_API_SERVER_ENV)
+        os.environ[_API_SERVER_ENV] = self.dashboard_url
+        try:
+            return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
+        finally:
+            if saved is None:
+                del os.environ[_API_SERVER_ENV]
+            else:
+                os.environ[_API_SERVER_ENV] = saved
+
+    def job_status(self, submission_id: str) -> JobStatus:
+        """Status of a submitted job as the job server reports it: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
+        return self.job_client().get_job_status(submission_id)
 
     def dashboard_get(self, path: str) -> Any:
-        request = urllib.request.Request(
-            f"{self.dashboard_url}{path}",
-            headers={"Authorization": f"Bearer {self.token_path.read_text().strip()}"},
-        )
+        # Plain HTTP for the state API: ray.util.state's functions take no auth header (they read one token
+        # per process from its environment), and a test process talks to clusters of different tokens.
+        request = urllib.request.Request(f"{self.dashboard_url}{path}", headers=self.auth_headers())
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
     def nodes(self) -> list[dict[str, object]]:
         """Nodes as the GCS sees them (state API over the dashboard, with the token)."""
         return list(self.dashboard_get("/api/v0/nodes?limit=1000")["data"]["result"]["result"])
-
-    def job_status(self, submission_id: str) -> str:
-        """Status of a submitted job as the job server reports it: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
-        return str(self.dashboard_get(f"/api/jobs/{urllib.parse.quote(submission_id)}")["status"])
 
     def wait_for_nodes(self, alive: int, timeout_s: float | None = None) -> list[dict[str, object]]:
         """Poll until exactly `alive` nodes are ALIVE; returns the node list."""

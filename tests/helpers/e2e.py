@@ -1,18 +1,18 @@
-"""Helpers of the end-to-end cluster tests: submit jobs to a :class:`LocalCluster`, find where Ray put
-things, poll until something happens. Test code only: ``from helpers import e2e`` (pytest puts ``tests/`` on
-``sys.path``)."""
+"""Helpers of the end-to-end cluster tests: submit jobs to a :class:`LocalCluster` (Ray's
+``JobSubmissionClient``), find where Ray put things, poll until something happens. Test code only:
+``from helpers import e2e`` (pytest puts ``tests/`` on ``sys.path``)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
+import shlex
 import sys
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
+
+from ray.job_submission import JobStatus
 
 from reid.localcluster import LocalCluster, LocalClusterError, worker_resource
 
@@ -20,25 +20,41 @@ REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def submit_command(cluster: LocalCluster, submission_id: str, argv: list[str]) -> list[str]:
-    """`ray job submit` of `python <argv>` with this repo as the working dir, to `cluster`'s job server."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    return [ray_bin, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
-            "--submission-id", submission_id, "--", sys.executable, *argv]
-
-
-def submit(cluster: LocalCluster, submission_id: str, argv: list[str],
-           timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    """Submit and wait; returns the finished `ray job submit` (its stdout holds the job's log)."""
-    return subprocess.run(submit_command(cluster, submission_id, argv), env=cluster.subprocess_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
-
-
 def submit_in_background(cluster: LocalCluster, submission_id: str, argv: list[str],
-                         log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """Submit without waiting: `ray job submit` tails the job's log into `log` until the job ends."""
-    return subprocess.Popen(submit_command(cluster, submission_id, argv), env=cluster.subprocess_env(), cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                         working_dir: Path = REPO, python: str = sys.executable) -> str:
+    """Submit ``python <argv>`` with ``working_dir`` uploaded as the job's working dir; returns at once."""
+    return cluster.job_client().submit_job(entrypoint=shlex.join([python, *argv]), submission_id=submission_id,
+                                           runtime_env={"working_dir": str(working_dir)})
+
+
+def wait_job(cluster: LocalCluster, submission_id: str, timeout_s: float = 600) -> JobStatus:
+    """Poll until the job ends; its final status. On timeout the job is stopped and TimeoutError raised."""
+    client = cluster.job_client()
+    try:
+        return wait_for(lambda: (status := client.get_job_status(submission_id)).is_terminal() and status,
+                        timeout_s, f"job {submission_id} to end", period_s=0.5)
+    except TimeoutError:
+        stop_job(cluster, submission_id)
+        raise
+
+
+def submit(cluster: LocalCluster, submission_id: str, argv: list[str], timeout_s: float = 600,
+           working_dir: Path = REPO, python: str = sys.executable) -> tuple[JobStatus, str]:
+    """Submit and wait: (final status, the job's log)."""
+    submit_in_background(cluster, submission_id, argv, working_dir, python)
+    status = wait_job(cluster, submission_id, timeout_s)
+    return status, job_logs(cluster, submission_id)
+
+
+def job_logs(cluster: LocalCluster, submission_id: str) -> str:
+    """Everything the job's driver printed so far."""
+    return cluster.job_client().get_job_logs(submission_id)
+
+
+def stop_job(cluster: LocalCluster, submission_id: str) -> bool:
+    """What `ray job stop` does (the driver gets SIGTERM, SIGKILL 3 s later); returns whether the job was
+    running."""
+    return cluster.job_client().stop_job(submission_id)
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float, what: str, period_s: float = 0.25) -> T:
@@ -52,21 +68,14 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str, period_s: 
     raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
 
 
-def stop_job(cluster: LocalCluster, submission_id: str) -> bool:
-    """What `ray job stop` does (the driver gets SIGTERM, SIGKILL 3 s later), over HTTP so that it takes
-    milliseconds instead of a CLI start-up; returns whether the job was running."""
-    request = urllib.request.Request(
-        f"{cluster.dashboard_url}/api/jobs/{urllib.parse.quote(submission_id)}/stop", method="POST",
-        headers={"Authorization": f"Bearer {cluster.token_path.read_text().strip()}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return bool(json.load(response)["stopped"])
-
-
-def jobs(cluster: LocalCluster) -> dict[str, str]:
+def jobs(cluster: LocalCluster) -> dict[str, JobStatus]:
     """Submission id -> status of every job the cluster's job server knows."""
-    return {job["submission_id"]: job["status"] for job in cluster._dashboard_get("/api/jobs/")
-            if job.get("submission_id")}
+    return {job.submission_id: job.status for job in cluster.job_client().list_jobs() if job.submission_id}
+
+
+def job_id(cluster: LocalCluster, submission_id: str) -> str:
+    """The Ray job id (hex) of a submitted job."""
+    return str(cluster.job_client().get_job_info(submission_id).job_id)
 
 
 def actors(cluster: LocalCluster, class_name: str, state: str = "ALIVE") -> list[dict[str, Any]]:
@@ -75,11 +84,6 @@ def actors(cluster: LocalCluster, class_name: str, state: str = "ALIVE") -> list
                                     "filter_values": class_name})
     listed = cluster._dashboard_get(f"/api/v0/actors?{query}")["data"]["result"]["result"]
     return [a for a in listed if a["state"] == state]
-
-
-def job_id(cluster: LocalCluster, submission_id: str) -> str:
-    """The Ray job id (hex) of a submitted job."""
-    return str(cluster._dashboard_get(f"/api/jobs/{urllib.parse.quote(submission_id)}")["job_id"])
 
 
 def alive_actors_of_job(cluster: LocalCluster, submission_id: str) -> list[dict[str, Any]]:
