@@ -10,16 +10,17 @@ half-windows, each clustered at the chosen window threshold, and all half-window
 linked with :func:`reid.assign.link_windows`. charIds are relative to one sequence, so the result is scored on the
 pairs inside one sequence only (pairwise F1); since those pairs cannot see links across sequences, the loosest
 threshold within one standard error of the best F1 wins (the one-standard-error rule; the error is a bootstrap
-over validation sequences, so that 11 validation sequences allow more slack than 47), and the link threshold is never below the window threshold. Linking clusters the
-centroids of window identities; one character's centroids are closer to each other than its single crops are
-(averaging removes per-crop noise), so a distance that already counts as "same character" for two crops in a
-window is not too loose for two centroids, and a tighter link only keeps one character's windows apart
-(docs/RESULTS.md, larger corpus: a link threshold of 0.85 under a window threshold of 1.15 split 6 characters into
-19.8 identities per series; 1.15 gave 11.3 and a higher series AMI). Nor is it above the loosest window threshold
-within one standard error of the best window score: the distance of two centroids is at most the mean distance of
-their crops, so where clustering crops starts to join two characters, linking their centroids does too (with 11
-validation sequences the labelled pairs alone allowed 1.9, which links everything that the cannot-link constraint
-does not forbid, and would collapse a large cast).
+over validation sequences, so that few validation sequences allow more slack than many).
+
+The link threshold is never below the window threshold. Linking clusters the centroids of window identities;
+one character's centroids are closer to each other than its single crops are (averaging removes per-crop
+noise), so a distance that already counts as "same character" for two crops in a window is not too loose for
+two centroids, and a tighter link only keeps one character's windows apart. Nor is it above the loosest window
+threshold within one standard error of the best window score: the distance of two centroids is at most the
+mean distance of their crops, so where clustering crops starts to join two characters, linking their centroids
+does too; on a few validation sequences the labelled pairs alone allow thresholds that link everything the
+cannot-link constraint does not forbid, which would collapse a large cast. docs/RESULTS.md has the
+measurements behind both bounds.
 """
 
 from __future__ import annotations
