@@ -339,11 +339,23 @@ class Tracker:
             self._try(read)
         return out
 
+    def _known_run_id(self) -> str | None:
+        """The run this tracker logs into, also when MLflow was down from its start: the run it was asked to
+        continue, or the one recorded in its job folder; None for a run never created."""
+        if self.run_id or self.requested_run_id or not self.job_folder:
+            return self.run_id or self.requested_run_id
+        from reid.contracts.manifest import recorded_run
+
+        try:
+            return recorded_run(self.job_folder, self.uri)
+        except (OSError, ValueError):  # an unreadable record: replay starts a new run, as for none
+            return None
+
     def _spool_entry(self, method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
         """One spooled operation, with everything :func:`replay` needs to send it where it belonged: the run id
         (None when the run was never created), the store, experiment and job folder, and the new run's name and
         tags."""
-        return {"run_key": self.run_key, "run_id": self.run_id, "uri": self.uri, "experiment": self.experiment,
+        return {"run_key": self.run_key, "run_id": self._known_run_id(), "uri": self.uri, "experiment": self.experiment,
                 "run_name": self.run_name, "tags": self.tags, "parent_run_id": self.parent_run_id,
                 "job_folder": self.job_folder, "tracker": self._token, "op": method, "args": args,
                 "kwargs": kwargs}

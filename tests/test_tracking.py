@@ -204,3 +204,16 @@ def test_ui_hint_opens_the_model_training_view():
     local = ui_hint("sqlite:////x/mlflow.db", "1", "r")
     assert local.startswith("mlflow ui --backend-store-uri sqlite:////x/mlflow.db") and \
         local.endswith("#/experiments/1/runs/r?workflowType=machine_learning")
+
+
+def test_a_tracker_that_never_reached_mlflow_spools_into_the_run_it_was_given(tmp_path):
+    """Rank 0 opens its tracker on the driver's run id; if MLflow is down from that moment on, what it spools
+    still names that run (not None), so a replay continues it."""
+    from reid.raycluster import free_ports
+
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
+    tracker = Tracker(down, "rank0", run_id="0123456789abcdef", spool_dir=str(tmp_path))
+    tracker.log_metrics({"loss": 1.0}, step=0)
+    assert tracker.close(retries=1, backoff_s=0.0)
+    entries = [json.loads(line) for line in (tmp_path / "mlflow_unlogged_rank0.jsonl").read_text().splitlines()]
+    assert entries and {e["run_id"] for e in entries} == {"0123456789abcdef"}
