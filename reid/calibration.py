@@ -284,8 +284,8 @@ def calibration_grid(embeddings: np.ndarray, labels: np.ndarray, groups: np.ndar
                                  linkage, metric, link_distance, link_constraint)
     # The labelled pairs say nothing about linking across sequences (their relation is unknown), so thresholds
     # within the noise of the best tie on them: take the loosest of those, the most linking the labelled pairs
-    # allow (the middle of an exact tie split the demo's 6 characters into 21 identities per series; the loosest
-    # exact tie still gave 9.75 and 19.8, docs/RESULTS.md).
+    # allow (the middle of a tie, or the loosest exact tie, split a cast into far more identities than it has;
+    # docs/RESULTS.md).
     link = loosest_within_one_se(link_rows) if link_rows else {"threshold": window["threshold"]}
     ceiling = loosest_window_threshold(window_rows, objective)
     link_threshold, link_rule = link_threshold_rule(float(link["threshold"]), float(window["threshold"]), ceiling)
