@@ -9,8 +9,6 @@ or None, with a warning, when the data cannot be described: describing an input 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -19,10 +17,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters
-
-
-def _digest(parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:DIGEST_CHARS]
 
 
 def _dataset(frame: Any, source: str, name: str, digest: str) -> dict[str, str]:
@@ -48,21 +42,17 @@ def _described(what: str, build: Callable[[], dict[str, str]]) -> dict[str, str]
 
 def crops_dataset(crops_root: str) -> dict[str, str] | None:
     """A crop output as an MLflow dataset: one row per committed shard (its manifest entry: rows, error rows, the
-    checksum of its ids), named ``crops``. Its digest covers the crop job's identity (the instance CSV's sha256
-    and the crop parameters, not the paths) and every shard's manifest entry, so the same crops have the same
-    digest in every run that read them (pretraining, fine-tuning, labeling), and re-cropped ones another."""
+    checksum of its ids), named ``crops``. Its digest is :func:`reid.contracts.crops.crops_fingerprint`'s, so the
+    same crops have the same digest in every run that read them (pretraining, fine-tuning, labeling), and
+    re-cropped ones another."""
     def build() -> dict[str, str]:
         import pandas as pd
 
-        from reid.contracts.crops import crop_job_params, crops_output
-        from reid.contracts.manifest import FINGERPRINT
+        from reid.contracts.crops import crops_fingerprint, crops_output
 
-        job = crop_job_params(crops_root)
-        identity = {k: v for k, v in job.items() if k.endswith(FINGERPRINT) or k in (
-            "face_scale", "pages_per_shard", "jpeg_quality")}
         shards = [s.to_dict() for _, s in sorted(crops_output(crops_root).committed().items())]
         frame = pd.DataFrame(shards, columns=["shard", "input_rows", "rows", "error_rows", "checksum"])
-        return _dataset(frame, crops_root, "crops", _digest({"job": identity, "shards": shards}))
+        return _dataset(frame, crops_root, "crops", crops_fingerprint(crops_root)["sha256"][:DIGEST_CHARS])
 
     return _described(f"the crops {crops_root}", build)
 

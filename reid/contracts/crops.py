@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from reid import io
-from reid.contracts.manifest import ERROR_SCHEMA, RUNS_KEY, ShardedOutput
+from reid.contracts.manifest import ERROR_SCHEMA, FINGERPRINT, ShardedOutput
 from reid.data.ids import page_panel
 from reid.errors import DataFormatError
 
@@ -60,21 +60,27 @@ def committed_crop_files(crops_root: str) -> list[str]:
     return output.data_files()
 
 
+# the crop job's parameters that change what its crops are (its paths do not)
+CONTENT_PARAMS = ("face_scale", "pages_per_shard", "jpeg_quality")
+
+
 def crop_job_params(crops_root: str) -> dict[str, Any]:
     """The parameters the crop job recorded (``pages_per_shard``, ``comics_root``, ``instances``, ...)."""
     return json.loads(io.read_text(io.join(crops_root, "_job.json")))
 
 
 def crops_fingerprint(crops_root: str) -> dict[str, Any]:
-    """What identifies a finished crop output's contents, for a later job's ``_job.json``: its row count and a
-    sha256 over the crop job's identity (its inputs' fingerprints and parameters) and every committed shard's
-    manifest entry (rows and the checksum of its ids). Re-cropping into the same folder changes it."""
+    """What identifies a finished crop output's contents, wherever it lies: its row count and a sha256 over what
+    the crops were made from and how (the crop job's input fingerprints and crop parameters, not its paths) and
+    every committed shard's manifest entry (rows, error rows, the checksum of its ids). The same crops give the
+    same fingerprint in every job that reads them; re-cropping into the same folder changes it."""
     import hashlib
 
-    params = {k: v for k, v in crop_job_params(crops_root).items() if k != RUNS_KEY}  # MLflow runs: not contents
-    shards = {k: v.to_dict() for k, v in sorted(crops_output(crops_root).committed().items())}
-    digest = hashlib.sha256(json.dumps({"job": params, "shards": shards}, sort_keys=True, default=str).encode())
-    return {"rows": sum(int(v["rows"]) for v in shards.values()), "sha256": digest.hexdigest()}
+    job = crop_job_params(crops_root)
+    made_from = {k: v for k, v in job.items() if k.endswith(FINGERPRINT) or k in CONTENT_PARAMS}
+    shards = [s.to_dict() for _, s in sorted(crops_output(crops_root).committed().items())]
+    digest = hashlib.sha256(json.dumps({"job": made_from, "shards": shards}, sort_keys=True, default=str).encode())
+    return {"rows": sum(int(s["rows"]) for s in shards), "sha256": digest.hexdigest()}
 
 
 def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:
