@@ -26,6 +26,8 @@ import numpy as np
 
 LINK_DISTANCES = ("centroid", "members", "rerank")
 LINK_CONSTRAINTS = ("hard", "soft")
+# how series were linked before linking was calibrated, and what a model without a calibrated choice uses
+DEFAULT_LINKING = {"link_distance": "centroid", "link_constraint": "hard"}
 
 
 def pairwise_euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from reid.contracts.crops import (
 from reid.data import formats
 from reid.errors import CheckpointError, ConfigError, DataFormatError
 from reid.images import DEFAULT_MAX_PIXELS
-from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
+from reid.linking import DEFAULT_LINKING, LINK_CONSTRAINTS, LINK_DISTANCES
 from reid.models.backbone import REID_FIELDS
 from reid.raycluster import UNIT_RETRIES
 
@@ -172,7 +172,7 @@ def resolve_thresholds(cfg: LabelConfig, extra: dict[str, Any]) -> tuple[LabelCo
         else:
             values[name], sources[name] = PAPER_THRESHOLD, "default (the paper's value; the checkpoint has no " \
                                                            "calibration)"
-    for name, default in (("link_distance", "centroid"), ("link_constraint", "hard")):
+    for name, default in DEFAULT_LINKING.items():
         if getattr(cfg, name) is not None:
             values[name], sources[name] = getattr(cfg, name), given
         elif name in calibration:
@@ -236,6 +236,6 @@ def job_identity(cfg: LabelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
     keys = ("crops", "sequences", "window_size", "threshold", "metric", "linkage", "link_threshold",
             "max_image_pixels")
     linking = {k: getattr(cfg, k) for k in ("link_distance", "link_constraint")
-               if getattr(cfg, k) not in (None, "centroid", "hard")}  # an older run's identity stays as it was
+               if getattr(cfg, k) not in (None, DEFAULT_LINKING[k])}  # an older run's identity stays as it was
     return {**{k: getattr(cfg, k) for k in keys}, "stride": None if cfg.sequences else cfg.stride,
             "model_sha256": inputs["model_sha256"], **linking, **({"corrections": cfg.corrections} if cfg.corrections else {})}

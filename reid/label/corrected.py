@@ -30,6 +30,7 @@ from reid.contracts.review import APPLIED_FILE, open_log
 from reid.corrections import Corrections, corrections_from_state, replay, stable_identities
 from reid.errors import ConfigError
 from reid.label.config import LabelConfig
+from reid.linking import DEFAULT_LINKING
 
 log = logging.getLogger(__name__)
 PENDING_FILE = "_corrections.json"
@@ -48,7 +49,7 @@ def prepare_corrections(cfg: LabelConfig) -> Corrections:
     if same:
         raise ConfigError(f"--corrections {cfg.corrections} was made on {labels_root}, this run's --out: write the "
                           "corrected labels to another folder (the reviewed ones are its input)")
-    linking = [f"{k}={getattr(cfg, k)}" for k, plain in (("link_distance", "centroid"), ("link_constraint", "hard"))
+    linking = [f"{k}={getattr(cfg, k)}" for k, plain in DEFAULT_LINKING.items()
                if getattr(cfg, k, None) not in (None, plain)]
     if linking:
         log.warning("label: --corrections links series with centroid distances and hard cannot-links; %s is not "

@@ -24,6 +24,7 @@ from reid.contracts.labels import (
 from reid.contracts.manifest import ShardSummary, summaries_batch
 from reid.errors import ReidError
 from reid.label.config import LabelConfig
+from reid.linking import DEFAULT_LINKING
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def link_series(cfg: LabelConfig, shards: list[str]) -> dict[tuple[str, int], in
     if cfg.link_distance == "members":  # one row per member crop: linking compares crops, not centres
         points, labels, window_ids, series, members = _member_rows(cfg, shards, centroids)
     linked = link_windows(points, labels, window_ids, series, cfg.link_threshold, cfg.metric, cfg.linkage,
-                          members=members, distance=cfg.link_distance or "centroid",
-                          constraint=cfg.link_constraint or "hard")
+                          members=members, distance=cfg.link_distance or DEFAULT_LINKING["link_distance"],
+                          constraint=cfg.link_constraint or DEFAULT_LINKING["link_constraint"])
     return {(w, int(k)): int(s) for w, k, s in zip(window_ids, labels, linked, strict=True)}
 
 

@@ -34,7 +34,7 @@ from reid.calibration import (
     grid_scores,
     pair_distances,
 )
-from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
+from reid.linking import DEFAULT_LINKING, LINK_CONSTRAINTS, LINK_DISTANCES
 from reid.sweeps.summary import markdown_table, write_summary
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,7 @@ def embed_split(cfg: ThresholdSweepConfig) -> tuple[dict[str, np.ndarray], dict[
 def linking_choice(cfg: ThresholdSweepConfig, extra: dict[str, Any]) -> dict[str, str]:
     """The link distance and constraint: the flags, else the model's calibrated choice, else centroid / hard."""
     stored = extra.get("calibration") or {}
-    return {"link_distance": cfg.link_distance or str(stored.get("link_distance", "centroid")),
-            "link_constraint": cfg.link_constraint or str(stored.get("link_constraint", "hard"))}
+    return {name: getattr(cfg, name) or str(stored.get(name, default)) for name, default in DEFAULT_LINKING.items()}
 
 
 def label_config_values(cfg: ThresholdSweepConfig, best: dict[str, Any]) -> dict[str, Any]:
