@@ -14,8 +14,9 @@ Layout under ``<storage>/<sweep name>/``::
     summary.csv, summary.md      one row per trial
 
 MLflow: the sweep is a parent run (named after the sweep, its id recorded in the sweep folder's ``_job.json``);
-each trial's Train run logs a child run (named after the trial, its id recorded in the trial's run folder). Re-running the same command resumes: finished trials are kept as they are, unfinished
-ones continue from their last Train checkpoint (the interrupted epoch restarts).
+each trial's Train run logs a child run (named after the trial, its id recorded in the trial's run folder).
+Re-running the same command resumes: finished trials are kept as they are, unfinished ones continue from their
+last Train checkpoint (the interrupted epoch restarts).
 """
 
 from __future__ import annotations
