@@ -41,12 +41,19 @@ def _pair_file(item: dict[str, Any]) -> list[dict[str, Any]]:
     return pair_rows(io.read_parquet(item["path"]))
 
 
-def character_instances(crops_root: str, seed: int | None = None):
+def crop_files_of(crops: str | list[str]) -> list[str]:
+    """The data files of a finished crop output: ``crops`` is its folder (verified here, see
+    :func:`reid.contracts.crops.committed_crop_files`) or the file list a driver already verified once for the
+    whole job, passed on as it is."""
+    return list(crops) if isinstance(crops, list | tuple) else committed_crop_files(crops)
+
+
+def character_instances(crops: str | list[str], seed: int | None = None):
     """Ray Dataset of character instances (one row each), read shard file by shard file (in a random order
-    drawn from ``seed`` when one is given, else in the crop job's order)."""
+    drawn from ``seed`` when one is given, else in the crop job's order). ``crops``: see :func:`crop_files_of`."""
     import ray
 
-    files = committed_crop_files(crops_root)
+    files = crop_files_of(crops)
     if seed is not None:
         files = [files[k] for k in np.random.default_rng(seed).permutation(len(files))]
     # fractional CPUs: on a small node, whole-CPU read tasks would starve beside the train workers
@@ -54,10 +61,11 @@ def character_instances(crops_root: str, seed: int | None = None):
         .flat_map(_pair_file, num_cpus=0.25)
 
 
-def count_character_instances(crops_root: str) -> int:
-    """Number of character instances, from the ids alone (no image bytes are read)."""
+def count_character_instances(crops: str | list[str]) -> int:
+    """Number of character instances, from the ids alone (no image bytes are read). ``crops``: see
+    :func:`crop_files_of`."""
     total = 0
-    for path in committed_crop_files(crops_root):
+    for path in crop_files_of(crops):
         table = io.read_parquet(path, ["instance_id", "panel_id", "series_id", "type", "char_index"])
         total += len(pair_rows(table.append_column("image", pa.array([b"x"] * table.num_rows, pa.binary()))))
     return total
@@ -111,14 +119,14 @@ def _ssl_views(batch: dict[str, np.ndarray], face_size: int, body_size: int, hue
     return _udf(SSLViews, face_size, body_size, hue, grayscale)(batch)
 
 
-def ssl_dataset(crops_root: str, face_size: int, body_size: int, num_cpus: float = 0.5, hue: float = 0.1,
+def ssl_dataset(crops: str | list[str], face_size: int, body_size: int, num_cpus: float = 0.5, hue: float = 0.1,
                 grayscale: float = 0.2, seed: int | None = None):
-    """Ray Dataset of augmented SSL samples (see :class:`SSLViews`).
+    """Ray Dataset of augmented SSL samples (see :class:`SSLViews`); ``crops``: see :func:`crop_files_of`.
 
     Decoding runs in tasks with fractional CPUs, not an actor pool: tasks release their CPUs between
     batches, so the pipeline cannot starve the training workers on a small node.
     """
-    train = character_instances(crops_root, seed).filter(lambda row: not is_validation_key(row["key"]), num_cpus=0.25)
+    train = character_instances(crops, seed).filter(lambda row: not is_validation_key(row["key"]), num_cpus=0.25)
     return train.map_batches(_ssl_views, fn_kwargs={"face_size": face_size, "body_size": body_size, "hue": hue,
                                                     "grayscale": grayscale},
                              batch_size=32, num_cpus=num_cpus)

@@ -40,11 +40,11 @@ def _described(what: str, build: Callable[[], dict[str, str]]) -> dict[str, str]
         return None
 
 
-def crops_dataset(crops_root: str) -> dict[str, str] | None:
+def crops_dataset(crops_root: str, fingerprint: dict[str, Any] | None = None) -> dict[str, str] | None:
     """A crop output as an MLflow dataset: one row per committed shard (its manifest entry: rows, error rows, the
     checksum of its ids), named ``crops``. Its digest is :func:`reid.contracts.crops.crops_fingerprint`'s, so the
     same crops have the same digest in every run that read them (pretraining, fine-tuning, labeling), and
-    re-cropped ones another."""
+    re-cropped ones another (``fingerprint``: that value, when the job computed it already)."""
     def build() -> dict[str, str]:
         import pandas as pd
 
@@ -52,7 +52,8 @@ def crops_dataset(crops_root: str) -> dict[str, str] | None:
 
         shards = [s.to_dict() for _, s in sorted(crops_output(crops_root).committed().items())]
         frame = pd.DataFrame(shards, columns=["shard", "input_rows", "rows", "error_rows", "checksum"])
-        return _dataset(frame, crops_root, "crops", crops_fingerprint(crops_root)["sha256"][:DIGEST_CHARS])
+        digest = (fingerprint or crops_fingerprint(crops_root))["sha256"][:DIGEST_CHARS]
+        return _dataset(frame, crops_root, "crops", digest)
 
     return _described(f"the crops {crops_root}", build)
 

@@ -46,13 +46,16 @@ def test_thresholds_come_from_the_checkpoint_then_flags_then_the_paper(calibrate
     assert "the paper's value" in sources["threshold"]
 
 
+def _rows_table(rows):
+    return pa.Table.from_pylist([{"row_id": row_id(r[0], r[1]), "instance_id": r[0], "type": "body",
+                                 "panel_id": r[2], "series_id": 1, "window_id": r[1], "char_key": r[3],
+                                 "identity": r[4], "series_identity": r[5], "distance": 0.0, "box": [0, 0, 1, 1],
+                                 "model": "m", "model_sha256": "x", "run_id": "", "shard": "1-00000"}
+                                for r in rows], schema=LABEL_SCHEMA)
+
+
 def _commit(root, rows):
-    table = pa.Table.from_pylist([{"row_id": row_id(r[0], r[1]), "instance_id": r[0], "type": "body",
-                                   "panel_id": r[2], "series_id": 1, "window_id": r[1], "char_key": r[3],
-                                   "identity": r[4], "series_identity": r[5], "distance": 0.0, "box": [0, 0, 1, 1],
-                                   "model": "m", "model_sha256": "x", "run_id": "", "shard": "1-00000"}
-                                  for r in rows], schema=LABEL_SCHEMA)
-    labels_output(str(root)).commit("1-00000", table, error_table([]), input_rows=len(rows))
+    labels_output(str(root)).commit("1-00000", _rows_table(rows), error_table([]), input_rows=len(rows))
 
 
 def test_cannot_link_check_passes_a_clean_output_and_names_a_violation(tmp_path):
@@ -65,6 +68,21 @@ def test_cannot_link_check_passes_a_clean_output_and_names_a_violation(tmp_path)
     _commit(tmp_path / "bad", bad)
     with pytest.raises(ReidError, match=r"series identity \(1, 0\) holds 1_0_0#0 and 1_0_0#1"):
         check_cannot_link(str(tmp_path / "bad"))
+
+
+def test_a_shard_that_breaks_cannot_link_is_never_committed(tmp_path):
+    """The series pass checks each final shard as it commits it: the job stops naming the violation, and the
+    shard stays uncommitted (no _SUCCESS can cover it)."""
+    from reid.label.series import commit_checked
+
+    ok = [("1_0_0_body_0", "W", "1_0_0", "1_0_0#0", 0, 0), ("1_0_0_body_1", "W", "1_0_0", "1_0_0#1", 1, 1)]
+    bad = [ok[0], ("1_0_0_body_1", "W", "1_0_0", "1_0_0#1", 0, 1)]  # one window identity, two characters
+    table = _rows_table(bad)
+    with pytest.raises(ReidError, match=r"window identity \('W', 0\) holds 1_0_0#0 and 1_0_0#1 \(shard 1-00000\)"):
+        commit_checked(str(tmp_path / "bad"), "1-00000", table, error_table([]), input_rows=2)
+    assert not labels_output(str(tmp_path / "bad")).is_committed("1-00000")
+    summary = commit_checked(str(tmp_path / "ok"), "1-00000", _rows_table(ok), error_table([]), input_rows=2)
+    assert labels_output(str(tmp_path / "ok")).is_committed("1-00000") and summary.rows == 2
 
 
 def test_the_model_is_built_from_exactly_the_bytes_that_were_hashed(tmp_path, monkeypatch):

@@ -83,17 +83,20 @@ def crops_fingerprint(crops_root: str) -> dict[str, Any]:
     return {"rows": sum(int(s["rows"]) for s in shards), "sha256": digest.hexdigest()}
 
 
-def read_crops(crops_root: str, columns: list[str] | None = None) -> pa.Table:
-    """All committed crops of a finished crop job (refuses an unfinished or damaged one)."""
-    committed_crop_files(crops_root)
+def read_crops(crops_root: str, columns: list[str] | None = None, verified: bool = False) -> pa.Table:
+    """All committed crops of a finished crop job (refuses an unfinished or damaged one; ``verified``: the
+    caller has checked it already, with :func:`committed_crop_files`, in this job)."""
+    if not verified:
+        committed_crop_files(crops_root)
     return crops_output(crops_root).read(columns)
 
 
-def known_instance_ids(crops_root: str) -> set[str]:
+def known_instance_ids(crops_root: str, verified: bool = False) -> set[str]:
     """Every instance id the crop job accepted from its input: cropped ones and those it could not crop (an
-    instance with no crop is still an instance; a sequence may name it and have it masked)."""
+    instance with no crop is still an instance; a sequence may name it and have it masked). ``verified``: as
+    for :func:`read_crops`."""
     output = crops_output(crops_root)
-    ids = set(read_crops(crops_root, ["instance_id"]).column("instance_id").to_pylist())
+    ids = set(read_crops(crops_root, ["instance_id"], verified).column("instance_id").to_pylist())
     for path in output.error_files():
         ids.update(io.read_parquet(path, ["id"]).column("id").to_pylist())
     return ids

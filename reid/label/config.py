@@ -193,7 +193,7 @@ def check_inputs(cfg: LabelConfig) -> dict[str, Any]:
         raise ConfigError(f"--instances {cfg.instances} is not the CSV the crops in {cfg.crops} were made from "
                           f"({params.get('instances')})")
     model, sha256, extra = load_reid_model(cfg, with_extra=True)
-    sequences, bad = read_label_sequences(cfg)
+    sequences, bad = read_label_sequences(cfg, crops_verified=True)
     if cfg.ground_truth and not io.exists(cfg.ground_truth):
         raise DataFormatError(cfg.ground_truth, "ground truth file not found")
     return {**params, "model_sha256": sha256, "model_config": model.config.to_dict(), "model_extra": extra,
@@ -217,14 +217,15 @@ def resolve_model(cfg: LabelConfig) -> tuple[LabelConfig, dict[str, str]]:
     return config.replace(cfg, model=path), provenance
 
 
-def read_label_sequences(cfg: LabelConfig) -> tuple[list[formats.Sequence], list[formats.BadRow]]:
+def read_label_sequences(cfg: LabelConfig, crops_verified: bool = False
+                         ) -> tuple[list[formats.Sequence], list[formats.BadRow]]:
     """The annotated windows to label (none without ``--sequences``) and the entries left out: a sequence that
     names an instance the crop job never saw, or is malformed, is recorded, not labelled (``--strict``:
     refused)."""
     if not cfg.sequences:
         return [], []
     return formats.read_sequences_checked(cfg.sequences, formats.RowPolicy(cfg.strict, cfg.max_bad_row_fraction),
-                                          known_instance_ids(cfg.crops), cfg.window_size)
+                                          known_instance_ids(cfg.crops, crops_verified), cfg.window_size)
 
 
 def _normpath(path: str) -> str:

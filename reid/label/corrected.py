@@ -30,6 +30,7 @@ from reid.contracts.review import APPLIED_FILE, open_log
 from reid.corrections import Corrections, corrections_from_state, replay, stable_identities
 from reid.errors import ConfigError
 from reid.label.config import LabelConfig
+from reid.label.series import commit_checked
 from reid.linking import DEFAULT_LINKING
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,8 @@ def run_corrected_series_pass(cfg: LabelConfig, shards: list[str], corrections: 
             keys = zip(rows["window_id"].to_pylist(), rows["identity"].to_pylist(), strict=True)
             column = pa.array([links[k] for k in keys], pa.int64())
             rows = rows.set_column(rows.schema.get_field_index("series_identity"), "series_identity", column)
-            final.commit(shard, rows, io.read_parquet(windows.errors_path(shard)),
-                         input_rows=windows.summary(shard).input_rows)
+            commit_checked(cfg.out, shard, rows, io.read_parquet(windows.errors_path(shard)),
+                           windows.summary(shard).input_rows)
             committed += 1
     return committed
 

@@ -1,4 +1,5 @@
-"""Pass 2 of the label job: link window identities across each series, then check the cannot-link guarantee."""
+"""Pass 2 of the label job: link window identities across each series; each final shard is checked for the
+cannot-link guarantee as it is committed."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def _member_rows(cfg: LabelConfig, shards: list[str], centroids: pa.Table):
 
 
 def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:
-    """Pass 2 for one series: link its window identities, commit its final shards. Idempotent."""
+    """Pass 2 for one series: link its window identities, check cannot-link and commit its final shards.
+    Idempotent."""
     final = labels_output(cfg.out)
     windows = windows_output(cfg.out)
     todo = [s for s in shards if not final.is_committed(s)]
@@ -81,15 +83,42 @@ def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:
         series_identity = pa.array([links[k] for k in keys], pa.int64())
         rows = rows.set_column(rows.schema.get_field_index("series_identity"), "series_identity", series_identity)
         errors = io.read_parquet(windows.errors_path(shard))
-        summaries.append(final.commit(shard, rows, errors, input_rows=windows.summary(shard).input_rows))
+        summaries.append(commit_checked(cfg.out, shard, rows, errors, windows.summary(shard).input_rows))
     return summaries
 
 
-def check_cannot_link(labels_root: str, shards: list[str] | None = None) -> dict[str, int]:
-    """The finish step's guarantee: no window identity and no series identity holds two different character
-    instances of one panel. A panel's rows all lie in one shard, so each shard is checked on its own.
+def cannot_link_violations(rows: pa.Table, shard: str, limit: int = 20) -> list[str]:
+    """The finish step's guarantee, for one shard's label rows: no window identity and no series identity holds
+    two different character instances of one panel (a panel's rows all lie in one shard). Returns the first
+    ``limit`` violations, in words; [] when the shard keeps the guarantee."""
+    seen: dict[tuple, str] = {}
+    violations = []
+    columns = [rows[c].to_pylist() for c in ("panel_id", "char_key", "window_id", "identity", "series_id",
+                                             "series_identity")]
+    for panel, char_key, window, identity, series, series_identity in zip(*columns, strict=True):
+        for level, key in (("window", (window, identity)), ("series", (series, series_identity))):
+            other = seen.setdefault((level, *key, panel), char_key)
+            if other != char_key and len(violations) < limit:
+                violations.append(f"{level} identity {key} holds {other} and {char_key} (shard {shard})")
+    return violations
 
-    Raises ReidError naming the first violations; returns {"checked_rows": N, "identities": ...} counts.
+
+def commit_checked(labels_root: str, shard: str, rows: pa.Table, errors: pa.Table, input_rows: int
+                   ) -> ShardSummary:
+    """Commit one final shard after checking cannot-link on it: a shard that breaks the guarantee is never
+    committed, so an output with ``_SUCCESS`` keeps it everywhere. Raises ReidError naming the violations."""
+    violations = cannot_link_violations(rows, shard)
+    if violations:
+        raise ReidError(f"{labels_root}: cannot-link violated, two characters of one panel share an identity: "
+                        + "; ".join(violations))
+    return labels_output(labels_root).commit(shard, rows, errors, input_rows=input_rows)
+
+
+def check_cannot_link(labels_root: str, shards: list[str] | None = None) -> dict[str, int]:
+    """Audit an existing labels output for the cannot-link guarantee (every shard, or ``shards``); the label job
+    checks each shard as it commits it (:func:`commit_checked`).
+
+    Raises ReidError naming the first violations; returns {"cannot_link_checked_rows": N}.
     """
     checked, violations = 0, []
     wanted = set(shards) if shards is not None else None
@@ -97,16 +126,8 @@ def check_cannot_link(labels_root: str, shards: list[str] | None = None) -> dict
                                                  "series_identity"], include_unassigned=False):
         if wanted is not None and shard not in wanted:
             continue
-        seen: dict[tuple, str] = {}
-        for r in rows.to_pylist():
-            checked += 1
-            for level, key in (("window", (r["window_id"], r["identity"])),
-                               ("series", (r["series_id"], r["series_identity"]))):
-                slot = (level, *key, r["panel_id"])
-                other = seen.setdefault(slot, r["char_key"])
-                if other != r["char_key"] and len(violations) < 20:
-                    violations.append(f"{level} identity {key} holds {other} and {r['char_key']} "
-                                      f"(shard {shard})")
+        checked += rows.num_rows
+        violations += cannot_link_violations(rows, shard, limit=20 - len(violations))
     if violations:
         raise ReidError(f"{labels_root}: cannot-link violated, two characters of one panel share an identity: "
                         + "; ".join(violations))
