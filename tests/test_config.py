@@ -99,3 +99,22 @@ def test_every_job_and_sweep_says_each_default_once(script, argv, capsys):
         assert said <= 1, block
         if block.strip().startswith("--") and not block.strip().startswith(("--config", "--verbose", "--help")):
             assert said == 1, block
+
+
+def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    """A relative path flag (``--ssl-checkpoint runs/demo/...``) names the file the user meant in every Ray
+    worker: made absolute against the driver's working directory; URIs, MLflow model URIs and empty values
+    are kept as given."""
+    from reid.label.config import LabelConfig
+    from reid.train.finetune import FinetuneConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.absolute_paths(config.parse_config(FinetuneConfig, [
+        "--crops", "runs/demo/crops", "--sequences", "s3://bucket/seq.json", "--ssl-checkpoint",
+        "../elsewhere/model.pt", "--storage", "runs/train"]))
+    assert cfg.crops == str(tmp_path / "runs/demo/crops")
+    assert cfg.ssl_checkpoint == str((tmp_path / "../elsewhere/model.pt").resolve())
+    assert (cfg.sequences, cfg.storage) == ("s3://bucket/seq.json", str(tmp_path / "runs/train"))
+    label = config.absolute_paths(LabelConfig(model="models:/comic-reid@champion", crops="c", out="o"))
+    assert (label.model, label.crops, label.out) == ("models:/comic-reid@champion", str(tmp_path / "c"),
+                                                     str(tmp_path / "o"))

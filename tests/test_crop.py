@@ -356,3 +356,13 @@ def test_the_plan_is_rebuilt_never_appended(tmp_path):
     assert _read_plan(cfg, shard).num_rows == 2 * rows  # what a re-run read before
     (shard,), rows, _, _ = plan_shards(cfg)
     assert not stale.exists() and _read_plan(cfg, shard).num_rows == rows == 2
+
+
+def test_a_comics_root_without_panel_images_is_refused_before_any_work(tmp_path):
+    """``--comics-root`` pointing one folder too high or low: refused on the driver, naming the folder and what
+    it should hold; nothing written."""
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "crops"
+    with pytest.raises(DataFormatError, match=r"no raw_panel_images/ folder here: is --comics-root the corpus root"):
+        run_crop(CropConfig(comics_root=str(tmp_path), out=str(out)))
+    assert not out.exists()

@@ -3,6 +3,7 @@ validation MAP@R beats the champion's, the decision is recorded on its run, and 
 to it."""
 
 import math
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -72,3 +73,15 @@ def test_mlflow_down_leaves_the_alias_alone_and_never_raises(tmp_path, caplog):
     tracker = Tracker("http://127.0.0.1:9", "ft", spool_dir=str(tmp_path))
     assert promote_champion(tracker, NAME, "3", 0.7) == {}
     assert "no champion decision" in caplog.text
+
+
+def test_a_model_uri_that_is_not_in_the_store_is_refused_by_name(uri, tmp_path):
+    """``--model models:/NAME/VERSION`` of a version the store does not hold: a CheckpointError that names the
+    URI and the store, before any work."""
+    from reid.errors import CheckpointError
+
+    MlflowClient(uri).create_registered_model(NAME)
+    for missing in ("models:/nope/3", f"models:/{NAME}/7", f"models:/{NAME}@{CHAMPION}"):
+        with pytest.raises(CheckpointError, match=rf"{re.escape(missing)}: not found in MLflow at {re.escape(uri)}"):
+            resolve_model_uri(missing, uri, str(tmp_path / "download"))
+    assert not (tmp_path / "download").exists() or not any((tmp_path / "download").iterdir())
