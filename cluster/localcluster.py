@@ -1,7 +1,8 @@
 """`cluster/local.sh up|down|status`: a local multi-node Ray cluster and an MLflow server on this machine.
 
     cluster/local.sh up                      # head + 2 worker nodes + MLflow, all on 127.0.0.1
-    source runs/local-cluster/env            # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI
+    source runs/local-cluster/env            # RAY_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, MLFLOW_TRACKING_URI,
+                                             # MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
     ray job submit --working-dir . -- python jobs/<stage>.py ...
     cluster/local.sh status
     cluster/local.sh down                    # stops exactly what `up` started
@@ -81,8 +82,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"  dashboard / jobs : {cluster.dashboard_url}")
     print(f"  GCS              : {cluster.gcs_address}")
-    if cluster.mlflow_uri:
-        print(f"  MLflow           : {cluster.mlflow_uri}")
+    if cluster.mlflow is not None:
+        user = cluster.mlflow.client_env()["MLFLOW_TRACKING_USERNAME"]
+        print(f"  MLflow           : {cluster.mlflow_uri} (user {user}; the password is in the env file)")
     print(f"  state            : {cluster.state_dir}")
     print(f"use it with: source {cluster.state_dir / ENV_FILE}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,13 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from reid.localcluster.mlflow_server import MlflowServer, build_parser
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
 START_SECTIONS = ("head_start_ray_commands", "worker_start_ray_commands")
+MLFLOW_SERVER = "-m reid.localcluster.mlflow_server"
+MLFLOW_ENV_FILE = "~/.ray/comic-reid-mlflow.env"
 
 
 def _prepare(config: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +49,7 @@ def _ray_starts(config: dict[str, Any], section: str) -> list[str]:
 
 
 def _mlflow_server(config: dict[str, Any]) -> str:
-    (command,) = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    (command,) = [c for c in config["head_start_ray_commands"] if MLFLOW_SERVER in c]
     return command
 
 
@@ -118,7 +123,7 @@ def test_mlflow_runs_on_the_head_with_shared_artifacts(prepared: dict[str, Any])
     server = _mlflow_server(prepared)
     port = re.search(r"--port (\d+)", server).group(1)
     assert re.search(r"--artifacts-destination s3://\S+", server)
-    assert not [c for c in prepared["worker_start_ray_commands"] if "mlflow server" in c]
+    assert not [c for c in prepared["worker_start_ray_commands"] if MLFLOW_SERVER in c]
     for section in START_SECTIONS:
         (start,) = _ray_starts(prepared, section)
         assert re.search(rf"MLFLOW_TRACKING_URI=http://(\$\([^)]*\)|\S+):{port}\b", start), (
@@ -136,3 +141,24 @@ def test_setup_installs_the_project_like_the_readme(prepared: dict[str, Any]) ->
     for section in START_SECTIONS:
         for command in _ray_starts(prepared, section):
             assert "~/comic-reid/.venv/bin/ray start" in command, "nodes run the project's pinned Ray"
+
+
+def test_mlflow_demands_the_credentials_every_node_has(prepared: dict[str, Any], tmp_path: Path) -> None:
+    """The head's server is the local cluster's (MLflow's basic-auth app) with its flags as written here; its
+    admin and every node's jobs get MLFLOW_TRACKING_USERNAME / _PASSWORD from one env file that file_mounts
+    copies from the laptop, as it does the Ray token. No password is written in the YAML."""
+    server = _mlflow_server(prepared)
+    unit, module_args = server.split(MLFLOW_SERVER)
+    assert "--property=EnvironmentFile=$HOME/.ray/comic-reid-mlflow.env" in unit
+    concrete = module_args.replace("$(hostname -I | awk '{print $1}')", "10.0.0.1").replace("$HOME", "/home/u")
+    args = build_parser().parse_args(shlex.split(concrete))
+    assert args.root == "/home/u/mlflow" and args.port == 5000 and args.workers == 4
+    command = MlflowServer(tmp_path, args.port, args.host, artifacts_destination=args.artifacts_destination,
+                           workers=args.workers).command()
+    assert command[1:4] == ["server", "--app-name", "basic-auth"]
+    assert prepared["file_mounts"][MLFLOW_ENV_FILE] == MLFLOW_ENV_FILE
+    assert any(MLFLOW_ENV_FILE in c and "chmod 600" in c for c in prepared["setup_commands"])
+    for section in START_SECTIONS:
+        (start,) = _ray_starts(prepared, section)
+        assert start.startswith("set -a && . $HOME/.ray/comic-reid-mlflow.env && set +a &&"), start
+    assert not [c for c in _all_commands(prepared) if re.search(r"MLFLOW_(TRACKING|AUTH_ADMIN)_PASSWORD=", c)]

@@ -64,7 +64,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         started = time.monotonic()
         local_cluster.start()
         print(f"cluster up in {time.monotonic() - started:.0f} s")
-        yield local_cluster
+        with pytest.MonkeyPatch.context() as env:
+            e2e.log_in_to_mlflow(local_cluster, env)
+            yield local_cluster
     finally:
         local_cluster.stop()
 

@@ -5,6 +5,8 @@ One cluster serves the module; the tests run in file order (the last ones kill a
 
 from __future__ import annotations
 
+import base64
+import configparser
 import json
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from reid.localcluster import (
     read_process,
     worker_resource,
 )
+from reid.localcluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowServer, credentials
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -88,12 +91,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     )
     local_cluster = LocalCluster(config)
     try:
-        started = time.monotonic()
-        local_cluster.start()
-        print(f"cluster up in {time.monotonic() - started:.1f} s")
-        yield local_cluster
+        with pytest.MonkeyPatch.context() as env:
+            for name in (USERNAME_ENV, PASSWORD_ENV):  # the cluster generates its MLflow admin's password
+                env.delenv(name, raising=False)
+            started = time.monotonic()
+            local_cluster.start()
+            print(f"cluster up in {time.monotonic() - started:.1f} s")
+            for name, value in _sourced(local_cluster.state_dir / ENV_FILE).items():  # this process: a client
+                if name.startswith("MLFLOW_TRACKING_"):
+                    env.setenv(name, value)
+            yield local_cluster
     finally:
         local_cluster.stop()
+
+
+def _sourced(env_file: Path) -> dict[str, str]:
+    """What `source <env file>` exports into a shell."""
+    shell = _run(["bash", "-c", f"set -a; source {env_file}; env -0"], env={})
+    assert shell.returncode == 0, shell.stderr
+    return dict(line.split("=", 1) for line in shell.stdout.split("\0") if "=" in line)
 
 
 def _ray_nodes(cluster: LocalCluster) -> list[dict]:
@@ -151,7 +167,9 @@ def test_env_file_and_token(cluster: LocalCluster) -> None:
     assert f"export RAY_ADDRESS={cluster.dashboard_url}" in env_text
     assert "export RAY_AUTH_MODE=token" in env_text
     assert f"export MLFLOW_TRACKING_URI={cluster.mlflow_uri}" in env_text
+    assert "export MLFLOW_TRACKING_USERNAME=admin" in env_text and "export MLFLOW_TRACKING_PASSWORD=" in env_text
     assert cluster.token_path.stat().st_mode & 0o077 == 0, "token readable by its owner only"
+    assert (cluster.state_dir / ENV_FILE).stat().st_mode & 0o077 == 0, "MLflow's password: owner only"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{cluster.dashboard_url}/api/v0/nodes", timeout=10)
     assert refused.value.code == 401, "the job server must demand the token"
@@ -182,6 +200,55 @@ def test_job_submit_reaches_every_worker_and_mlflow(cluster: LocalCluster, tmp_p
     assert run.data.metrics["alive_nodes"] == 3
     nodes = _ray_nodes(cluster)
     assert run.data.params == {r: _node_with(nodes, r) for r in ("worker_a", "worker_b")}
+
+
+def test_mlflow_demands_the_credentials_of_the_env_file(cluster: LocalCluster) -> None:
+    """MLflow's REST API refuses a request without credentials or with a wrong password; a client with the
+    credentials the env file exports logs a run (the job above logged with those the nodes got)."""
+    search = f"{cluster.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    wrong = base64.b64encode(b"admin:not-the-password").decode()
+    for request in (search, urllib.request.Request(search, headers={"Authorization": f"Basic {wrong}"})):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+    sourced = _sourced(cluster.state_dir / ENV_FILE)
+    with pytest.MonkeyPatch.context() as env:
+        for name in (USERNAME_ENV, PASSWORD_ENV):
+            env.setenv(name, sourced[name])
+        client = MlflowClient(tracking_uri=sourced["MLFLOW_TRACKING_URI"])
+        run = client.create_run(client.create_experiment("credentials-from-the-env-file"))
+        client.log_metric(run.info.run_id, "logged", 1.0)
+        assert client.get_run(run.info.run_id).data.metrics == {"logged": 1.0}
+
+
+def test_mlflow_credentials_from_the_environment_else_generated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without MLFLOW_TRACKING_USERNAME / _PASSWORD the admin is `admin` with a password generated once, kept
+    owner-only under the server's root; with them, the server's admin is theirs (no server started here)."""
+    monkeypatch.delenv(USERNAME_ENV, raising=False)
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    username, password = credentials(tmp_path)
+    assert username == "admin" and len(password) >= 12
+    assert credentials(tmp_path) == (username, password), "generated once"
+    for kept in (tmp_path / "auth", tmp_path / "auth" / "password"):
+        assert kept.stat().st_mode & 0o077 == 0, kept
+    monkeypatch.setenv(USERNAME_ENV, "reid")
+    monkeypatch.setenv(PASSWORD_ENV, "from-the-environment")
+    server = MlflowServer(tmp_path, port=1)
+    assert server.client_env() == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1", USERNAME_ENV: "reid",
+                                   PASSWORD_ENV: "from-the-environment"}
+    env = server.server_env()
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "from-the-environment"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == (tmp_path / "auth" / "secret_key").read_text()
+    auth = configparser.ConfigParser()
+    auth.read(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert auth["mlflow"]["admin_username"] == "reid"
+    assert auth["mlflow"]["database_uri"] == f"sqlite:///{tmp_path.resolve() / 'auth' / 'basic_auth.db'}"
+    assert "--app-name" in server.command() and "basic-auth" in server.command()
+    monkeypatch.setenv(PASSWORD_ENV, "short")
+    with pytest.raises(LocalClusterError, match="at least 12 characters"):
+        server.server_env()
 
 
 def test_mlflow_restart_keeps_runs(cluster: LocalCluster) -> None:

@@ -71,12 +71,17 @@ def store(tmp_path_factory) -> dict:
     control = _finetune_run(uri, root, "ft-control", 0.4, inputs=False)
     assert champion["champion_decision"] == "promoted" and control["champion_decision"] == "kept"
     (port,) = free_ports(1)
-    with MlflowServer(root / "server", port, startup_timeout_s=300) as server:
-        yield {"url": server.uri, "champion": champion, "control": control}
+    login = {"username": "reid-ui", "password": "a-password-from-the-environment"}
+    with pytest.MonkeyPatch.context() as env:  # the server's admin comes from the environment
+        env.setenv("MLFLOW_TRACKING_USERNAME", login["username"])
+        env.setenv("MLFLOW_TRACKING_PASSWORD", login["password"])
+        with MlflowServer(root / "server", port, startup_timeout_s=300) as server:
+            yield {"url": server.uri, "login": login, "champion": champion, "control": control}
 
 
-def _open(browser, url: str):
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+def _open(browser, store: dict, url: str):
+    """A page of the server, logged in as the browser does after its basic-auth prompt."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000}, http_credentials=store["login"])
     page.goto(url)
     return page
 
@@ -91,7 +96,7 @@ def _screenshot(page, name: str) -> None:
 
 
 def _run_page(browser, store: dict, run: dict):
-    page = _open(browser, f"{store['url']}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+    page = _open(browser, store, f"{store['url']}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
                           "?workflowType=machine_learning")
     page.get_by_text("About this run").wait_for(timeout=120_000)
     return page
@@ -119,7 +124,7 @@ def test_the_run_page_lists_its_datasets_and_the_champion_decision(store, browse
 def test_the_registered_model_shows_the_champion_alias_on_the_winning_version(store, browser):
     from playwright.sync_api import expect
 
-    page = _open(browser, f"{store['url']}/#/models/{NAME}")
+    page = _open(browser, store, f"{store['url']}/#/models/{NAME}")
     winner, control = store["champion"]["version"], store["control"]["version"]
     row = page.get_by_role("row").filter(has_text=f"Version {winner}")
     expect(row).to_contain_text("champion", timeout=120_000)

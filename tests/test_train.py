@@ -251,7 +251,7 @@ def test_finetune_fails_fast_on_bad_inputs(tiny_crops, tmp_path):
         PretrainConfig(sync_bn=True)
 
 
-def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path):
+def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path, monkeypatch):
     """A job submitted to a head started with `ray start` (by the test), logging to an MLflow server; this
     process runs a local Ray of its own (RAY_ADDRESS names it), which the job client must not reach."""
     from helpers import e2e
@@ -261,6 +261,7 @@ def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path):
 
     with LocalCluster(LocalClusterConfig(state_dir=str(tmp_path / "cluster"), num_workers=0, head_num_cpus=2,
                                          **_ports())) as cluster:
+        e2e.log_in_to_mlflow(cluster, monkeypatch)
         argv = ["jobs/pretrain.py", "--crops", str(tiny_crops), "--storage", str(tmp_path / "train"),
                 "--name", "submitted", "--epochs", "1", "--arch", "resnet18", "--face-size", "32",
                 "--body-size", "48", "--batch-size", "16", "--workers", "2", "--cpus-per-worker", "0.5",

@@ -3,7 +3,8 @@
 Used by the `cluster` tests and by `cluster/local.sh` (cluster/README.md). Linux only. `LocalCluster`
 composes the Ray nodes (`ray_nodes`), the MLflow server (`mlflow_server`) and the process bookkeeping
 (`processes`: what counts as ours, how it is stopped). The state directory holds the config and the
-session ids (`state.json`, `pids/<role>.pid`), the cluster's token and an env file to `source`.
+session ids (`state.json`, `pids/<role>.pid`), the cluster's token and an env file to `source` (owner-only: it
+holds MLflow's credentials).
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ class LocalCluster:
         return self.ray_nodes.node_names()
 
     def client_env(self) -> dict[str, str]:
-        """Variables a client (ray job submit, MLflow) needs; also written to `<state dir>/env`."""
+        """Variables a client (ray job submit, MLflow) needs; also written to `<state dir>/env`. The nodes get
+        them too, so jobs and Ray workers log to MLflow as its admin."""
         env = self.ray_nodes.client_env()
-        if self.mlflow_uri is not None:
-            env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        if self.mlflow is not None:
+            env.update(self.mlflow.client_env())
         return env
 
     def subprocess_env(self) -> dict[str, str]:
@@ -130,7 +132,7 @@ class LocalCluster:
     def _write_env_file(self) -> None:
         lines = [f"# written by `cluster/local.sh up` for cluster {self.cluster_id}; `source` it"]
         lines += [f"export {key}={shlex.quote(value)}" for key, value in self.client_env().items()]
-        _write_atomic(self.state_dir / ENV_FILE, "\n".join(lines) + "\n")
+        _write_atomic(self.state_dir / ENV_FILE, "\n".join(lines) + "\n", mode=0o600)  # MLflow's password
 
     @classmethod
     def attach(cls, state_dir: Path | str) -> LocalCluster | None:

@@ -12,12 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from ray.job_submission import JobStatus
 
 from reid.localcluster import LocalCluster, LocalClusterError, worker_resource
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def log_in_to_mlflow(cluster: LocalCluster, env: pytest.MonkeyPatch) -> None:
+    """This process's MLflow clients log in to the cluster's server with the credentials its jobs get."""
+    for name, value in cluster.client_env().items():
+        if name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.setenv(name, value)
 
 
 def submit_in_background(cluster: LocalCluster, submission_id: str, argv: list[str],
