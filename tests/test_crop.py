@@ -15,6 +15,7 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from helpers.console import ray_core_lines
 from PIL import Image
 
 from reid import config
@@ -223,6 +224,7 @@ def test_console_shows_our_lines_and_the_log_file_the_rest(tiny_corpus, tmp_path
     for noise in ("Execution plan of Dataset", "Starting execution of Dataset", "FutureWarning",
                   "Progress bars disabled", "mlflow.store.db.utils"):
         assert noise not in console, noise
+    assert not ray_core_lines(console), console[-3000:]
     assert "Execution plan of Dataset" in log.read_text()
     verbose = subprocess.run([*args, "--out", str(tmp_path / "again"), "--verbose"], env=job_env,
                              capture_output=True, text=True, timeout=300)
