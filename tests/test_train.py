@@ -296,7 +296,7 @@ def test_training_flops_per_sample_counts_every_view_and_the_backward() -> None:
     import torch
     from torch import nn
 
-    from reid.train.common import train_flops_per_sample
+    from reid.train.flops import train_flops_per_sample
 
     class ThreeViews(nn.Module):
         def __init__(self) -> None:

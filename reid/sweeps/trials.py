@@ -149,12 +149,12 @@ def run_trial(params: dict[str, Any], spec: SweepSpec, base: dict[str, Any], swe
     from ray.train import FailureConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from reid.train import common
+    from reid.train.ray_config import trainer_run_config
 
     name = trial_run_name(sweep_name, ray.tune.get_context().get_trial_id())
     cfg = config.from_dict(spec.job_cls, {**base, **params, "name": name, "storage": trials_dir},
                            source=f"trial {name}")
-    base_config = common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
+    base_config = trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
     run_config = dataclasses.replace(
         base_config, failure_config=FailureConfig(max_failures=cfg.max_failures,
                                                   controller_failure_limit=controller_failure_limit),

@@ -22,8 +22,11 @@ from reid.errors import CheckpointError, ConfigError
 from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
 from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
 from reid.models.backbone import REID_FIELDS
-from reid.train import common
-from reid.train.progress import Progress
+from reid.train.checkpointing import publish_model
+from reid.train.device import Runtime, driver_device, prepare_for_device, unwrap
+from reid.train.loop import Parts, Run, check_finite, end_epoch, start_run
+from reid.train.ray_config import data_config, run_dir, scaling_config, spool_dir, trainer_run_config
+from reid.train.tracked import SYSTEM_METRICS_HELP, fit_tracked, open_run
 
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = (*REID_FIELDS, "ssl_checkpoint")
@@ -81,7 +84,6 @@ class FinetuneConfig:
     gpu: bool = False
     cpus_per_worker: float = field(default=1.0, metadata={"help": "Ray CPUs per train worker"})
     data_cpus: float = 0.5
-    bf16: bool = True
     max_failures: int = 2
     register_as: str = field(default="comic-reid", metadata={"help": "register the fine-tuned model in the MLflow "
                                                                     "model registry under this name ('' = don't)"})
@@ -92,7 +94,7 @@ class FinetuneConfig:
     ray_num_cpus: int | None = None
     mlflow_uri: str | None = None
     experiment: str = "comic-reid"
-    system_metrics_s: float = field(default=10.0, metadata={"help": common.SYSTEM_METRICS_HELP})
+    system_metrics_s: float = field(default=10.0, metadata={"help": SYSTEM_METRICS_HELP})
     strict: bool = config.strict_field("a bad sequence entry")
     max_bad_row_fraction: float = config.max_bad_fraction_field("a split's sequences file")
     fault_epoch: int = -1
@@ -146,80 +148,80 @@ def finetune_loop(loop_config: dict[str, Any]) -> None:
     from reid.losses import SequencePairLoss
 
     cfg = config.from_dict(FinetuneConfig, loop_config["cfg"])
-    rt = common.runtime()
-    torch.manual_seed(cfg.seed + rt.rank)
+    run = start_run(cfg, loop_config, "finetune", build=lambda: _build(cfg), prepare=_prepare,
+                    architecture_keys=ARCHITECTURE_KEYS, params=loop_config["cfg"],
+                    steps_per_epoch=loop_config.get("steps_per_epoch", 1))
+    # Every rank computes the loss of the whole global batch (pairs across workers' sequences too).
+    loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner, gather_distributed=run.rt.world_size > 1)
+    train_shard = ray.train.get_dataset_shard("train")
+    for epoch in range(run.start_epoch, cfg.epochs):
+        metrics = train_one_epoch(run, cfg, train_shard, loss_fn, epoch)
+        metrics.update(validate(run, cfg, epoch))
+        end_epoch(run, metrics, epoch)
+    run.close()
+
+
+def _build(cfg: FinetuneConfig) -> Parts:
     model = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
-    start_epoch, step, best = 0, 0, None
-    checkpoint, skipped = ray.train.get_checkpoint(), []
-    if checkpoint:
-        start_epoch, step, best, skipped = common.load_state(checkpoint, model, optimizer, scheduler,
-                                                             loop_config["cfg"], ARCHITECTURE_KEYS)
-    net = common.prepare_for_device(model, rt.device, channels_last=False, sync_bn=False,
-                                    world_size=rt.world_size, compile_model=False)
-    # Every rank computes the loss of the whole global batch (pairs across workers' sequences too).
-    loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner, gather_distributed=rt.world_size > 1)
-    tracker = None
-    if rt.rank == 0:
-        tracker = common.worker_tracker(cfg, loop_config, "finetune")
-        tracker.log_params(loop_config["cfg"])
-        if checkpoint:
-            tracker.set_tags({"reid.resumed_at_epoch": start_epoch,
-                              **({"reid.resume_skipped": ", ".join(skipped)} if skipped else {})})
-    per_worker = cfg.sequences_per_batch // rt.world_size
-    progress = Progress(loop_config["marker_dir"] if rt.rank == 0 else None, cfg.epochs,
-                        loop_config.get("steps_per_epoch", 1))
-    progress.forward_warnings()
-    for path in skipped:
-        progress.note(f"resume: skipped the unreadable checkpoint {path}")
-    if checkpoint:
-        progress.note(f"resumed from a checkpoint: continuing at epoch {start_epoch}")
-    train_shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        total, batches, samples, start = 0.0, 0, 0, time.time()
-        for raw in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
-                                            local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
-                                            local_shuffle_seed=cfg.seed * 1000 + epoch):
-            batch = collate_sequences(raw)
-            emb = net(normalize_uint8(batch["face"].to(rt.device)), normalize_uint8(batch["body"].to(rt.device)),
-                      batch["face_mask"].to(rt.device), batch["body_mask"].to(rt.device))
-            loss = loss_fn(emb.float(), batch["labels"].to(rt.device), batch["sequence"].to(rt.device),
-                           batch["series"].to(rt.device))
-            common.check_finite(loss, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            batches += 1
-            if batches == 1:  # mid-epoch, as a real failure would be
-                faults.worker_exit_once(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
-            samples += len(batch["labels"])
-            total += loss.item()
-            progress.update(epoch, batches, total / batches, samples * rt.world_size / max(time.time() - start, 1e-9))
-        scheduler.step()
-        elapsed = time.time() - start
-        metrics: dict[str, float] = {"epoch": epoch, "loss": total / max(1, batches), "batches": batches,
-                                     "samples_per_s": samples * rt.world_size / max(elapsed, 1e-9),
-                                     "lr": scheduler.get_last_lr()[0]}
-        validate = (epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1
-        if rt.rank == 0 and validate:
-            val = ray.train.get_dataset_shard("val")
-            metrics.update(evaluate(common.unwrap(net), val.iter_batches(batch_size=8, batch_format="numpy"),
-                                    rt.device, "val"))
-            score = metrics.get(SELECT_METRIC, float("nan"))
-            if not np.isnan(score) and (best is None or score > best):
-                best = score
-            metrics["best_" + SELECT_METRIC] = best if best is not None else float("nan")
-        metrics.setdefault(SELECT_METRIC, float("nan"))
-        common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
-                         epoch=epoch, step=step, best=best, run_config=loop_config["cfg"], stage="finetune",
-                         name=cfg.name)
-        progress.update(epoch + 1, 0, metrics["loss"], metrics["samples_per_s"], force=True)
-    if tracker:
-        tracker.close()
+    return model, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+
+
+def _prepare(model: ReIDNet, rt: Runtime) -> torch.nn.Module:
+    return prepare_for_device(model, rt.device, channels_last=False, sync_bn=False, world_size=rt.world_size,
+                              compile_model=False)
+
+
+def train_one_epoch(run: Run, cfg: FinetuneConfig, shard: Any, loss_fn: torch.nn.Module, epoch: int
+                    ) -> dict[str, float]:
+    """One pass over this worker's shard, a batch of whole sequences per step: the mean loss, throughput, LR."""
+    run.net.train()
+    per_worker = cfg.sequences_per_batch // run.rt.world_size
+    device = run.rt.device
+    total, batches, samples, start = 0.0, 0, 0, time.time()
+    for raw in shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
+                                  local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
+                                  local_shuffle_seed=cfg.seed * 1000 + epoch):
+        batch = collate_sequences(raw)
+        emb = run.net(normalize_uint8(batch["face"].to(device)), normalize_uint8(batch["body"].to(device)),
+                      batch["face_mask"].to(device), batch["body_mask"].to(device))
+        loss = loss_fn(emb.float(), batch["labels"].to(device), batch["sequence"].to(device),
+                       batch["series"].to(device))
+        check_finite(loss, epoch, run.step)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.step += 1
+        batches += 1
+        if batches == 1:  # mid-epoch, as a real failure would be
+            faults.worker_exit_once(cfg.fault_epoch, epoch, run.folder, run.rt.rank)
+        samples += len(batch["labels"])
+        total += loss.item()
+        run.progress.update(epoch, batches, total / batches,
+                            samples * run.rt.world_size / max(time.time() - start, 1e-9))
+    run.scheduler.step()
+    elapsed = time.time() - start
+    return {"epoch": epoch, "loss": total / max(1, batches), "batches": batches,
+            "samples_per_s": samples * run.rt.world_size / max(elapsed, 1e-9), "lr": run.scheduler.get_last_lr()[0]}
+
+
+def validate(run: Run, cfg: FinetuneConfig, epoch: int) -> dict[str, float]:
+    """Rank 0, every ``val_every`` epochs and after the last: the retrieval metrics of the validation sequences,
+    and the best selection score so far (kept in ``run.best``). The selection metric is in every report (NaN
+    when not measured): Ray Train ranks the checkpoints by it."""
+    import ray.train
+
+    if run.rt.rank != 0 or not ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
+        return {SELECT_METRIC: float("nan")}
+    val = ray.train.get_dataset_shard("val")
+    metrics = evaluate(unwrap(run.net), val.iter_batches(batch_size=8, batch_format="numpy"), run.rt.device, "val")
+    score = metrics.get(SELECT_METRIC, float("nan"))
+    if not np.isnan(score) and (run.best is None or score > run.best):
+        run.best = score
+    metrics["best_" + SELECT_METRIC] = run.best if run.best is not None else float("nan")
+    metrics.setdefault(SELECT_METRIC, float("nan"))
+    return metrics
 
 
 def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_config=None) -> dict[str, Any]:
@@ -239,7 +241,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
         from reid.tracking import default_tracking_uri
 
         path, provenance = registry.resolve_model_uri(cfg.ssl_checkpoint, default_tracking_uri(cfg.mlflow_uri),
-                                                      io.join(common.run_dir(cfg.storage, cfg.name), "_ssl_model"))
+                                                      io.join(run_dir(cfg.storage, cfg.name), "_ssl_model"))
         log.info("finetune: SSL checkpoint %s (%s)", path, provenance)
         cfg = config.replace(cfg, ssl_checkpoint=path)
     if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
@@ -259,22 +261,22 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
         "val": sequence_dataset(cfg.crops, splits["validation"], cfg.face_size, cfg.body_size, False,
                                 cfg.data_cpus, transform=model.config.transform),
     }
-    tracker = common.open_run(cfg, "finetune", parent_run_id)
+    tracker = open_run(cfg, "finetune", parent_run_id)
     inputs = input_datasets(cfg)
     tracker.log_inputs([(dataset, context) for context, datasets in inputs.items() for dataset in datasets])
     loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id, "run_id": tracker.run_id,
-                   "marker_dir": common.run_dir(cfg.storage, cfg.name), "spool_dir": common.spool_dir(cfg.storage, cfg.name),
+                   "marker_dir": run_dir(cfg.storage, cfg.name), "spool_dir": spool_dir(cfg.storage, cfg.name),
                    "steps_per_epoch": max(1, len(splits["train"]) // cfg.sequences_per_batch)}
-    run_config = run_config or common.trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
+    run_config = run_config or trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
     run_config.checkpoint_config = (
         CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECT_METRIC, checkpoint_score_order="max")
         if cfg.select == "best" else CheckpointConfig(num_to_keep=2))
     trainer = TorchTrainer(finetune_loop, train_loop_config=loop_config, datasets=datasets,
-                           dataset_config=common.data_config(["train"]),
-                           scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
+                           dataset_config=data_config(["train"]),
+                           scaling_config=scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
                            run_config=run_config)
     # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
-    result = common.fit_tracked(trainer, tracker, "finetune", cfg.storage, cfg.name)
+    result = fit_tracked(trainer, tracker, "finetune", cfg.storage, cfg.name)
     out = finish(cfg, result, splits["validation"], splits["test"], tracker,
                  {"validation": inputs["validation"][0], "test": inputs["testing"][0]})
     return {**out, "bad_sequences": len(bad), "bad_sequences_file": sequence_errors_path(cfg)}
@@ -296,7 +298,7 @@ def input_datasets(cfg: FinetuneConfig) -> dict[str, list]:
 
 def sequence_errors_path(cfg: FinetuneConfig) -> str:
     """Where fine-tuning records the sequence entries it left out (read it with ``pandas.read_parquet``)."""
-    return io.join(common.run_dir(cfg.storage, cfg.name), "errors", "sequences.parquet")
+    return io.join(run_dir(cfg.storage, cfg.name), "errors", "sequences.parquet")
 
 
 def read_splits(cfg: FinetuneConfig) -> tuple[dict[str, list], list[formats.BadRow]]:
@@ -335,16 +337,18 @@ def _new_training_windows(extra: list, splits: dict[str, list], source: str) -> 
     return kept
 
 
-def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences, device: torch.device | None = None
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The assigner's window and series-linking thresholds chosen on labelled ``sequences`` (the validation
-    split) with the labeling job's own embedding path and constrained assigner (:mod:`reid.calibration`).
-    Returns (calibration record, the embeddings it was computed on)."""
+    split) with the labeling job's own embedding path and constrained assigner (:mod:`reid.calibration`),
+    embedded on ``device`` (default: the CPU). Returns (calibration record, the embeddings it was computed on)."""
     from reid.calibration import calibrate
     from reid.datasets import sequence_dataset
 
     ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
                           transform=model.config.transform)
-    values = embed_batches(model, ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"))
+    values = embed_batches(model, ds.iter_batches(batch_size=8, batch_format="numpy"),
+                           device or torch.device("cpu"))
     if len(values["labels"]) < 2:
         raise ConfigError(f"{cfg.sequences}: the validation split has {len(values['labels'])} embedded "
                           "instance(s); at least 2 are needed to calibrate the assigner")
@@ -359,31 +363,64 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, tracker, 
     """The published checkpoint → thresholds calibrated on validation (stored in the checkpoint), its validation
     and test metrics, TorchScript export; in MLflow (``tracker``: the driver's, ended here) the model logged and
     registered with those metrics linked to it (``datasets``: the validation and test sequences as logged), the
-    ``champion`` alias moved to it when it beats the champion on validation MAP@R, the plots."""
-    from reid.calibration import distance_histogram_png, pair_distances
-    from reid.datasets import sequence_dataset
-    from reid.eval.metrics import retrieval_metrics
+    ``champion`` alias moved to it when it beats the champion on validation MAP@R, the plots. The splits are
+    embedded on the training device when the driver has it (:func:`reid.train.device.driver_device`)."""
     from reid.models.checkpoint import load_model_checkpoint, save_model_checkpoint
     from reid.models.export import export_torchscript
-    from reid.registry import log_reid_model, promote_champion
 
     best = _best_checkpoint(result) if cfg.select == "best" else result.checkpoint
-    best_model = common.publish_model(best.path, cfg.storage, cfg.name)
+    best_model = publish_model(best.path, cfg.storage, cfg.name)
     out_dir = io.join(cfg.storage, cfg.name, "final")
     model, _, extra = load_model_checkpoint(best_model)
-    calibration, val = calibrate_model(model, cfg, val_sequences)
+    calibration, val, validation, test = _evaluate_published(model, cfg, val_sequences, test_sequences)
+    model.cpu()  # the checkpoint, the export and MLflow's model load anywhere
     save_model_checkpoint(model, best_model, extra={**extra, "calibration": calibration})  # same weights
+    exported = io.join(out_dir, "reid_net.torchscript.pt")
+    export_torchscript(model, exported)
+    registered = _log_published(cfg, tracker, model, best_model, exported, out_dir, calibration, val)
+    model_id = registered.get("model_id")  # None: run metrics only (no model logged, or MLflow down)
+    tracker.log_metrics(validation, step=cfg.epochs, model_id=model_id, dataset=datasets.get("validation"))
+    tracker.log_metrics(test, step=cfg.epochs, model_id=model_id, dataset=datasets.get("test"))
+    if registered.get("model_version"):
+        from reid.registry import promote_champion
+
+        registered.update(promote_champion(tracker, cfg.register_as, registered["model_version"],
+                                           validation.get(CHAMPION_METRIC, float("nan"))))
+    tracker.set_tags({"reid.best_checkpoint": best.path})
+    tracker.close()
+    log.info("finetune: validation %s, test %s; model %s", validation, test, best_model)
+    return {"best_model": best_model, "exported": exported, "test": test, "validation": validation,
+            "result": result, "calibration": calibration, **registered}
+
+
+def _evaluate_published(model: ReIDNet, cfg: FinetuneConfig, val_sequences, test_sequences
+                        ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, float], dict[str, float]]:
+    """The published model's calibration, validation embeddings, validation metrics and test metrics (with
+    --select last, the last epoch's model; with best, the best's)."""
+    from reid.datasets import sequence_dataset
+    from reid.eval.metrics import retrieval_metrics
+
+    device = driver_device(cfg.gpu)
+    calibration, val = calibrate_model(model, cfg, val_sequences, device)
     log.info("finetune: assigner calibrated on %d validation windows: threshold %.3g, link threshold %.3g "
              "(window AMI %.3f)", calibration["windows"], calibration["threshold"], calibration["link_threshold"],
              calibration["window_AMI"])
-    # the published model's own validation figures (with --select last, the last epoch's; with best, the best's)
     validation = {f"{FINAL_PREFIX}{k}": float(v)
                   for k, v in retrieval_metrics(val["embeddings"], val["labels"], val["sequences"]).items()}
     test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
                                transform=model.config.transform)
-    test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), torch.device("cpu"), "test")
-    exported = io.join(out_dir, "reid_net.torchscript.pt")
-    export_torchscript(model, exported)
+    test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), device, "test")
+    return calibration, val, validation, test
+
+
+def _log_published(cfg: FinetuneConfig, tracker, model: ReIDNet, best_model: str, exported: str, out_dir: str,
+                   calibration: dict[str, Any], val: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The calibration's figures and tags, the validation distance histogram, and (local storage) the model,
+    the export and the plots as artifacts, the model logged and registered (``cfg.log_model``). Returns the
+    registration (empty when nothing was registered)."""
+    from reid.calibration import distance_histogram_png, pair_distances
+    from reid.registry import log_reid_model
+
     tracker.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
                          if isinstance(v, int | float)}, step=cfg.epochs)
     tracker.set_tags({"reid.calibration_source": calibration["source"],
@@ -393,25 +430,13 @@ def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, tracker, 
     io.write_bytes_atomic(histogram, distance_histogram_png(
         positive, negative, calibration["threshold"],
         f"validation pairs within a window; calibrated threshold {calibration['threshold']:.3g}"))
-    registered: dict[str, Any] = {}
-    if not io.is_uri(best_model):
-        tracker.log_artifact(best_model, "model")
-        tracker.log_artifact(exported, "model")
-        tracker.log_artifact(histogram, "plots")
-        tracker.log_artifact(_curves(tracker, cfg, out_dir), "plots")
-        if cfg.log_model:
-            registered = log_reid_model(tracker, model, best_model, cfg.register_as)
-    model_id = registered.get("model_id")  # None: run metrics only (no model logged, or MLflow down)
-    tracker.log_metrics(validation, step=cfg.epochs, model_id=model_id, dataset=datasets.get("validation"))
-    tracker.log_metrics(test, step=cfg.epochs, model_id=model_id, dataset=datasets.get("test"))
-    if registered.get("model_version"):
-        registered.update(promote_champion(tracker, cfg.register_as, registered["model_version"],
-                                           validation.get(CHAMPION_METRIC, float("nan"))))
-    tracker.set_tags({"reid.best_checkpoint": best.path})
-    tracker.close()
-    log.info("finetune: validation %s, test %s; model %s", validation, test, best_model)
-    return {"best_model": best_model, "exported": exported, "test": test, "validation": validation,
-            "result": result, "calibration": calibration, **registered}
+    if io.is_uri(best_model):
+        return {}
+    tracker.log_artifact(best_model, "model")
+    tracker.log_artifact(exported, "model")
+    tracker.log_artifact(histogram, "plots")
+    tracker.log_artifact(_curves(tracker, cfg, out_dir), "plots")
+    return log_reid_model(tracker, model, best_model, cfg.register_as) if cfg.log_model else {}
 
 
 def _curves(tracker, cfg: FinetuneConfig, out_dir: str) -> str:

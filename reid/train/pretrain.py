@@ -24,8 +24,13 @@ from reid.embedding import normalize_uint8
 from reid.errors import ConfigError
 from reid.models import ModelConfig, SSLNet
 from reid.models.backbone import SSL_FIELDS
-from reid.train import common
-from reid.train.progress import Progress
+from reid.train.checkpointing import publish_model
+from reid.train.device import Runtime, autocast, prepare_for_device, unwrap
+from reid.train.flops import peak_flops, train_flops_per_sample
+from reid.train.loop import Parts, Run, check_finite, end_epoch, start_run
+from reid.train.ray_config import data_config, run_dir, scaling_config, spool_dir, trainer_run_config
+from reid.train.schedule import cosine_lambda
+from reid.train.tracked import SYSTEM_METRICS_HELP, fit_tracked, open_run
 
 log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = SSL_FIELDS
@@ -81,7 +86,7 @@ class PretrainConfig:
     ray_num_cpus: int | None = None
     mlflow_uri: str | None = None
     experiment: str = "comic-reid"
-    system_metrics_s: float = field(default=10.0, metadata={"help": common.SYSTEM_METRICS_HELP})
+    system_metrics_s: float = field(default=10.0, metadata={"help": SYSTEM_METRICS_HELP})
     fault_epoch: int = field(default=-1, metadata={"help": "fault injection for tests: rank 0 dies once "
                                                            "at this epoch"})
 
@@ -130,104 +135,111 @@ def _split_views(batch: dict[str, torch.Tensor], cfg: PretrainConfig, device: to
 
 def pretrain_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train worker function (ordinary PyTorch plus report/get_checkpoint/get_dataset_shard)."""
+    import ray
     import ray.train
 
     from reid.losses import IdentityAwareSSLLoss
 
     cfg = config.from_dict(PretrainConfig, loop_config["cfg"])
-    rt = common.runtime()
-    torch.manual_seed(cfg.seed + rt.rank)
-    model = SSLNet(cfg.model_config())
-    per_worker = cfg.batch_size // rt.world_size
     steps_per_epoch = max(1, loop_config["train_instances"] // cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, common.cosine_lambda(
-        cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch))
-    start_epoch, step = 0, 0
-    checkpoint, skipped = ray.train.get_checkpoint(), []
-    if checkpoint:
-        start_epoch, step, _, skipped = common.load_state(checkpoint, model, optimizer, scheduler,
-                                                             loop_config["cfg"], ARCHITECTURE_KEYS)
-    net = common.prepare_for_device(FaceBodyEmbedder(model), rt.device, cfg.channels_last, cfg.sync_bn,
-                                    rt.world_size, cfg.compile)
+    run = start_run(cfg, loop_config, "pretrain", build=lambda: _build(cfg, steps_per_epoch),
+                    prepare=lambda model, rt: _prepare(cfg, model, rt), architecture_keys=ARCHITECTURE_KEYS,
+                    params={**loop_config["cfg"], "train_instances": loop_config["train_instances"]},
+                    steps_per_epoch=steps_per_epoch)
+    if run.tracker and run.resumed:
+        run.tracker.log_metrics({"restart_epoch": float(run.start_epoch)}, step=int(time.time()))
     loss_fn = IdentityAwareSSLLoss(cfg.temperature, cfg.face_weight if cfg.use_faces else 0.0,
                                    cfg.body_weight if cfg.use_bodies else 0.0,
                                    cfg.identity_weight if cfg.use_faces and cfg.use_bodies else 0.0,
-                                   gather_distributed=rt.world_size > 1)
-    tracker = _tracker(cfg, loop_config) if rt.rank == 0 else None
-    if tracker and checkpoint:
-        tracker.set_tags({"reid.resumed_at_epoch": start_epoch,
-                          **({"reid.resume_skipped": ", ".join(skipped)} if skipped else {})})
-        tracker.log_metrics({"restart_epoch": float(start_epoch)}, step=int(time.time()))
-    flops_per_sample, val = None, None
-    progress = Progress(loop_config["marker_dir"] if rt.rank == 0 else None, cfg.epochs, steps_per_epoch)
-    progress.forward_warnings()
-    for path in skipped:
-        progress.note(f"resume: skipped the unreadable checkpoint {path}")
-    if checkpoint:
-        progress.note(f"resumed from a checkpoint: continuing at epoch {start_epoch}")
+                                   gather_distributed=run.rt.world_size > 1)
+    # held-out pairs: on rank 0 only (the other workers get just the object ref in their config)
+    val = ray.get(loop_config["val"]) if run.rt.rank == 0 and loop_config["val"] is not None else None
     train_shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        sums, samples, start = {"loss": 0.0, "face": 0.0, "body": 0.0, "identity": 0.0}, 0, time.time()
-        batches = 0
-        for batch in train_shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device="cpu",
-                                                    local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
-                                                    local_shuffle_seed=cfg.seed * 1000 + epoch):
-            faces, bodies, nf, nb, npair = _split_views(batch, cfg, rt.device)
-            if flops_per_sample is None and rt.device.type == "cuda" and nf and nb:
-                flops_per_sample = common.train_flops_per_sample(common.unwrap(net), (faces, bodies),
-                                                                 samples=batch["has_face"].shape[0])
-            with common.autocast(rt.device, cfg.bf16):
-                z_face, z_body = net(faces, bodies)
-            z_face, z_body = z_face.float(), z_body.float()
-            total, terms = loss_fn(z_face[:nf], z_face[nf:2 * nf], z_body[:nb], z_body[nb:2 * nb],
-                                   z_face[2 * nf:], z_body[2 * nb:])
-            common.check_finite(total, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            batches += 1
-            if batches == 1:  # mid-epoch, as a real failure would be
-                faults.worker_exit_once(cfg.fault_epoch, epoch, loop_config["marker_dir"], rt.rank)
-            samples += batch["has_face"].shape[0]
-            if batches == 1:  # steady-state rate: from the end of the epoch's first step (Ray Data's start-up)
-                first_step_end, first_samples = time.time(), samples
-            sums["loss"] += total.item()
-            for k, v in terms.items():
-                sums[k] += float(v.item())
-            progress.update(epoch, batches, sums["loss"] / batches,
-                            samples * rt.world_size / max(time.time() - start, 1e-9))
-        end = time.time()
-        elapsed = end - start
-        metrics = {k: v / max(1, batches) for k, v in sums.items()}
-        metrics.update(epoch=epoch, samples_per_s=samples * rt.world_size / max(elapsed, 1e-9),
-                       lr=scheduler.get_last_lr()[0], batches=batches)
-        if batches > 1:
-            metrics["steady_samples_per_s"] = ((samples - first_samples) * rt.world_size
-                                               / max(end - first_step_end, 1e-9))
-        if flops_per_sample and common.peak_flops(rt.device):
-            metrics["mfu"] = flops_per_sample * samples / elapsed / common.peak_flops(rt.device)
-        metrics["val_face_body_p1"] = float("nan")  # always present: Tune searches on it
-        if rt.rank == 0 and loop_config["val"] is not None:
-            if val is None:  # fetched once, on rank 0 only (the other workers get just the object ref)
-                val = ray.get(loop_config["val"])
-            metrics["val_face_body_p1"] = face_body_precision_at_1(model, val, cfg, rt.device)
-        common.end_epoch(metrics, rt.rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler,
-                         epoch=epoch, step=step, run_config=loop_config["cfg"], stage="pretrain",
-                         name=cfg.name)
-        progress.update(epoch + 1, 0, metrics["loss"], metrics["samples_per_s"], force=True)
-    if tracker:
-        tracker.close()
+    flops: dict[str, float] = {}
+    for epoch in range(run.start_epoch, cfg.epochs):
+        metrics = train_one_epoch(run, cfg, train_shard, loss_fn, epoch, flops)
+        metrics.update(validate(run, cfg, val))
+        end_epoch(run, metrics, epoch)
+    run.close()
 
 
-def _tracker(cfg: PretrainConfig, loop_config: dict[str, Any]):
-    tracker = common.worker_tracker(cfg, loop_config, "pretrain")
-    tracker.log_params({**loop_config["cfg"], "train_instances": loop_config["train_instances"]})
-    return tracker
+def _build(cfg: PretrainConfig, steps_per_epoch: int) -> Parts:
+    model = SSLNet(cfg.model_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(
+        cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch))
+    return model, optimizer, scheduler
+
+
+def _prepare(cfg: PretrainConfig, model: SSLNet, rt: Runtime) -> nn.Module:
+    return prepare_for_device(FaceBodyEmbedder(model), rt.device, cfg.channels_last, cfg.sync_bn, rt.world_size,
+                              cfg.compile)
+
+
+def train_one_epoch(run: Run, cfg: PretrainConfig, shard: Any, loss_fn: nn.Module, epoch: int,
+                    flops: dict[str, float]) -> dict[str, float]:
+    """One pass over this worker's shard: the loss terms averaged over its steps, throughput, LR, and (GPU) the
+    MFU. ``flops["per_sample"]`` is measured on the first step with faces and bodies, once per run."""
+    run.net.train()
+    per_worker = cfg.batch_size // run.rt.world_size
+    sums, samples, batches, start = {"loss": 0.0, "face": 0.0, "body": 0.0, "identity": 0.0}, 0, 0, time.time()
+    first_step_end, first_samples = start, 0
+    for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device="cpu",
+                                          local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
+                                          local_shuffle_seed=cfg.seed * 1000 + epoch):
+        total, terms = _train_step(run, cfg, batch, loss_fn, epoch, flops)
+        batches += 1
+        if batches == 1:  # mid-epoch, as a real failure would be
+            faults.worker_exit_once(cfg.fault_epoch, epoch, run.folder, run.rt.rank)
+        samples += batch["has_face"].shape[0]
+        if batches == 1:  # steady-state rate: from the end of the epoch's first step (Ray Data's start-up)
+            first_step_end, first_samples = time.time(), samples
+        sums["loss"] += total.item()
+        for k, v in terms.items():
+            sums[k] += float(v.item())
+        run.progress.update(epoch, batches, sums["loss"] / batches,
+                            samples * run.rt.world_size / max(time.time() - start, 1e-9))
+    end = time.time()
+    elapsed = end - start
+    metrics = {k: v / max(1, batches) for k, v in sums.items()}
+    metrics.update(epoch=epoch, samples_per_s=samples * run.rt.world_size / max(elapsed, 1e-9),
+                   lr=run.scheduler.get_last_lr()[0], batches=batches)
+    if batches > 1:
+        metrics["steady_samples_per_s"] = ((samples - first_samples) * run.rt.world_size
+                                           / max(end - first_step_end, 1e-9))
+    if flops and peak_flops(run.rt.device):
+        metrics["mfu"] = flops["per_sample"] * samples / elapsed / peak_flops(run.rt.device)
+    return metrics
+
+
+def _train_step(run: Run, cfg: PretrainConfig, batch: dict[str, torch.Tensor], loss_fn: nn.Module, epoch: int,
+                flops: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a batch of instances → (total loss, its terms)."""
+    faces, bodies, nf, nb, _ = _split_views(batch, cfg, run.rt.device)
+    if not flops and run.rt.device.type == "cuda" and nf and nb:
+        flops["per_sample"] = train_flops_per_sample(unwrap(run.net), (faces, bodies),
+                                                     samples=batch["has_face"].shape[0])
+    with autocast(run.rt.device, cfg.bf16):
+        z_face, z_body = run.net(faces, bodies)
+    z_face, z_body = z_face.float(), z_body.float()
+    total, terms = loss_fn(z_face[:nf], z_face[nf:2 * nf], z_body[:nb], z_body[nb:2 * nb],
+                           z_face[2 * nf:], z_body[2 * nb:])
+    check_finite(total, epoch, run.step)
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return total, terms
+
+
+def validate(run: Run, cfg: PretrainConfig, val: dict[str, np.ndarray] | None) -> dict[str, float]:
+    """Rank 0: face-body precision@1 on the held-out pairs ``val``; NaN elsewhere and without held-out pairs
+    (every report carries it: Tune searches on it)."""
+    if run.rt.rank != 0 or val is None:
+        return {"val_face_body_p1": float("nan")}
+    return {"val_face_body_p1": face_body_precision_at_1(run.model, val, cfg, run.rt.device)}
 
 
 @torch.no_grad()
@@ -296,20 +308,19 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
     train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale,
                         seed=cfg.seed)
-    tracker = common.open_run(cfg, "pretrain", parent_run_id)
+    tracker = open_run(cfg, "pretrain", parent_run_id)
     tracker.log_inputs([(crops_dataset(cfg.crops), "training")])
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
                    "val": _put(_validation_arrays(cfg.crops, cfg)), "parent_run_id": parent_run_id,
-                   "run_id": tracker.run_id, "marker_dir": common.run_dir(cfg.storage, cfg.name),
-                   "spool_dir": common.spool_dir(cfg.storage, cfg.name)}
+                   "run_id": tracker.run_id, "marker_dir": run_dir(cfg.storage, cfg.name),
+                   "spool_dir": spool_dir(cfg.storage, cfg.name)}
     trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
-                           dataset_config=common.data_config(),
-                           scaling_config=common.scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
-                           run_config=run_config or common.trainer_run_config(cfg.name, cfg.storage,
-                                                                             cfg.max_failures))
+                           dataset_config=data_config(),
+                           scaling_config=scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
+                           run_config=run_config or trainer_run_config(cfg.name, cfg.storage, cfg.max_failures))
     # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
-    result = common.fit_tracked(trainer, tracker, "pretrain", cfg.storage, cfg.name)
-    model_path = common.publish_model(result.checkpoint.path, cfg.storage, cfg.name)
+    result = fit_tracked(trainer, tracker, "pretrain", cfg.storage, cfg.name)
+    model_path = publish_model(result.checkpoint.path, cfg.storage, cfg.name)
     _record_augmentation(model_path, augmentation)
     log_to_mlflow(cfg, model_path, tracker, augmentation)
     return result, model_path
@@ -355,7 +366,7 @@ def _record_augmentation(model_path: str, augmentation: dict[str, Any]) -> None:
 
 def log_to_mlflow(cfg: PretrainConfig, model_path: str, tracker: Any,
                   augmentation: dict[str, Any] | None = None) -> None:
-    """The driver's part of the run's MLflow record (``tracker``: :func:`reid.train.common.open_run`'s), then the
+    """The driver's part of the run's MLflow record (``tracker``: :func:`reid.train.tracked.open_run`'s), then the
     run's end: the colour-augmentation choice, the loss curves (a PNG of the logged history) and the SSL model
     (``runs:/<id>/ssl_model/model.pt``, what ``jobs/finetune.py --ssl-checkpoint`` accepts)."""
     from reid.plots import curves_png

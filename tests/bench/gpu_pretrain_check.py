@@ -29,7 +29,8 @@ from reid.data.synthetic import generate_corpus, preset_config  # noqa: E402
 from reid.datasets import SSLViews  # noqa: E402
 from reid.losses import IdentityAwareSSLLoss  # noqa: E402
 from reid.models import ModelConfig, SSLNet  # noqa: E402
-from reid.train import common  # noqa: E402
+from reid.train.device import autocast  # noqa: E402
+from reid.train.flops import peak_flops, train_flops_per_sample  # noqa: E402
 from reid.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views  # noqa: E402
 
 _VIEWS: SSLViews | None = None
@@ -71,7 +72,7 @@ def run_epoch(net, loss_fn, batches, cfg, device, optimizer) -> tuple[float, flo
         if cfg.channels_last and device.type == "cuda":
             faces, bodies = faces.contiguous(memory_format=torch.channels_last), bodies.contiguous(
                 memory_format=torch.channels_last)
-        with common.autocast(device, cfg.bf16):
+        with autocast(device, cfg.bf16):
             z_face, z_body = net(faces, bodies)
         total, _ = loss_fn(z_face.float()[:nf], z_face.float()[nf:2 * nf], z_body.float()[:nb],
                            z_body.float()[nb:2 * nb], z_face.float()[2 * nf:], z_body.float()[2 * nb:])
@@ -112,14 +113,14 @@ def main() -> None:
         net = FaceBodyEmbedder(model).to(device)
         if cfg.channels_last and device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
-        flops = common.train_flops_per_sample(net, tuple(_split_views(batches[0], cfg, device)[:2]),
-                                              samples=batches[0]["has_face"].shape[0])
+        flops = train_flops_per_sample(net, tuple(_split_views(batches[0], cfg, device)[:2]),
+                                       samples=batches[0]["has_face"].shape[0])
         runner = torch.compile(net) if compiled else net
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         loss_fn = IdentityAwareSSLLoss(cfg.temperature)
         warm_rate, _ = run_epoch(runner, loss_fn, batches[:2], cfg, device, optimizer)  # warm-up / compile
         rate, loss = run_epoch(runner, loss_fn, batches, cfg, device, optimizer)
-        peak = common.peak_flops(device)
+        peak = peak_flops(device)
         key = "compiled" if compiled else "eager"
         report[key] = {"samples_per_s": round(rate, 1), "train_gflops_per_sample": round(flops / 1e9, 2),
                        "mfu": round(flops * rate / peak, 4) if peak else None, "last_loss": round(loss, 3),
