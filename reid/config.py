@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import types
 import typing
 from typing import Any, TypeVar
@@ -18,6 +19,8 @@ import yaml
 
 from reid import console, io
 from reid.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 
@@ -79,9 +82,20 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return out
 
 
+# Settings that no longer exist, per config class name: a file written with them (a sweep's best.yaml, a
+# saved job config) still loads; the key is dropped with a warning instead of refusing the whole file.
+RETIRED_KEYS: dict[str, frozenset[str]] = {"FinetuneConfig": frozenset({"bf16"}),
+                                           "FinetuneSweepConfig": frozenset({"bf16"})}
+
+
 def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
-    """Build ``cls`` from a mapping, converting types; unknown keys raise ConfigError."""
+    """Build ``cls`` from a mapping, converting types; unknown keys raise ConfigError (a retired one,
+    :data:`RETIRED_KEYS`, is dropped with a warning)."""
     fields = _fields(cls)
+    retired = sorted(set(values) & RETIRED_KEYS.get(cls.__name__, frozenset()) - set(fields))
+    if retired:
+        log.warning("%s: ignoring %s: no longer a setting of %s", source, retired, cls.__name__)
+        values = {k: v for k, v in values.items() if k not in retired}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")

@@ -118,3 +118,18 @@ def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     label = config.absolute_paths(LabelConfig(model="models:/comic-reid@champion", crops="c", out="o"))
     assert (label.model, label.crops, label.out) == ("models:/comic-reid@champion", str(tmp_path / "c"),
                                                      str(tmp_path / "o"))
+
+
+def test_a_retired_setting_in_a_saved_config_is_dropped_with_a_warning(tmp_path, caplog):
+    """A config file written when a setting still existed (a sweep's best.yaml with ``bf16``) loads without it;
+    any other unknown key is still refused."""
+    from reid.train.finetune import FinetuneConfig
+
+    saved = tmp_path / "best.yaml"
+    saved.write_text("crops: c\nsequences: s.json\nssl_checkpoint: m.pt\nbf16: true\nepochs: 3\n")
+    with caplog.at_level("WARNING"):
+        cfg = config.parse_config(FinetuneConfig, ["--config", str(saved)])
+    assert cfg.epochs == 3 and "ignoring ['bf16']" in caplog.text
+    saved.write_text("crops: c\nbf17: true\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bf17'\]"):
+        config.parse_config(FinetuneConfig, ["--config", str(saved)])
