@@ -414,11 +414,12 @@ def test_embeddings_on_cuda_match_cpu():
 def test_a_default_label_job_prints_no_ray_core_line(tiny_crops, model_path, tmp_path, job_env, mlflow_uri,
                                                      ray_session):
     """`make demo`'s label stage with its defaults (1 CPU per actor and per decoding task: the actors decode their
-    units) run as a job on the tiny crops: its console has our lines and none of Ray's C++ core."""
+    units; one actor, to keep the test short) run as a job on the tiny crops: its console has our lines and none
+    of Ray's C++ core."""
     defaults = LabelConfig()
     cfg = label_config(tiny_crops, tmp_path / "labels", model_path, (0.5, 0.6), mlflow_uri, name="label-console",
                        num_cpus_per_actor=defaults.num_cpus_per_actor, num_cpus_per_task=defaults.num_cpus_per_task,
-                       max_actors=defaults.max_actors, report_windows=0)
+                       max_actors=1, report_windows=0)
     result = subprocess.run([sys.executable, str(REPO / "jobs/label.py"), *cli_args(cfg)], env=job_env,
                             capture_output=True, text=True, timeout=300)
     console = result.stdout + result.stderr
