@@ -5,7 +5,7 @@ rate, N trials) runs before the finetune stage, and the finetune stage trains th
 trial's values (the sweep's ``best.yaml``, overridden only by the pipeline's own flags).
 
 Each stage is one ``jobs/<stage>.py`` command line. ``run_pipeline`` either runs those command lines in
-this process on an embedded local Ray (``make demo``), or submits each with ``ray job submit`` to the
+this process on an embedded local Ray (``make demo``), or submits each as a Ray job (the job client of ``ray job submit``) to the
 cluster that ``RAY_ADDRESS`` names (``--submit``; ``cluster/run_pipeline.sh``), waiting for each before
 the next. The same argument lists serve both, so the demo exercises exactly what a cluster runs.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from reid.errors import ConfigError, ReidError
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
+_POLL_S = 2.0  # how often a submitted stage's status and log are read
 STAGES = ("corpus", "crop", "pretrain", "finetune", "label")
 RECIPES = {"default": {}, "paper": {"pretrain": "jobs/configs/paper_pretrain.yaml",
                                     "finetune": "jobs/configs/paper_finetune.yaml"}}
@@ -57,7 +58,7 @@ class PipelineConfig:
     data_cpus: float = 0.5
     gpu: bool = False
     stages: str = field(default=",".join(STAGES), metadata={"help": "comma-separated subset of " + ",".join(STAGES)})
-    submit: bool = field(default=False, metadata={"help": "submit each stage with `ray job submit` to "
+    submit: bool = field(default=False, metadata={"help": "submit each stage as a Ray job to "
                                                           "$RAY_ADDRESS instead of running it here"})
     ray_address: str | None = field(default=None, metadata={"help": "with --submit: job server address "
                                                                    "(default: $RAY_ADDRESS)"})
@@ -159,25 +160,41 @@ def _run_here(stage: str, argv: list[str]) -> None:
 
 
 def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    """Submit one stage to the cluster through Ray's job client, print its log as it runs, and return only when
+    it succeeded (a job stopped from elsewhere or failed stops the pipeline)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ConfigError("--submit needs a cluster: set RAY_ADDRESS (e.g. `source runs/local-cluster/env`) "
                           "or pass --ray-address")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # the client adds the cluster's token (RAY_AUTH_TOKEN_PATH)
+    if cfg.ray_address:  # the client prefers RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, to its argument
+        os.environ["RAY_API_SERVER_ADDRESS"] = cfg.ray_address
+    client = JobSubmissionClient(address)
     submission_id = f"{cfg.name_prefix}-{stage}-{int(time.time())}"
-    cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
-           "--submission-id", submission_id, "--", sys.executable, *argv]
-    log.info("submitting %s: %s", stage, " ".join(cmd))
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-    done = subprocess.run(cmd, cwd=REPO, env=env)
-    # `ray job submit` exits 0 for a job stopped from elsewhere: only a succeeded job lets the next stage run
-    status = subprocess.run([ray_bin, "job", "status", "--address", address, submission_id], cwd=REPO, env=env,
-                            capture_output=True, text=True)
-    reported = status.stdout + status.stderr  # the CLI logs the status line to either stream
-    if done.returncode != 0 or f"job '{submission_id}' succeeded" not in reported.lower():
-        last = [line for line in reported.splitlines() if submission_id in line][-1:] or ["no status"]
-        raise ReidError(f"stage {stage} did not succeed (ray job submit exited {done.returncode}; {last[0].strip()}); "
-                        f"see `ray job logs {submission_id}`")
+    log.info("submitting %s as %s: %s", stage, submission_id, shlex.join([sys.executable, *argv]))
+    client.submit_job(entrypoint=shlex.join([sys.executable, *argv]), submission_id=submission_id,
+                      runtime_env={"working_dir": str(REPO)})
+    printed = 0
+    try:
+        while True:
+            status = client.get_job_status(submission_id)
+            logs = client.get_job_logs(submission_id)
+            sys.stdout.write(logs[printed:])
+            sys.stdout.flush()
+            printed = len(logs)
+            if status.is_terminal():
+                break
+            time.sleep(_POLL_S)
+    except KeyboardInterrupt:
+        log.warning("stage %s keeps running on the cluster as job %s (stop it with `ray job stop %s`)", stage,
+                    submission_id, submission_id)
+        raise
+    if status != JobStatus.SUCCEEDED:
+        message = client.get_job_info(submission_id).message or ""
+        raise ReidError(f"stage {stage} did not succeed: job {submission_id} {status.value}"
+                        f"{f' ({message.strip()[:300]})' if message else ''}; see `ray job logs {submission_id}`")
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
