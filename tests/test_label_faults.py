@@ -166,3 +166,28 @@ def test_label_with_a_registered_model_records_its_version(ray_session, tiny_cro
     downloaded = list((out / "_model").rglob("model.pt"))
     assert len(downloaded) == 1 and downloaded[0].read_bytes() == model_path.read_bytes(), downloaded
     _assert_exactly_once(out, tiny_crops)
+
+
+def test_a_unit_whose_actor_always_dies_stops_the_job_naming_it(ray_session, tiny_crops, model_path, tmp_path,
+                                                                mlflow_uri):
+    """The labeling actors are not restarted by Ray (a restartable actor pool prints a line of Ray's C++ core on
+    the console): the pass itself runs again over the uncommitted units, --unit-retries times. A unit whose
+    process dies on every attempt then stops the job with a WorkUnitLostError naming its shard; the units
+    committed meanwhile stay, and the same command without the fault gives every row once."""
+    from reid.errors import WorkUnitLostError
+
+    shards = sorted(p.stem for p in (tiny_crops / "_manifest").glob("*.json"))
+    doomed = shards[-1]
+    out = tmp_path / "labels"
+    cfg = label_config(tiny_crops, out, model_path, THRESHOLDS, mlflow_uri, name="label-lost-unit",
+                       report_windows=0, max_actors=1, unit_retries=1, fail_shard=doomed)
+    started = time.time()
+    with pytest.raises(WorkUnitLostError, match=rf"label: a work unit's process died 2 times .*shard\(s\) not "
+                                                rf"committed, e\.g\. \[.*'{doomed}'.*\]"):
+        run_label(cfg)
+    assert time.time() - started < 240
+    committed = {p.stem for p in (out / "_windows" / "_manifest").glob("*.json")}
+    assert doomed not in committed and not (out / "_SUCCESS").exists()
+    run_label(label_config(tiny_crops, out, model_path, THRESHOLDS, mlflow_uri, name="label-lost-unit",
+                           report_windows=0, max_actors=1, unit_retries=1))
+    _assert_exactly_once(out, tiny_crops)

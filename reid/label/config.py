@@ -99,12 +99,15 @@ class LabelConfig:
                                                           "continues its run; another --out is a new run)"})
     strict: bool = config.strict_field("a bad entry of --sequences")
     max_bad_row_fraction: float = config.max_bad_fraction_field("--sequences")
-    unit_retries: int = field(default=UNIT_RETRIES, metadata={"help": "re-runs of a work unit whose process died "
-                                                                   "(out of memory, node lost) before the job "
-                                                                   "stops and names its shards"})
+    unit_retries: int = field(default=UNIT_RETRIES, metadata={"help": "after a labeling process died (out "
+                                                                   "of memory, node lost): re-runs of the pass over "
+                                                                   "the units not committed yet, before the job "
+                                                                   "stops and names them"})
     fail_after_shards: int = field(default=0, metadata={"help": "fault injection for tests: the driver dies "
                                                                 "(os._exit) after this many window shards; "
                                                                 "actors pause 1 s before each commit"})
+    fail_shard: str = field(default="", metadata={"help": "fault injection for tests: the labeling process "
+                                                          "working on this shard dies on every attempt"})
 
     def __post_init__(self) -> None:
         config.check(bool(self.model), "--model is required")

@@ -7,7 +7,6 @@ import math
 import pickle
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,6 +224,7 @@ class ShardLabeler:
                 continue
             prepared: PreparedShard = pickle.loads(payload)  # made by _prepare_batch of this same job
             embeddings = self.embedder.embed_uint8(**prepared.images)
+            faults.worker_dies_on(str(shard), self.cfg.fail_shard)
             # the actors run ahead of the driver's loop: with fault injection on, pause so units stay uncommitted
             faults.pause_before_commit(self.cfg.fail_after_shards)
             summaries.append(commit_shard(self.cfg, prepared, embeddings, self.model_id))
@@ -240,11 +240,13 @@ def decoding_fused(cfg: LabelConfig, gpus_per_actor: float) -> bool:
 
 
 def unit_retry_args(cfg: LabelConfig) -> tuple[dict[str, int], dict[str, int]]:
-    """Ray remote arguments of (the decoding tasks, the embedding actors) bounding the re-runs of a unit whose
-    process died to ``--unit-retries`` (Ray Data's default: for ever). They are not valid for each other's kind of
-    map, so Ray Data never fuses the two maps: the actors decode their units themselves when they would be fused
-    (:func:`decoding_fused`)."""
-    return task_retry_args(cfg.unit_retries), actor_retry_args(cfg.unit_retries)
+    """Ray remote arguments of (the decoding tasks, the embedding actors). A decoding task whose process died is
+    re-run ``--unit-retries`` times (Ray Data's default: for ever). The actors are never restarted by Ray: an
+    actor that died stops the pass, and :func:`run_windows_pass` runs it again over the units not committed yet
+    (an actor that may restart makes Ray's core worker print an error line on the console for every pool). The
+    two kinds of arguments are not valid for each other's kind of map, so Ray Data never fuses the two maps: the
+    actors decode their units themselves when they would be fused (:func:`decoding_fused`)."""
+    return task_retry_args(cfg.unit_retries), actor_retry_args(0)
 
 
 def pool_size(cfg: LabelConfig, gpus_per_actor: float, items: int, resources: dict[str, float]) -> int:
@@ -259,31 +261,47 @@ def pool_size(cfg: LabelConfig, gpus_per_actor: float, items: int, resources: di
     return max(1, min(items, int(cpus // max(cfg.num_cpus_per_actor, 1.0))))
 
 
-def _rows_or_lost_units(ds, cfg: LabelConfig, pending: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The pass's result rows; a unit whose process died more than ``--unit-retries`` times stops it with a
-    WorkUnitLostError naming the shards left uncommitted (any other failure is raised as it is)."""
-    try:
-        yield from ds.iter_rows()
-    except Exception as exc:
-        output = windows_output(cfg.out)
-        lost = work_unit_lost(exc, "label", cfg.unit_retries,
-                              [i["shard"] for i in pending if not output.is_committed(i["shard"])])
-        if lost is None:
-            raise
-        raise lost from exc
-
-
 def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: dict[str, str],
                      model_cfg: dict[str, Any], pages_per_shard: int, tracker) -> dict[str, float]:
-    """Pass 1 over the pending work units; returns counts of this run."""
-    import ray
+    """Pass 1 over the pending work units; returns counts of this run. A pass stopped by a labeling process
+    that died (killed for memory, node lost) runs again over the units still uncommitted, ``--unit-retries``
+    times; then the job stops with a WorkUnitLostError naming them (committed units stay: the same command
+    resumes)."""
     from tqdm import tqdm
 
+    from reid.raycluster import lost_worker_error
+
     output = windows_output(cfg.out)
-    pending = [i for i in items if not output.is_committed(i["shard"])]
     counts: dict[str, float] = {"shards": 0, "rows": 0, "errors": 0, "seconds": 0.0}
+    pending = [i for i in items if not output.is_committed(i["shard"])]
     if not pending:
         return counts
+    start = time.time()
+    bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="shard", desc="label", smoothing=0.1)
+    for attempt in range(cfg.unit_retries + 1):
+        try:
+            _one_pass(cfg, items, pending, model_id, model_cfg, pages_per_shard, tracker, counts, bar, start)
+            break
+        except Exception as exc:
+            pending = [i for i in items if not output.is_committed(i["shard"])]
+            if lost_worker_error(exc) is None or not pending:
+                raise
+            if attempt == cfg.unit_retries:
+                raise work_unit_lost(exc, "label", cfg.unit_retries, [i["shard"] for i in pending]) from exc
+            log.warning("label: a labeling process died (%s); running the pass again over the %d uncommitted "
+                        "shard(s) (re-run %d of --unit-retries %d)", type(lost_worker_error(exc)).__name__,
+                        len(pending), attempt + 1, cfg.unit_retries)
+    bar.close()
+    counts["seconds"] = time.time() - start
+    return counts
+
+
+def _one_pass(cfg: LabelConfig, items: list[dict[str, Any]], pending: list[dict[str, Any]],
+              model_id: dict[str, str], model_cfg: dict[str, Any], pages_per_shard: int, tracker,
+              counts: dict[str, float], bar, start: float) -> None:
+    """One Ray Data pass of decoding tasks and an embedding actor pool over ``pending``, adding to ``counts``."""
+    import ray
+
     resources = ray.cluster_resources()
     gpus = cfg.num_gpus_per_actor
     if gpus is None:
@@ -302,10 +320,10 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
                         batch_size=1, num_cpus=cfg.num_cpus_per_actor, num_gpus=gpus or None, **actor_retries,
                         # all actors start at once: scaling up one by one leaves a CPU idle meanwhile
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors))
-    start = last_logged = time.time()
-    bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="shard", desc="label", smoothing=0.1)
+    last_logged = time.time()
     first: tuple[float, float] | None = None  # (time, boxes) at the first result: after the actors' start
-    for row in _rows_or_lost_units(ds, cfg, pending):
+    done_before = counts["shards"]
+    for row in ds.iter_rows():
         counts["shards"] += 1
         counts["rows"] += row["rows"]
         counts["errors"] += row["error_rows"]
@@ -314,16 +332,14 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
         bar.update(1)
         bar.set_postfix(instances=counts["rows"], per_s=f"{counts['rows'] / max(elapsed, 1e-9):.0f}",
                         unassigned=counts["errors"])
-        done = len(items) - len(pending) + counts["shards"]
+        done = len(items) - len(pending) + counts["shards"] - done_before
         if time.time() - last_logged > PROGRESS_LOG_S or done == len(items):
             last_logged = time.time()
             tracker.log_metrics({"shards_done": done, "progress_instances_per_s": counts["rows"] / elapsed},
                                 step=done)
         faults.driver_exit_after(int(counts["shards"]), cfg.fail_after_shards)
-    bar.close()
-    counts["seconds"] = time.time() - start
-    if first:
+    if first and "first_result_seconds" not in counts:
         counts["first_result_seconds"] = first[0] - start  # start-up: Ray Data, the actors' imports and model
-    if first and counts["shards"] > 1 and time.time() > first[0]:
-        counts["steady_instances_per_s"] = (counts["rows"] + counts["errors"] - first[1]) / (time.time() - first[0])
-    return counts
+    if first and counts["shards"] - done_before > 1 and time.time() > first[0]:
+        counts["steady_instances_per_s"] = ((counts["rows"] + counts["errors"] - first[1])
+                                            / (time.time() - first[0]))
