@@ -257,7 +257,7 @@ def face_body_precision_at_1(model: SSLNet, val: dict[str, np.ndarray], cfg: Pre
     return float((nearest == torch.arange(len(zf), device=device)).float().mean())
 
 
-def _validation_arrays(crops: str, cfg: PretrainConfig, limit: int = 512) -> dict[str, np.ndarray] | None:
+def _validation_arrays(crops: list[str], cfg: PretrainConfig, limit: int = 512) -> dict[str, np.ndarray] | None:
     """Eval-transformed face/body pairs of the held-out instances (small: sent to rank 0 in the config)."""
     from reid.data import augment
     from reid.datasets import character_instances
@@ -294,7 +294,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     from reid.run_inputs import crops_dataset
 
     crop_files = committed_crop_files(cfg.crops)  # on the driver, before Ray: a finished, undamaged crop output
-    train_instances = count_character_instances(cfg.crops)
+    train_instances = count_character_instances(crop_files)  # the files verified once, passed on
     if train_instances < cfg.batch_size:
         raise ConfigError(f"{cfg.crops} has {train_instances} character instances, fewer than one batch "
                           f"({cfg.batch_size}); lower --batch-size")
@@ -306,12 +306,12 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     if cfg.gpu and not ray.cluster_resources().get("GPU"):
         raise ConfigError("--gpu was given but the Ray cluster has no GPU")
-    train = ssl_dataset(cfg.crops, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale,
+    train = ssl_dataset(crop_files, cfg.face_size, cfg.body_size, cfg.data_cpus, cfg.hue, cfg.grayscale,
                         seed=cfg.seed)
     tracker = open_run(cfg, "pretrain", parent_run_id)
     tracker.log_inputs([(crops_dataset(cfg.crops), "training")])
     loop_config = {"cfg": config.to_dict(cfg), "train_instances": train_instances,
-                   "val": _put(_validation_arrays(cfg.crops, cfg)), "parent_run_id": parent_run_id,
+                   "val": _put(_validation_arrays(crop_files, cfg)), "parent_run_id": parent_run_id,
                    "run_id": tracker.run_id, "marker_dir": run_dir(cfg.storage, cfg.name),
                    "spool_dir": spool_dir(cfg.storage, cfg.name)}
     trainer = TorchTrainer(pretrain_loop, train_loop_config=loop_config, datasets={"train": train},
