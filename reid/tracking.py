@@ -29,6 +29,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from reid.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "reid.run_key"
@@ -86,6 +88,11 @@ def ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
             f"http://127.0.0.1:5000/{page}{query}")
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether MLflow answered with 401 or 403: the server is up and says no to these credentials."""
+    return getattr(exc, "error_code", None) in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
 class Tracker:
     """A resilient handle on one MLflow run.
 
@@ -121,14 +128,18 @@ class Tracker:
         self._next_retry = 0.0
         self._client = None
         self._monitor = None
-        self._try(self._open)
+        self._try(self._open, first=True)
 
     # -- plumbing -------------------------------------------------------------------------------------
-    def _try(self, fn: Callable[[], Any]) -> bool:
+    def _try(self, fn: Callable[[], Any], first: bool = False) -> bool:
         try:
             fn()
             return True
         except Exception as exc:  # noqa: BLE001 - MLflow being down must never kill the job
+            if first and _refused(exc):  # a wrong password is a config error, not an outage: stop before work
+                raise ConfigError(f"MLflow at {self.uri} refused this job's credentials ({exc.error_code}): set "
+                                  f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a local cluster's env "
+                                  f"file exports them)") from None
             self._next_retry = time.monotonic() + 15.0
             if not self._warned:
                 log.warning("MLflow at %s unavailable (%s: %s); buffering and retrying", self.uri,

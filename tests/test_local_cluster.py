@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus
 
+from reid.errors import ConfigError
 from reid.localcluster import (
     ENV_FILE,
     STATE_FILE,
@@ -33,6 +34,7 @@ from reid.localcluster import (
     worker_resource,
 )
 from reid.localcluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowServer, credentials
+from reid.tracking import Tracker
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -219,6 +221,11 @@ def test_mlflow_demands_the_credentials_of_the_env_file(cluster: LocalCluster) -
         run = client.create_run(client.create_experiment("credentials-from-the-env-file"))
         client.log_metric(run.info.run_id, "logged", 1.0)
         assert client.get_run(run.info.run_id).data.metrics == {"logged": 1.0}
+        # a job with a wrong password stops before any work, saying so (not "MLflow unavailable, buffering")
+        env.setenv(PASSWORD_ENV, "not-the-password")
+        with pytest.raises(ConfigError, match=r"refused this job's credentials \(UNAUTHENTICATED\): set "
+                                              r"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):
+            Tracker(sourced["MLFLOW_TRACKING_URI"], "wrong-password")
 
 
 def test_mlflow_credentials_from_the_environment_else_generated_once(
