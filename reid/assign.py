@@ -159,6 +159,27 @@ def _link_series_keys(points: np.ndarray, keys: np.ndarray, conflicts: np.ndarra
     return constrained_agglomerative(d, threshold, linkage, conflicts)
 
 
+def _checked_inputs(distances: np.ndarray, linkage: str, cannot_link: np.ndarray | None,
+                    must_link: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """(a float copy of the distances, the symmetric cannot-link matrix, the must-link pairs i < j) of
+    :func:`constrained_agglomerative`, each checked for its shape."""
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage={linkage!r}: expected one of {LINKAGES}")
+    d = np.array(distances, dtype=np.float64, copy=True)
+    n = d.shape[0]
+    if d.shape != (n, n):
+        raise ValueError(f"distances must be square, got shape {d.shape}")
+    blocked = np.zeros((n, n), bool) if cannot_link is None else np.array(cannot_link, bool, copy=True)
+    if blocked.shape != (n, n):
+        raise ValueError(f"cannot_link must be ({n}, {n}), got {blocked.shape}")
+    blocked |= blocked.T
+    if must_link is not None and np.shape(must_link) != (n, n):
+        raise ValueError(f"must_link must be ({n}, {n}), got {np.shape(must_link)}")
+    forced = list(zip(*np.nonzero(np.triu(np.asarray(must_link, bool), 1)), strict=True)) \
+        if must_link is not None else []
+    return d, blocked, forced
+
+
 def constrained_agglomerative(
     distances: np.ndarray, threshold: float, linkage: str = "average", cannot_link: np.ndarray | None = None,
     must_link: np.ndarray | None = None,
@@ -178,28 +199,16 @@ def constrained_agglomerative(
     their clusters forbids it (cannot-link wins: two instances of one panel are never one character). None
     (the default) adds nothing.
     """
-    if linkage not in LINKAGES:
-        raise ValueError(f"linkage={linkage!r}: expected one of {LINKAGES}")
-    d = np.array(distances, dtype=np.float64, copy=True)
+    d, blocked, forced = _checked_inputs(distances, linkage, cannot_link, must_link)
     n = d.shape[0]
-    if d.shape != (n, n):
-        raise ValueError(f"distances must be square, got shape {d.shape}")
     if n < 2:
         return np.zeros(n, dtype=np.int64)
-    blocked = np.zeros((n, n), bool) if cannot_link is None else np.array(cannot_link, bool, copy=True)
-    if blocked.shape != (n, n):
-        raise ValueError(f"cannot_link must be ({n}, {n}), got {blocked.shape}")
-    blocked |= blocked.T
     sizes = np.ones(n)
     alive = np.ones(n, bool)
     parent = np.arange(n)
     masked = d.copy()
     masked[blocked] = np.inf
     np.fill_diagonal(masked, np.inf)
-    if must_link is not None and np.shape(must_link) != (n, n):
-        raise ValueError(f"must_link must be ({n}, {n}), got {np.shape(must_link)}")
-    forced = list(zip(*np.nonzero(np.triu(np.asarray(must_link, bool), 1)), strict=True)) \
-        if must_link is not None else []
     while True:
         if forced:  # must-links first: the pair's current clusters, when they are apart and allowed to meet
             a, b = (int(parent[i]) for i in forced.pop(0))

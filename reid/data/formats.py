@@ -89,7 +89,6 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
              f"column {column!r} must be an integer, got " + frame[column].map(repr))
         return values
 
-    out = pd.DataFrame(index=frame.index)
     series = integers("series_id")
     page_id = frame["page_id"].astype(str)
     parts = page_id.str.fullmatch(PAGE_PANEL_PATTERN)
@@ -111,19 +110,32 @@ def validate_instances(frame: pd.DataFrame, source: str, row_offset: int = 0,
     panel = pd.to_numeric(split[1].where(~too_long, "0"))
     flag((series < 0) | (page < 0) | (panel < 0) | (index < 0), "ids must be non-negative")
     _flag_out_of_bounds(flag, frame, page_id, too_long, series, page, panel, index, char_index)
+    _record_bad_rows(reasons, source, row_offset, bad)
+    columns = {"series_id": series, "page": page, "panel": panel, "type": types, "index": index,
+               "char_index": char_index, **boxes}
+    return _typed_instances(columns, (reasons == "").to_numpy(), row_offset)
+
+
+def _record_bad_rows(reasons: pd.Series, source: str, row_offset: int, bad: list[BadRow] | None) -> None:
+    """The rows with a reason: raised at the first one when ``bad`` is None, else appended to it."""
     bad_rows = np.flatnonzero((reasons != "").to_numpy())
     if len(bad_rows):
         if bad is None:
             i = int(bad_rows[0])
             raise DataFormatError(source, str(reasons.iloc[i]), csv_line(row_offset + i))
         bad.extend(BadRow(source, csv_line(row_offset + int(i)), str(reasons.iloc[i])) for i in bad_rows)
-    keep = (reasons == "").to_numpy()
-    out["series_id"] = series.to_numpy().astype(np.float64)
-    out["page"], out["panel"] = page.to_numpy(), panel.to_numpy()
-    out["type"] = types.to_numpy()
-    out["index"], out["char_index"] = index.to_numpy().astype(np.float64), char_index.to_numpy().astype(np.float64)
+
+
+def _typed_instances(columns: dict[str, pd.Series], keep: np.ndarray, row_offset: int) -> pd.DataFrame:
+    """The kept rows with the docs/DATA.md columns typed, plus ``panel_id``, ``instance_id`` and ``line``."""
+    out = pd.DataFrame(index=columns["series_id"].index)
+    out["series_id"] = columns["series_id"].to_numpy().astype(np.float64)
+    out["page"], out["panel"] = columns["page"].to_numpy(), columns["panel"].to_numpy()
+    out["type"] = columns["type"].to_numpy()
+    out["index"] = columns["index"].to_numpy().astype(np.float64)
+    out["char_index"] = columns["char_index"].to_numpy().astype(np.float64)
     for column in BOX_COLUMNS:
-        out[column] = boxes[column].to_numpy().astype(np.float64)
+        out[column] = columns[column].to_numpy().astype(np.float64)
     out = out[keep].reset_index(drop=True)
     for column in ("series_id", "page", "panel", "index", "char_index"):
         out[column] = out[column].astype(np.int64)
@@ -298,50 +310,55 @@ def _parse_sequence(entry: object, where: str, known: set[str] | None, source: s
         if char_id in seen_chars:
             raise DataFormatError(source, f"charId {char_id!r} appears twice in the sequence", where)
         seen_chars.add(char_id)
-        instances = []
         char_instances = annotation.get("charInstances", [])
         if not isinstance(char_instances, list):
             raise DataFormatError(source, f"charId {char_id!r}: 'charInstances' must be a list, got "
                                   f"{_json_type(char_instances)}", where)
-        for k, inst in enumerate(char_instances):
-            if not isinstance(inst, dict):
-                raise DataFormatError(source, f"charId {char_id!r} instance {k} is not an object", where)
-            bubbles = inst.get("speechBubbles")
-            if bubbles is not None and not isinstance(bubbles, list):
-                raise DataFormatError(source, f"charId {char_id!r} instance {k}: 'speechBubbles' must be a list, "
-                                      f"got {_json_type(bubbles)}", where)
-            ids: dict[str, str | None] = {}
-            for kind in ("face", "body"):
-                value = inst.get(kind)
-                if value is None or value == "":
-                    ids[kind] = None
-                    continue
-                if not isinstance(value, str):
-                    raise DataFormatError(source, f"charId {char_id!r} instance {k}: {kind!r} must be an instance "
-                                          f"id string, got {_json_type(value)}", where)
-                try:
-                    parsed = parse_instance_id(value)
-                except IdError as exc:
-                    raise DataFormatError(source, f"charId {char_id!r}: {exc}", where) from None
-                if parsed.type != kind:
-                    raise DataFormatError(source, f"charId {char_id!r}: {kind} id {value!r} is a {parsed.type}", where)
-                if str(parsed.panel_id) not in panel_names:
-                    raise DataFormatError(source, f"charId {char_id!r}: instance {value!r} is not in the "
-                                          "sequence's panels", where)
-                if known is not None and value not in known:
-                    raise DataFormatError(source, f"charId {char_id!r}: instance {value!r} is absent from the "
-                                          "instance CSV", where)
-                ids[kind] = value
-            if ids["face"] is None and ids["body"] is None:
-                continue  # speech bubble only: no visual instance to re-identify
-            if ids["face"] and ids["body"]:
-                f, b = parse_instance_id(ids["face"]), parse_instance_id(ids["body"])
-                if f.panel_id != b.panel_id:
-                    raise DataFormatError(source, f"charId {char_id!r}: face {ids['face']!r} and body "
-                                          f"{ids['body']!r} are in different panels", where)
-            instances.append(CharInstance(ids["face"], ids["body"], tuple(bubbles or ())))
+        instances = [inst for k, entry_k in enumerate(char_instances)
+                     if (inst := _parse_char_instance(entry_k, f"charId {char_id!r}", k, panel_names, known,
+                                                      source, where)) is not None]
         characters.append(Character(char_id, tuple(instances)))
     return Sequence(str(seq_id), panels, tuple(characters))
+
+
+def _parse_char_instance(inst: object, char: str, k: int, panel_names: set[str], known: set[str] | None,
+                         source: str, where: str) -> CharInstance | None:
+    """Instance ``k`` of one annotated character (``char`` names it in errors); None for a speech bubble only
+    (no visual instance to re-identify)."""
+    if not isinstance(inst, dict):
+        raise DataFormatError(source, f"{char} instance {k} is not an object", where)
+    bubbles = inst.get("speechBubbles")
+    if bubbles is not None and not isinstance(bubbles, list):
+        raise DataFormatError(source, f"{char} instance {k}: 'speechBubbles' must be a list, "
+                              f"got {_json_type(bubbles)}", where)
+    ids: dict[str, str | None] = {}
+    for kind in ("face", "body"):
+        value = inst.get(kind)
+        if value is None or value == "":
+            ids[kind] = None
+            continue
+        if not isinstance(value, str):
+            raise DataFormatError(source, f"{char} instance {k}: {kind!r} must be an instance "
+                                  f"id string, got {_json_type(value)}", where)
+        try:
+            parsed = parse_instance_id(value)
+        except IdError as exc:
+            raise DataFormatError(source, f"{char}: {exc}", where) from None
+        if parsed.type != kind:
+            raise DataFormatError(source, f"{char}: {kind} id {value!r} is a {parsed.type}", where)
+        if str(parsed.panel_id) not in panel_names:
+            raise DataFormatError(source, f"{char}: instance {value!r} is not in the sequence's panels", where)
+        if known is not None and value not in known:
+            raise DataFormatError(source, f"{char}: instance {value!r} is absent from the instance CSV", where)
+        ids[kind] = value
+    if ids["face"] is None and ids["body"] is None:
+        return None
+    if ids["face"] and ids["body"]:
+        f, b = parse_instance_id(ids["face"]), parse_instance_id(ids["body"])
+        if f.panel_id != b.panel_id:
+            raise DataFormatError(source, f"{char}: face {ids['face']!r} and body {ids['body']!r} are in "
+                                  "different panels", where)
+    return CharInstance(ids["face"], ids["body"], tuple(bubbles or ()))
 
 
 def read_sequences(path: str, known_instances: set[str] | None = None,
