@@ -45,6 +45,16 @@ def create_app(corpus: ReviewCorpus, crops: CropCache, comics_root: str, token: 
                on_action: Callable[[dict[str, Any]], None] | None = None) -> FastAPI:
     """The app of one corpus; ``on_action`` is told of every stored action (the console status line)."""
     app = FastAPI(title="comic-reid review", docs_url=None, redoc_url=None, openapi_url=None)
+    _guard(app, token)
+    _page_routes(app)
+    _read_routes(app, corpus)
+    _write_routes(app, corpus, on_action)
+    _image_routes(app, corpus, crops, comics_root)
+    return app
+
+
+def _guard(app: FastAPI, token: str) -> None:
+    """Every request needs the review token (query, header or cookie); errors become JSON with a status."""
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
@@ -66,6 +76,8 @@ def create_app(corpus: ReviewCorpus, crops: CropCache, comics_root: str, token: 
     async def not_found(_: Request, exc: KeyError):
         return JSONResponse({"error": str(exc.args[0]) if exc.args else "not found"}, status_code=404)
 
+
+def _page_routes(app: FastAPI) -> None:
     @app.get("/")
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -76,6 +88,8 @@ def create_app(corpus: ReviewCorpus, crops: CropCache, comics_root: str, token: 
             return JSONResponse({"error": f"no asset {name!r}"}, status_code=404)
         return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
 
+
+def _read_routes(app: FastAPI, corpus: ReviewCorpus) -> None:
     @app.get("/api/books")
     def api_books() -> dict[str, Any]:
         return views.books(corpus)
@@ -101,6 +115,8 @@ def create_app(corpus: ReviewCorpus, crops: CropCache, comics_root: str, token: 
     def api_actions() -> dict[str, Any]:
         return {"actions": [a.to_dict() for a in corpus.log.actions()]}
 
+
+def _write_routes(app: FastAPI, corpus: ReviewCorpus, on_action: Callable[[dict[str, Any]], None] | None) -> None:
     @app.post("/api/actions")
     def api_act(action: ActionIn) -> dict[str, Any]:
         stored = corpus.act(action.kind, action.payload, action.reviewer)
@@ -115,6 +131,8 @@ def create_app(corpus: ReviewCorpus, crops: CropCache, comics_root: str, token: 
             on_action(stored.to_dict())
         return {"action": stored.to_dict(), "version": corpus.version}
 
+
+def _image_routes(app: FastAPI, corpus: ReviewCorpus, crops: CropCache, comics_root: str) -> None:
     @app.get("/api/thumb/{instance_id}")
     def api_thumb(instance_id: str) -> Response:
         return Response(crops.get(instance_id), media_type="image/jpeg",
@@ -132,5 +150,3 @@ def create_app(corpus: ReviewCorpus, crops: CropCache, comics_root: str, token: 
     def api_box(instance_id: str) -> dict[str, Any]:
         panel, box = corpus.instance_box[instance_id]
         return {"instance_id": instance_id, "panel_id": panel, "box": box}
-
-    return app
