@@ -54,6 +54,27 @@ def _draw_figure(design: CharacterDesign, size: float, view: str, rng: np.random
         d.polygon([(cx - half_w * 0.9, torso_top), (cx + half_w * 0.9, torso_top),
                    (cx + half_w * 1.6, hip_y + 0.25 * s), (cx - half_w * 1.6, hip_y + 0.25 * s)],
                   fill=_shade(col["accent"], 0.8), outline=ink, width=lw)
+    _draw_limbs(d, design, col, rng, s, cx, half_w, torso_top, hip_y, ink, lw)
+    # torso with its clothing pattern
+    torso = [(cx - half_w, torso_top), (cx + half_w, torso_top), (cx + half_w * 0.8, torso_bottom),
+             (cx - half_w * 0.8, torso_bottom)]
+    d.polygon(torso, fill=col["shirt"])
+    _draw_pattern(img, torso, design.pattern if view != "back" or design.pattern in
+                  ("hstripes", "vstripes", "dots", "checker") else "solid", col["accent"], s)
+    d.polygon(torso, outline=ink, width=lw)
+    d.line([(cx - half_w * 0.8, torso_bottom), (cx + half_w * 0.8, torso_bottom)], fill=ink, width=lw * 2)
+    if design.accessory == "scarf":
+        d.rounded_rectangle([cx - half_w * 0.7, neck - 0.01 * s, cx + half_w * 0.7, neck + 0.05 * s],
+                            radius=0.02 * s, fill=col["accent"], outline=ink, width=lw)
+    head_box = (cx - rx, cy - ry, cx + rx, cy + ry)
+    _draw_head(d, design, col, view, cx, cy, rx, ry, s, ink, lw)
+    return _Figure(img, head_box)
+
+
+def _draw_limbs(d: ImageDraw.ImageDraw, design: CharacterDesign, col: dict[str, RGB], rng: np.random.Generator,
+                s: float, cx: float, half_w: float, torso_top: float, hip_y: float, ink: RGB, lw: int) -> None:
+    """Legs, then arms (behind the torso's outline, in sleeves of the shirt colour); the random draws in the
+    order the figure has always made them."""
     # legs
     leg_len = 0.98 * s - hip_y
     spread = float(rng.uniform(-0.25, 0.35))
@@ -74,20 +95,6 @@ def _draw_figure(design: CharacterDesign, size: float, view: str, rng: np.random
         d.line([(sx, sy), (ex, ey)], fill=col["shirt"], width=int(0.07 * s * design.build))
         d.ellipse([ex - 0.035 * s, ey - 0.035 * s, ex + 0.035 * s, ey + 0.035 * s], fill=col["skin"],
                   outline=ink, width=lw)
-    # torso with its clothing pattern
-    torso = [(cx - half_w, torso_top), (cx + half_w, torso_top), (cx + half_w * 0.8, torso_bottom),
-             (cx - half_w * 0.8, torso_bottom)]
-    d.polygon(torso, fill=col["shirt"])
-    _draw_pattern(img, torso, design.pattern if view != "back" or design.pattern in
-                  ("hstripes", "vstripes", "dots", "checker") else "solid", col["accent"], s)
-    d.polygon(torso, outline=ink, width=lw)
-    d.line([(cx - half_w * 0.8, torso_bottom), (cx + half_w * 0.8, torso_bottom)], fill=ink, width=lw * 2)
-    if design.accessory == "scarf":
-        d.rounded_rectangle([cx - half_w * 0.7, neck - 0.01 * s, cx + half_w * 0.7, neck + 0.05 * s],
-                            radius=0.02 * s, fill=col["accent"], outline=ink, width=lw)
-    head_box = (cx - rx, cy - ry, cx + rx, cy + ry)
-    _draw_head(d, design, col, view, cx, cy, rx, ry, s, ink, lw)
-    return _Figure(img, head_box)
 
 
 def _draw_pattern(img: Image.Image, torso: list[tuple[float, float]], pattern: str, accent: RGB,

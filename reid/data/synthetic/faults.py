@@ -38,19 +38,9 @@ def _inject_faults(cfg: SyntheticConfig, instances: pd.DataFrame, truth: pd.Data
         r = instances.iloc[row]
         w, h = sizes[(int(r["series_id"]), r["page_id"])]
         old = [int(r[c]) for c in ("x_0", "y_0", "x1", "y_1")]
-        bw, bh = old[2] - old[0], old[3] - old[1]
         edge = _pick(rng, ("left", "right", "top", "bottom"))
         gap = int(rng.integers(1, 20))
-        if kind == "offpage_partial":
-            new = {"left": [-(bw // 2), old[1], bw - bw // 2, old[3]],
-                   "right": [w - bw // 2, old[1], w - bw // 2 + bw, old[3]],
-                   "top": [old[0], -(bh // 2), old[2], bh - bh // 2],
-                   "bottom": [old[0], h - bh // 2, old[2], h - bh // 2 + bh]}[edge]
-        else:
-            new = {"left": [-bw - gap, old[1], -gap, old[3]],
-                   "right": [w + gap, old[1], w + gap + bw, old[3]],
-                   "top": [old[0], -bh - gap, old[2], -gap],
-                   "bottom": [old[0], h + gap, old[2], h + gap + bh]}[edge]
+        new = _offpage_box(kind, old, edge, gap, w, h)
         instances.iloc[row, [instances.columns.get_loc(c) for c in ("x_0", "y_0", "x1", "y_1")]] = new
         iid = instance_id(int(r["series_id"]), *parse_page_panel(r["page_id"]), r["type"], int(r["index"]))
         truth.loc[truth["instance_id"] == iid, "fault"] = kind
@@ -76,3 +66,18 @@ def _inject_faults(cfg: SyntheticConfig, instances: pd.DataFrame, truth: pd.Data
     for records in faults.values():
         records.sort(key=lambda r: r.get("instance_id", r.get("panel_id")))
     return faults
+
+
+def _offpage_box(kind: str, old: list[int], edge: str, gap: int, w: int, h: int) -> list[int]:
+    """``old`` (x0, y0, x1, y1) moved across the page's ``edge``: half outside (``offpage_partial``), or wholly
+    outside, ``gap`` px past the edge (``offpage_whole``)."""
+    bw, bh = old[2] - old[0], old[3] - old[1]
+    if kind == "offpage_partial":
+        return {"left": [-(bw // 2), old[1], bw - bw // 2, old[3]],
+                "right": [w - bw // 2, old[1], w - bw // 2 + bw, old[3]],
+                "top": [old[0], -(bh // 2), old[2], bh - bh // 2],
+                "bottom": [old[0], h - bh // 2, old[2], h - bh // 2 + bh]}[edge]
+    return {"left": [-bw - gap, old[1], -gap, old[3]],
+            "right": [w + gap, old[1], w + gap + bw, old[3]],
+            "top": [old[0], -bh - gap, old[2], -gap],
+            "bottom": [old[0], h + gap, old[2], h + gap + bh]}[edge]
