@@ -197,10 +197,7 @@ def shards_per_ray_task(cfg: CropConfig, pending: int, cpus: float) -> int:
 
 def run_crop(cfg: CropConfig) -> dict:
     """Run the crop stage end to end; returns the totals written to ``<out>/_SUCCESS``."""
-    import ray
-    from tqdm import tqdm
-
-    from reid.raycluster import TASK_POOL_OVERRIDES, data_context, init_ray, task_retry_args, work_unit_lost
+    from reid.raycluster import init_ray
     from reid.tracking import open_tracker
 
     images = io.join(cfg.comics_root, "raw_panel_images")
@@ -227,32 +224,7 @@ def run_crop(cfg: CropConfig) -> dict:
     log.info("crop: %d shards (%d already committed), %d boxes on %d pages", len(shards), len(done), input_rows,
              pages)
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
-    committed_now = 0
-    crops = errors = 0
-    if pending:
-        per_task = shards_per_ray_task(cfg, len(pending), ray.cluster_resources().get("CPU", 1))
-        with data_context(**TASK_POOL_OVERRIDES):
-            ds = ray.data.from_items([{"shard": s} for s in pending],
-                                     override_num_blocks=math.ceil(len(pending) / per_task))
-            ds = ds.map_batches(_crop_batch, fn_kwargs={"cfg": cfg}, batch_size=per_task,
-                                num_cpus=cfg.num_cpus_per_task, **task_retry_args(cfg.unit_retries))
-        bar = tqdm(total=input_rows, initial=sum(s.input_rows for s in done.values()), unit="box",
-                   desc="crop", smoothing=0.1)
-        try:
-            for row in ds.iter_rows():
-                committed_now += 1
-                crops += row["rows"]
-                errors += row["error_rows"]
-                bar.update(row["input_rows"])
-                bar.set_postfix(shards=f"{len(done) + committed_now}/{len(shards)}", errors=errors)
-                faults.driver_exit_after(committed_now, cfg.fail_after_shards)
-        except Exception as exc:
-            lost = work_unit_lost(exc, "crop", cfg.unit_retries, [s for s in pending if not output.is_committed(s)])
-            if lost is None:
-                raise
-            raise lost from exc
-        finally:
-            bar.close()
+    committed_now, crops = _crop_pending(cfg, output, shards, pending, done, input_rows) if pending else (0, 0)
     elapsed = time.time() - start
     totals = output.finalize(shards, expected_input_rows=input_rows,
                              extra={"seconds_last_run": round(elapsed, 3), "shards_this_run": committed_now})
@@ -264,3 +236,39 @@ def run_crop(cfg: CropConfig) -> dict:
     tracker.log_metrics(metrics, step=0)
     tracker.close()
     return totals
+
+
+def _crop_pending(cfg: CropConfig, output: ShardedOutput, shards: list[str], pending: list[str],
+                  done: dict[str, ShardSummary], input_rows: int) -> tuple[int, int]:
+    """Crop the uncommitted shards in Ray tasks, a bar counting boxes; returns (shards committed, crops). A
+    shard whose process died more than ``--unit-retries`` times stops the job with a WorkUnitLostError."""
+    import ray
+    from tqdm import tqdm
+
+    from reid.raycluster import TASK_POOL_OVERRIDES, data_context, task_retry_args, work_unit_lost
+
+    committed_now = crops = errors = 0
+    per_task = shards_per_ray_task(cfg, len(pending), ray.cluster_resources().get("CPU", 1))
+    with data_context(**TASK_POOL_OVERRIDES):
+        ds = ray.data.from_items([{"shard": s} for s in pending],
+                                 override_num_blocks=math.ceil(len(pending) / per_task))
+        ds = ds.map_batches(_crop_batch, fn_kwargs={"cfg": cfg}, batch_size=per_task,
+                            num_cpus=cfg.num_cpus_per_task, **task_retry_args(cfg.unit_retries))
+    bar = tqdm(total=input_rows, initial=sum(s.input_rows for s in done.values()), unit="box",
+               desc="crop", smoothing=0.1)
+    try:
+        for row in ds.iter_rows():
+            committed_now += 1
+            crops += row["rows"]
+            errors += row["error_rows"]
+            bar.update(row["input_rows"])
+            bar.set_postfix(shards=f"{len(done) + committed_now}/{len(shards)}", errors=errors)
+            faults.driver_exit_after(committed_now, cfg.fail_after_shards)
+    except Exception as exc:
+        lost = work_unit_lost(exc, "crop", cfg.unit_retries, [s for s in pending if not output.is_committed(s)])
+        if lost is None:
+            raise
+        raise lost from exc
+    finally:
+        bar.close()
+    return committed_now, crops
