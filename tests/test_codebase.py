@@ -90,3 +90,12 @@ def test_every_reliability_claim_names_a_test_that_exists() -> None:
         if not refs or not all(exists):
             unproven.append(f"{row[:100]}... names {refs or 'no test'}")
     assert not unproven, "\n".join(unproven)
+
+
+def test_no_function_in_reid_is_longer_than_60_lines() -> None:
+    """A function a reader can hold in view: none in ``reid/`` runs over 60 lines (docstring included)."""
+    long = [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in CODE if path.is_relative_to(REPO / "reid")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
+    assert not long, "\n".join(long)
