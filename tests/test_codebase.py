@@ -99,3 +99,23 @@ def test_no_function_in_reid_is_longer_than_60_lines() -> None:
             for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
     assert not long, "\n".join(long)
+
+
+def test_reliability_figures_count_the_rows_of_its_tables() -> None:
+    """The figures at the top of docs/RELIABILITY.md are the counts of its tables, and every row checked row by
+    row lost and duplicated nothing."""
+    text = (REPO / "docs" / "RELIABILITY.md").read_text()
+
+    def rows(start: str, end: str | None, header: str) -> list[list[str]]:
+        section = text[text.index(start):text.index(end) if end else None]
+        return [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+                if line.startswith("| ") and not line.startswith(("| ---", header))]
+
+    faults = rows("## Faults injected", "## What a worker says", "| fault |")
+    inputs = rows("## Bad input: what the user sees", None, "| input |")
+    checked = [r for r in faults if r[-2:] != ["n/a", "n/a"]]
+    assert all(r[-2:] == ["0", "0"] for r in checked), [r[0] for r in checked if r[-2:] != ["0", "0"]]
+    figures = (f"{len(faults)} faults injected, {len(faults)} survived** ({len(checked)} of them checked row by "
+               f"row: rows lost 0, rows duplicated 0);\n**{len(inputs)} kinds of bad input tried, {len(inputs)} "
+               f"refused or recorded**")
+    assert figures in text, figures
