@@ -5,9 +5,9 @@ rate, N trials) runs before the finetune stage, and the finetune stage trains th
 trial's values (the sweep's ``best.yaml``, overridden only by the pipeline's own flags).
 
 Each stage is one ``jobs/<stage>.py`` command line. ``run_pipeline`` either runs those command lines in
-this process on an embedded local Ray (``make demo``), or submits each as a Ray job (the job client of ``ray job submit``) to the
-cluster that ``RAY_ADDRESS`` names (``--submit``; ``cluster/run_pipeline.sh``), waiting for each before
-the next. The same argument lists serve both, so the demo exercises exactly what a cluster runs.
+this process on an embedded local Ray (``make demo``), or submits each as a Ray job (Ray's job client, as
+``ray job submit`` does) to the cluster that ``RAY_ADDRESS`` names (``--submit``; ``cluster/run_pipeline.sh``),
+waiting for each before the next. The same argument lists serve both, so the demo exercises exactly what a cluster runs.
 """
 
 from __future__ import annotations
@@ -162,16 +162,16 @@ def _run_here(stage: str, argv: list[str]) -> None:
 def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
     """Submit one stage to the cluster through Ray's job client, print its log as it runs, and return only when
     it succeeded (a job stopped from elsewhere or failed stops the pipeline)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
+
+    from reid.raycluster import job_client
 
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ConfigError("--submit needs a cluster: set RAY_ADDRESS (e.g. `source runs/local-cluster/env`) "
                           "or pass --ray-address")
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # the client adds the cluster's token (RAY_AUTH_TOKEN_PATH)
-    if cfg.ray_address:  # the client prefers RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, to its argument
-        os.environ["RAY_API_SERVER_ADDRESS"] = cfg.ray_address
-    client = JobSubmissionClient(address)
+    client = job_client(cfg.ray_address)  # --ray-address, else the cluster the environment names
     submission_id = f"{cfg.name_prefix}-{stage}-{int(time.time())}"
     log.info("submitting %s as %s: %s", stage, submission_id, shlex.join([sys.executable, *argv]))
     client.submit_job(entrypoint=shlex.join([sys.executable, *argv]), submission_id=submission_id,

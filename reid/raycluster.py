@@ -30,6 +30,7 @@ def free_ports(count: int = 1) -> list[int]:
 # (for ever) by default: a unit that always runs out of memory would hang the job.
 UNIT_RETRIES = 3
 OOM_RETRIES_ENV = "RAY_task_oom_retries"
+_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's job client before its address argument
 
 
 def task_retry_args(retries: int = UNIT_RETRIES) -> dict[str, int]:
@@ -74,6 +75,27 @@ def work_unit_lost(exc: BaseException, stage: str, retries: int, uncommitted: li
         f"{type(cause).__name__}: {first_line}); {len(uncommitted)} shard(s) not committed, e.g. "
         f"{sorted(uncommitted)[:5]}. The committed shards are kept: give the workers more memory (or fewer "
         f"shards per task) and run the same command again, or raise --unit-retries")
+
+
+def job_client(address: str | None = None, headers: dict[str, str] | None = None):
+    """Ray's ``JobSubmissionClient`` of the job server at ``address`` (None: the one ``RAY_API_SERVER_ADDRESS``
+    or ``RAY_ADDRESS`` names). The client prefers those variables to its argument, so a process whose
+    environment names another Ray (a test session's own, a stale shell) would reach that one: ``address`` is
+    put in ``RAY_API_SERVER_ADDRESS`` while the client is made, then the variable is restored. With
+    ``RAY_AUTH_MODE=token`` the client sends the token itself; ``headers`` are added to every request."""
+    from ray.job_submission import JobSubmissionClient
+
+    if address is None:
+        return JobSubmissionClient(headers=headers)
+    saved = os.environ.get(_API_SERVER_ENV)
+    os.environ[_API_SERVER_ENV] = address
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    finally:
+        if saved is None:
+            del os.environ[_API_SERVER_ENV]
+        else:
+            os.environ[_API_SERVER_ENV] = saved
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data: bool = True) -> None:

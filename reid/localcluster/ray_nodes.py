@@ -29,13 +29,12 @@ from reid.localcluster.processes import (
     _venv_tool,
     _write_atomic,
 )
-from reid.raycluster import OOM_RETRIES_ENV, UNIT_RETRIES
+from reid.raycluster import OOM_RETRIES_ENV, UNIT_RETRIES, job_client
 
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
 TOKEN_FILE = "auth_token"
-_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 # <temp dir>/session_<date>_<pid>/sockets/plasma_store must fit a 107-byte Unix socket path.
 _MAX_RAY_TEMP_DIR_LEN = 40
 
@@ -184,20 +183,9 @@ class RayNodes:
         return {"Authorization": f"Bearer {self.token_path.read_text().strip()}"}
 
     def job_client(self) -> JobSubmissionClient:
-        """A Ray job client of this cluster's job server, with its token."""
-        from ray.job_submission import JobSubmissionClient
-
-        # The client takes its address from RAY_API_SERVER_ADDRESS or RAY_ADDRESS over its argument: a
-        # process that runs a local Ray of its own (a test session) would reach that one instead.
-        saved = os.environ.get(_API_SERVER_ENV)
-        os.environ[_API_SERVER_ENV] = self.dashboard_url
-        try:
-            return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
-        finally:
-            if saved is None:
-                del os.environ[_API_SERVER_ENV]
-            else:
-                os.environ[_API_SERVER_ENV] = saved
+        """A Ray job client of this cluster's job server, with its token (not another Ray the environment
+        names: :func:`reid.raycluster.job_client`)."""
+        return job_client(self.dashboard_url, headers=self.auth_headers())
 
     def job_status(self, submission_id: str) -> JobStatus:
         """Status of a submitted job as the job server reports it: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
