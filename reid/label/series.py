@@ -103,14 +103,17 @@ def cannot_link_violations(rows: pa.Table, shard: str, limit: int = 20) -> list[
     return violations
 
 
+def _raise_violations(labels_root: str, violations: list[str]) -> None:
+    if violations:
+        raise ReidError(f"{labels_root}: cannot-link violated, two characters of one panel share an identity: "
+                        + "; ".join(violations))
+
+
 def commit_checked(labels_root: str, shard: str, rows: pa.Table, errors: pa.Table, input_rows: int
                    ) -> ShardSummary:
     """Commit one final shard after checking cannot-link on it: a shard that breaks the guarantee is never
     committed, so an output with ``_SUCCESS`` keeps it everywhere. Raises ReidError naming the violations."""
-    violations = cannot_link_violations(rows, shard)
-    if violations:
-        raise ReidError(f"{labels_root}: cannot-link violated, two characters of one panel share an identity: "
-                        + "; ".join(violations))
+    _raise_violations(labels_root, cannot_link_violations(rows, shard))
     return labels_output(labels_root).commit(shard, rows, errors, input_rows=input_rows)
 
 
@@ -128,9 +131,7 @@ def check_cannot_link(labels_root: str, shards: list[str] | None = None) -> dict
             continue
         checked += rows.num_rows
         violations += cannot_link_violations(rows, shard, limit=20 - len(violations))
-    if violations:
-        raise ReidError(f"{labels_root}: cannot-link violated, two characters of one panel share an identity: "
-                        + "; ".join(violations))
+    _raise_violations(labels_root, violations)
     return {"cannot_link_checked_rows": checked}
 
 

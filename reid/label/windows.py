@@ -283,14 +283,15 @@ def run_windows_pass(cfg: LabelConfig, items: list[dict[str, Any]], model_id: di
             _one_pass(cfg, items, pending, model_id, model_cfg, pages_per_shard, tracker, counts, bar, start)
             break
         except Exception as exc:
+            cause = lost_worker_error(exc)
             pending = [i for i in items if not output.is_committed(i["shard"])]
-            if lost_worker_error(exc) is None or not pending:
+            if cause is None or not pending:
                 raise
             if attempt == cfg.unit_retries:
                 raise work_unit_lost(exc, "label", cfg.unit_retries, [i["shard"] for i in pending]) from exc
             log.warning("label: a labeling process died (%s); running the pass again over the %d uncommitted "
-                        "shard(s) (re-run %d of --unit-retries %d)", type(lost_worker_error(exc)).__name__,
-                        len(pending), attempt + 1, cfg.unit_retries)
+                        "shard(s) (re-run %d of --unit-retries %d)", type(cause).__name__, len(pending),
+                        attempt + 1, cfg.unit_retries)
     bar.close()
     counts["seconds"] = time.time() - start
     return counts
