@@ -7,7 +7,7 @@
     cluster/local.sh status
     cluster/local.sh down                    # stops exactly what `up` started
 
-The process management lives in the `reid.localcluster` package (shared with the tests); this is its CLI.
+The process management lives in the `reid.runtime.localcluster` package (shared with the tests); this is its CLI.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import urllib.error
 from pathlib import Path
 
-from reid.localcluster import ENV_FILE, LocalCluster, LocalClusterConfig, LocalClusterError
+from reid.runtime.localcluster import ENV_FILE, LocalCluster, LocalClusterConfig, LocalClusterError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR_ENV = "REID_LOCAL_CLUSTER_DIR"

@@ -9,10 +9,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo (or its --working-dir copy)
 
-from reid.cli import run_main  # noqa: E402
-from reid.config import parse_config  # noqa: E402
-from reid.contracts.manifest import error_rows_line  # noqa: E402
-from reid.crop import CropConfig, run_crop  # noqa: E402
+from reid.core.cli import run_main  # noqa: E402
+from reid.core.config import parse_config  # noqa: E402
+from reid.core.contracts.manifest import error_rows_line  # noqa: E402
+from reid.stages.crop import CropConfig, run_crop  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,22 +13,22 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo (or its --working-dir copy)
 
-from reid.cli import run_main  # noqa: E402
-from reid.config import parse_config  # noqa: E402
-from reid.review import ExportConfig, ExportSequencesConfig, ReviewConfig  # noqa: E402
+from reid.core.cli import run_main  # noqa: E402
+from reid.core.config import parse_config  # noqa: E402
+from reid.stages.review import ExportConfig, ExportSequencesConfig, ReviewConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args and args[0] in ("export", "export-sequences", "serve") else "serve"
     if command == "export":
-        from reid.review import export_labels
+        from reid.stages.review import export_labels
 
         cfg = parse_config(ExportConfig, args, description=__doc__)
         for path in export_labels(cfg.labels, cfg.out, cfg.db):
             print(f"effective labels: {path}")
     elif command == "export-sequences":
-        from reid.review import export_sequences
+        from reid.stages.review import export_sequences
 
         cfg = parse_config(ExportSequencesConfig, args, description=__doc__)
         out = export_sequences(cfg.labels, cfg.out, cfg.db, cfg.split, cfg.window_size, cfg.min_characters,
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"reviewed sequences: {out['sequences']} ({out['book_sequences']} joining two windows of one "
               f"character), {out['instances']} character instances in {out['path']}")
     else:
-        from reid.review.serve import serve
+        from reid.stages.review.serve import serve
 
         serve(parse_config(ReviewConfig, args, description=__doc__))
 

@@ -16,7 +16,7 @@ def ray_session():
     """One local Ray instance (2 CPUs) for every `ray` test; its own GCS port and RAY_ADDRESS."""
     import ray
 
-    from reid.raycluster import init_ray
+    from reid.runtime.raycluster import init_ray
 
     saved = os.environ.get("RAY_ADDRESS")
     init_ray(num_cpus=2)
@@ -31,7 +31,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A tiny COMICS-format corpus (2 series) with injected faults: corrupt, missing, off-page."""
-    from reid.data.synthetic import generate_corpus, preset_config
+    from reid.core.data.synthetic import generate_corpus, preset_config
 
     out = tmp_path_factory.mktemp("corpus")
     generate_corpus(str(out), preset_config("tiny", pages=5, seed=2, corrupt_images=1, missing_images=1,
@@ -46,7 +46,7 @@ def mlflow_uri(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_crops(ray_session, tiny_corpus, tmp_path_factory, mlflow_uri) -> Path:
-    from reid.crop import CropConfig, run_crop
+    from reid.stages.crop import CropConfig, run_crop
 
     out = tmp_path_factory.mktemp("crops")
     run_crop(CropConfig(comics_root=str(tiny_corpus), out=str(out), pages_per_shard=2, mlflow_uri=mlflow_uri,
@@ -71,7 +71,7 @@ def review_labels(tiny_crops, tmp_path_factory, mlflow_uri) -> dict[str, Path]:
     """A label run of the tiny crops with a random Re-ID model, embeddings stored (the review app's tests)."""
     from helpers.labeling import label_config, random_reid_model
 
-    from reid.label import run_label
+    from reid.stages.label import run_label
 
     root = tmp_path_factory.mktemp("review")
     model = random_reid_model(root)

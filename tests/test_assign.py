@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import AgglomerativeClustering
 
-from reid.assign import assign_window, link_windows
+from reid.core.assign import assign_window, link_windows
 
 
 def canonical(labels) -> list[int]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reid.data.augment import ResizePadSquare, eval_transform, ssl_strong, weak_body, weak_face
+from reid.core.data.augment import ResizePadSquare, eval_transform, ssl_strong, weak_body, weak_face
 
 PIPELINES = {
     "ssl_strong_face": lambda s: ssl_strong(s, "face"),
@@ -96,7 +96,7 @@ def test_bad_kind_and_size() -> None:
 
 
 def test_the_corpus_saturation_chooses_the_colour_augmentations():
-    from reid.data.augment import COLOUR_SATURATION, colour_augmentation, mean_saturation
+    from reid.core.data.augment import COLOUR_SATURATION, colour_augmentation, mean_saturation
 
     grey = [Image.new("L", (8, 8), 128), Image.new("RGB", (8, 8), (90, 90, 90))]
     red, sepia = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (250, 245, 235))

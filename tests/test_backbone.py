@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from reid.errors import CheckpointError, ConfigError
-from reid.models.backbone import ModelConfig, build_backbone
+from reid.core.errors import CheckpointError, ConfigError
+from reid.core.models.backbone import ModelConfig, build_backbone
 
 
 def test_defaults_are_the_papers() -> None:

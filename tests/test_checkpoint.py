@@ -8,16 +8,16 @@ import os
 import pytest
 import torch
 
-from reid.errors import CheckpointError
-from reid.models.backbone import ModelConfig
-from reid.models.checkpoint import (
+from reid.core.errors import CheckpointError
+from reid.core.models.backbone import ModelConfig
+from reid.core.models.checkpoint import (
     FORMAT_VERSION,
     checkpoint_payload,
     load_model_checkpoint,
     save_model_checkpoint,
 )
-from reid.models.reid_net import ReIDNet
-from reid.models.ssl import SSLNet
+from reid.core.models.reid_net import ReIDNet
+from reid.core.models.ssl import SSLNet
 
 TINY = ModelConfig(arch="resnet18", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
 
@@ -143,7 +143,7 @@ def test_crafted_model_sizes_are_refused_before_any_allocation(tmp_path, change,
 def test_a_state_dict_of_other_shapes_is_refused_before_the_network_is_built(tmp_path, monkeypatch) -> None:
     """The state dict is checked against a shapes-only skeleton (torch's meta device): a tensor of another shape,
     a missing or an extra key is named, and no real network is allocated for it."""
-    from reid.models import checkpoint
+    from reid.core.models import checkpoint
 
     state = checkpoint_payload(ReIDNet(TINY))["state_dict"]
     state["embed.weight"] = torch.zeros(3, 3)

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from reid.localcluster.mlflow_server import MlflowServer, build_parser
+from reid.runtime.localcluster.mlflow_server import MlflowServer, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
 START_SECTIONS = ("head_start_ray_commands", "worker_start_ray_commands")
-MLFLOW_SERVER = "-m reid.localcluster.mlflow_server"
+MLFLOW_SERVER = "-m reid.runtime.localcluster.mlflow_server"
 MLFLOW_ENV_FILE = "~/.ray/comic-reid-mlflow.env"
 
 

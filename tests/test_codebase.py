@@ -3,7 +3,7 @@ imported).
 
 - Docstrings and comments say what and why; history (issue numbers, dates) lives in ``docs/`` and the log.
 - Instance, panel, page and window ids are built and parsed only by the modules that define them
-  (``reid/data/ids.py``, ``reid/contracts/labels.py`` for row ids, ``reid/corrections.py`` for review units).
+  (``reid/core/data/ids.py``, ``reid/core/contracts/labels.py`` for row ids, ``reid/core/corrections.py`` for review units).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ TESTS = sorted(p for p in [*REPO.glob("tests/*.py"), *REPO.glob("tests/helpers/*
 HISTORY = re.compile(r"\bissues?\s*#?\d+|(?:^|(?<=[\s(]))#\d+\b|\b(?:19|20)\d\d-(?:0[1-9]|1[0-2])\b", re.IGNORECASE)
 # a separator of the id formats, split on or joined with by hand
 HAND_MADE_ID = re.compile(r"""\.r?split\(\s*["'][_+@#]["']|["'][_+@#]["']\.join\(""")
-ID_MODULES = {"reid/data/ids.py", "reid/contracts/labels.py", "reid/corrections.py",
-              "reid/registry.py"}  # registry: MLflow model URIs (name@alias) and package versions, not ids
+ID_MODULES = {"reid/core/data/ids.py", "reid/core/contracts/labels.py", "reid/core/corrections.py",
+              "reid/runtime/registry.py"}  # registry: MLflow model URIs (name@alias) and package versions, not ids
 
 
 def _prose(path: Path) -> Iterator[tuple[int, str]]:
@@ -71,7 +71,7 @@ def test_the_patterns_find_what_they_should() -> None:
 def test_ids_are_not_split_or_joined_by_hand(path: Path) -> None:
     found = [f"{path.relative_to(REPO)}:{line}: {text.strip()}" for line, text in _code_lines(path)
              if HAND_MADE_ID.search(text)]
-    assert not found, f"use reid.data.ids / reid.contracts.labels / reid.corrections: {found}"
+    assert not found, f"use reid.core.data.ids / reid.core.contracts.labels / reid.core.corrections: {found}"
 
 
 def test_every_reliability_claim_names_a_test_that_exists() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from reid import config
-from reid.errors import ConfigError
+from reid.core import config
+from reid.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     """A relative path flag (``--ssl-checkpoint runs/demo/...``) names the file the user meant in every Ray
     worker: made absolute against the driver's working directory; URIs, MLflow model URIs and empty values
     are kept as given."""
-    from reid.label.config import LabelConfig
-    from reid.train.finetune import FinetuneConfig
+    from reid.stages.label.config import LabelConfig
+    from reid.stages.train.finetune import FinetuneConfig
 
     monkeypatch.chdir(tmp_path)
     cfg = config.absolute_paths(config.parse_config(FinetuneConfig, [
@@ -123,7 +123,7 @@ def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
 def test_a_retired_setting_in_a_saved_config_is_dropped_with_a_warning(tmp_path, caplog):
     """A config file written when a setting still existed (a sweep's best.yaml with ``bf16``) loads without it;
     any other unknown key is still refused."""
-    from reid.train.finetune import FinetuneConfig
+    from reid.stages.train.finetune import FinetuneConfig
 
     saved = tmp_path / "best.yaml"
     saved.write_text("crops: c\nsequences: s.json\nssl_checkpoint: m.pt\nbf16: true\nepochs: 3\n")

@@ -7,14 +7,14 @@ import pytest
 from scipy.spatial.distance import pdist, squareform
 from sklearn.cluster import AgglomerativeClustering
 
-from reid.assign import (
+from reid.core.assign import (
     assign_window,
     cluster_conflicts,
     constrained_agglomerative,
     link_windows,
     panel_conflicts,
 )
-from reid.calibration import (
+from reid.core.calibration import (
     bootstrap_se,
     calibrate,
     choose_threshold,
@@ -23,7 +23,7 @@ from reid.calibration import (
     loosest_window_threshold,
     loosest_within_one_se,
 )
-from reid.data.ids import panel_id
+from reid.core.data.ids import panel_id
 
 
 def unit(x: np.ndarray) -> np.ndarray:

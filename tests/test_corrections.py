@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from reid.assign import constrained_agglomerative
-from reid.contracts.review import Action, ReviewLog, effective_actions, open_log
-from reid.corrections import (
+from reid.core.assign import constrained_agglomerative
+from reid.core.contracts.review import Action, ReviewLog, effective_actions, open_log
+from reid.core.corrections import (
     Corrections,
     ReviewActionError,
     corrections_from_state,
@@ -23,7 +23,7 @@ from reid.corrections import (
     stable_identities,
     unit_id,
 )
-from reid.errors import DataFormatError
+from reid.core.errors import DataFormatError
 
 W1, W2 = "1_0_0+1_0_1+1_0_2+1_0_3", "1_1_0+1_1_1+1_1_2+1_1_3"
 

@@ -18,13 +18,13 @@ import pytest
 from helpers.console import ray_core_lines
 from PIL import Image
 
-from reid import config
-from reid.contracts.crops import CROP_SCHEMA, crop_relpath, read_crops
-from reid.crop import CropConfig, run_crop, shards_per_ray_task
-from reid.data.formats import panel_image_path, read_instances
-from reid.errors import ConfigError, DataFormatError
-from reid.geometry import face_crop_box
-from reid.raycluster import TASK_POOL_OVERRIDES, data_context
+from reid.core import config
+from reid.core.contracts.crops import CROP_SCHEMA, crop_relpath, read_crops
+from reid.core.data.formats import panel_image_path, read_instances
+from reid.core.errors import ConfigError, DataFormatError
+from reid.core.geometry import face_crop_box
+from reid.runtime.raycluster import TASK_POOL_OVERRIDES, data_context
+from reid.stages.crop import CropConfig, run_crop, shards_per_ray_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +237,7 @@ def test_panel_paths_that_are_no_image_are_error_rows(tmp_path):
     to show it (the crop task's own function)."""
     import numpy as np
 
-    from reid.crop import crop_shard, plan_shards
+    from reid.stages.crop import crop_shard, plan_shards
 
     corpus = tmp_path / "corpus"
     panels = corpus / "raw_panel_images" / "1"
@@ -276,8 +276,8 @@ def test_a_shard_whose_process_always_dies_stops_the_job_naming_it(tiny_corpus, 
     """A crop task killed on every attempt (as for memory) is re-run --unit-retries times, not for ever (Ray
     Data's default); then the job stops with a WorkUnitLostError naming the shard, and the same command without
     the fault resumes from the committed shards to every box exactly once."""
-    from reid.contracts.crops import shard_id
-    from reid.errors import WorkUnitLostError
+    from reid.core.contracts.crops import shard_id
+    from reid.core.errors import WorkUnitLostError
 
     first = read_instances(str(tiny_corpus / "data/ssl/merged_face_body.csv")).iloc[0]
     doomed = shard_id(int(first["series_id"]), int(first["page"]), 2)
@@ -298,12 +298,12 @@ def test_a_shard_whose_process_always_dies_stops_the_job_naming_it(tiny_corpus, 
 def test_ray_started_here_retries_a_unit_killed_for_memory_a_bounded_number_of_times(ray_session):
     """Ray's memory monitor re-runs a killed task on its own counter, RAY_task_oom_retries, for ever by default
     (-1): the Ray a job starts gets --unit-retries' default instead, in its system config and its raylet's
-    environment, as does a node of reid.localcluster."""
+    environment, as does a node of reid.runtime.localcluster."""
     import ray._private.worker as worker
 
-    from reid.localcluster import LocalClusterConfig
-    from reid.localcluster.ray_nodes import RayNodes
-    from reid.raycluster import UNIT_RETRIES
+    from reid.runtime.localcluster import LocalClusterConfig
+    from reid.runtime.localcluster.ray_nodes import RayNodes
+    from reid.runtime.raycluster import UNIT_RETRIES
 
     session = worker._global_node.get_session_dir_path()
     raylets = [p for p in psutil.process_iter(["cmdline"], ad_value=None)
@@ -348,7 +348,7 @@ def test_a_resume_with_an_edited_instance_csv_is_refused(tmp_path, ray_session, 
 
 def test_the_plan_is_rebuilt_never_appended(tmp_path):
     """A chunk left in _plan/ by an earlier run (a longer CSV) is never read with this run's plan."""
-    from reid.crop import _read_plan, plan_shards
+    from reid.stages.crop import _read_plan, plan_shards
 
     corpus = _small_corpus(tmp_path / "corpus", 2)
     cfg = CropConfig(comics_root=str(corpus), out=str(tmp_path / "out"), write_files=False)

@@ -23,11 +23,11 @@ from helpers import e2e
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus
 
-from reid.contracts.labels import row_id, window_id
-from reid.data.formats import read_instances
-from reid.data.ids import panel_id, parse_panel_id
-from reid.label import read_labels
-from reid.localcluster import (
+from reid.core.contracts.labels import row_id, window_id
+from reid.core.data.formats import read_instances
+from reid.core.data.ids import panel_id, parse_panel_id
+from reid.core.models.checkpoint import load_model_checkpoint
+from reid.runtime.localcluster import (
     LocalCluster,
     LocalClusterConfig,
     free_ports,
@@ -36,8 +36,8 @@ from reid.localcluster import (
     process_alive,
     read_process,
 )
-from reid.models.checkpoint import load_model_checkpoint
-from reid.pipeline import STAGES
+from reid.stages.label import read_labels
+from reid.stages.pipeline import STAGES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -215,7 +215,7 @@ def test_stopped_label_job_resubmitted_gives_every_instance_once(cluster: LocalC
 def test_mlflow_outage_during_training_is_spooled_then_replayed(cluster: LocalCluster, pipeline: dict,
                                                                  tmp_path: Path) -> None:
     """The server goes down once the run exists and comes back only after the job ended: the job finishes,
-    says what it could not log and where it saved it, and `python -m reid.tracking replay` completes the run."""
+    says what it could not log and where it saved it, and `python -m reid.runtime.tracking replay` completes the run."""
     assert cluster.mlflow is not None
     name, epochs, storage, submission = f"{PREFIX}-mlflow-outage", 2, tmp_path / "train", "pretrain-mlflow-outage"
     e2e.submit_in_background(cluster, submission, _pretrain_argv(pipeline["crops"], storage, name, epochs, 0.5))
@@ -249,7 +249,7 @@ def test_mlflow_outage_during_training_is_spooled_then_replayed(cluster: LocalCl
     assert epochs - 1 in spooled_epochs and epochs - 1 not in logged_epochs
     assert sorted(logged_epochs + spooled_epochs) == list(range(epochs)), "every epoch logged or spooled once"
 
-    replay = subprocess.run([sys.executable, "-m", "reid.tracking", "replay", str(spool), cluster.mlflow_uri],
+    replay = subprocess.run([sys.executable, "-m", "reid.runtime.tracking", "replay", str(spool), cluster.mlflow_uri],
                             cwd=e2e.REPO, capture_output=True, text=True, timeout=120, check=False)
     assert replay.returncode == 0 and f"replayed {len(entries)} operation(s)" in replay.stdout, replay.stderr
     run = _run(cluster.mlflow_uri, name)

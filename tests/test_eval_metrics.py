@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
-from reid.eval.metrics import bcubed, clustering_scores, retrieval_metrics
+from reid.core.eval.metrics import bcubed, clustering_scores, retrieval_metrics
 
 
 def brute_force_retrieval(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -8,9 +8,15 @@ import warnings
 import pytest
 import torch
 
-from reid.models.backbone import ModelConfig
-from reid.models.export import INPUT_NAMES, example_inputs, export_onnx, export_program, export_torchscript
-from reid.models.reid_net import ReIDNet
+from reid.core.models.backbone import ModelConfig
+from reid.core.models.export import (
+    INPUT_NAMES,
+    example_inputs,
+    export_onnx,
+    export_program,
+    export_torchscript,
+)
+from reid.core.models.reid_net import ReIDNet
 
 TINY = ModelConfig(arch="resnet18", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from reid.data import filtered, formats
-from reid.errors import DataFormatError
+from reid.core.data import filtered, formats
+from reid.core.errors import DataFormatError
 
 MERGED = textwrap.dedent("""\
     series_id,page_id,type,index,char_index,x_0,y_0,x1,y_1,extra

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reid.geometry import EmptyBoxError, body_crop_box, face_crop_box
+from reid.core.geometry import EmptyBoxError, body_crop_box, face_crop_box
 
 
 def test_face_centre():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
-from reid.losses.identity_ssl import IdentityAwareSSLLoss
+from reid.core.losses.identity_ssl import IdentityAwareSSLLoss
 
 
 def reference_simclr(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:

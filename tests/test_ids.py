@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from reid.data.ids import (
+from reid.core.data.ids import (
     IdError,
     PanelId,
     instance_id,

@@ -7,8 +7,8 @@ import os
 import pytest
 from PIL import Image
 
-from reid.errors import DataFormatError
-from reid.images import decode_image, encode_jpeg, read_image_file
+from reid.core.errors import DataFormatError
+from reid.core.images import decode_image, encode_jpeg, read_image_file
 
 
 @pytest.fixture()

@@ -28,16 +28,16 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from reid.cli import run_main
-from reid.data import augment
-from reid.embedding import CharacterEmbedder, CropPreprocessor
-from reid.errors import CheckpointError, ConfigError
-from reid.models.backbone import ModelConfig
-from reid.models.checkpoint import load_model_checkpoint, reid_net_from_ssl_checkpoint
-from reid.models.paper_import import convert_paper_checkpoint, import_paper_checkpoint
-from reid.models.reid_net import ReIDNet
-from reid.models.safe_pickle import ForeignObject, safe_load
-from reid.models.ssl import SSLNet
+from reid.core.cli import run_main
+from reid.core.data import augment
+from reid.core.embedding import CharacterEmbedder, CropPreprocessor
+from reid.core.errors import CheckpointError, ConfigError
+from reid.core.models.backbone import ModelConfig
+from reid.core.models.checkpoint import load_model_checkpoint, reid_net_from_ssl_checkpoint
+from reid.core.models.paper_import import convert_paper_checkpoint, import_paper_checkpoint
+from reid.core.models.reid_net import ReIDNet
+from reid.core.models.safe_pickle import ForeignObject, safe_load
+from reid.core.models.ssl import SSLNet
 
 REPO = Path(__file__).resolve().parents[1]
 ENUM_MODULE = "src.models.components.ssl_module.ssl_backbone"
@@ -488,7 +488,7 @@ def test_absurd_tensor_shapes_and_inflating_records_are_refused_before_reading(t
     directory), or a storage of more elements than any Re-ID net has, each a CheckpointError naming the cause."""
     import zipfile
 
-    from reid.models import safe_pickle
+    from reid.core.models import safe_pickle
 
     view = torch.zeros(1).as_strided((10**6, 10**6), (0, 0))
     torch.save({"state_dict": {"w": view}}, tmp_path / "view.ckpt")

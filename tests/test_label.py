@@ -24,19 +24,19 @@ from helpers.labeling import cli_args, crop_ids, label_config, random_reid_model
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from reid.assign import link_windows
-from reid.cli import run_main
-from reid.contracts.crops import pair_rows
-from reid.contracts.labels import row_id, split_row_id, window_id, window_panels
-from reid.data.augment import eval_transform
-from reid.data.formats import panel_image_path, read_instances, read_sequences
-from reid.data.ids import panel_id, parse_instance_id, parse_panel_id
-from reid.embedding import CharacterEmbedder, CropPreprocessor, decode_rgb
-from reid.errors import CheckpointError, ConfigError, DataFormatError
-from reid.label import LabelConfig, decoding_fused, pool_size, read_labels, run_label, sliding_windows
-from reid.label_window import crop_boxes, label_window
-from reid.models import ModelConfig, ReIDNet, SSLNet, load_model_checkpoint, save_model_checkpoint
-from reid.report import write_report
+from reid.core.assign import link_windows
+from reid.core.cli import run_main
+from reid.core.contracts.crops import pair_rows
+from reid.core.contracts.labels import row_id, split_row_id, window_id, window_panels
+from reid.core.data.augment import eval_transform
+from reid.core.data.formats import panel_image_path, read_instances, read_sequences
+from reid.core.data.ids import panel_id, parse_instance_id, parse_panel_id
+from reid.core.embedding import CharacterEmbedder, CropPreprocessor, decode_rgb
+from reid.core.errors import CheckpointError, ConfigError, DataFormatError
+from reid.core.label_window import crop_boxes, label_window
+from reid.core.models import ModelConfig, ReIDNet, SSLNet, load_model_checkpoint, save_model_checkpoint
+from reid.stages.label import LabelConfig, decoding_fused, pool_size, read_labels, run_label, sliding_windows
+from reid.stages.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -181,7 +181,7 @@ def test_label_units_are_rerun_a_bounded_number_of_times():
     max_task_retries=-1): --unit-retries bounds the decoding tasks; the actors are not restarted at all, the pass
     runs again over the uncommitted units instead. The actor arguments are invalid for a task (Ray refuses them),
     so the two maps can no longer be fused: on CPUs the actors decode themselves."""
-    from reid.label.windows import unit_retry_args
+    from reid.stages.label.windows import unit_retry_args
 
     assert unit_retry_args(LabelConfig(model="m.pt", unit_retries=2)) == (
         {"max_retries": 2}, {"max_restarts": 0, "max_task_retries": 0})  # the pass re-runs itself (run_windows_pass)

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from helpers.labeling import cli_args, crop_ids, label_config, random_reid_model
 
-from reid.contracts.manifest import ShardIntegrityError
-from reid.crop import CropConfig, run_crop
-from reid.data.ids import instance_id, parse_seq_id
-from reid.errors import ConfigError
-from reid.label import read_labels, run_label
+from reid.core.contracts.manifest import ShardIntegrityError
+from reid.core.data.ids import instance_id, parse_seq_id
+from reid.core.errors import ConfigError
+from reid.stages.crop import CropConfig, run_crop
+from reid.stages.label import read_labels, run_label
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.fault]
@@ -146,9 +146,9 @@ def test_label_with_a_registered_model_records_its_version(ray_session, tiny_cro
     and records which version it was (MLflow tags and metrics.json)."""
     from mlflow.tracking import MlflowClient
 
-    from reid.models import load_model_checkpoint
-    from reid.registry import log_reid_model
-    from reid.tracking import Tracker
+    from reid.core.models import load_model_checkpoint
+    from reid.runtime.registry import log_reid_model
+    from reid.runtime.tracking import Tracker
 
     tracker = Tracker(mlflow_uri, "register-for-label")
     logged = log_reid_model(tracker, load_model_checkpoint(str(model_path))[0], str(model_path), "label-test-model")
@@ -174,7 +174,7 @@ def test_a_unit_whose_actor_always_dies_stops_the_job_naming_it(ray_session, tin
     the console): the pass itself runs again over the uncommitted units, --unit-retries times. A unit whose
     process dies on every attempt then stops the job with a WorkUnitLostError naming its shard; the units
     committed meanwhile stay, and the same command without the fault gives every row once."""
-    from reid.errors import WorkUnitLostError
+    from reid.core.errors import WorkUnitLostError
 
     shards = sorted(p.stem for p in (tiny_crops / "_manifest").glob("*.json"))
     doomed = shards[-1]

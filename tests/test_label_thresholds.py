@@ -6,11 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from reid.contracts.labels import LABEL_SCHEMA, labels_output, row_id
-from reid.contracts.manifest import error_table
-from reid.errors import ReidError
-from reid.label import LabelConfig, check_cannot_link, load_reid_model, resolve_thresholds
-from reid.models import ModelConfig, ReIDNet, save_model_checkpoint
+from reid.core.contracts.labels import LABEL_SCHEMA, labels_output, row_id
+from reid.core.contracts.manifest import error_table
+from reid.core.errors import ReidError
+from reid.core.models import ModelConfig, ReIDNet, save_model_checkpoint
+from reid.stages.label import LabelConfig, check_cannot_link, load_reid_model, resolve_thresholds
 
 CALIBRATION = {"threshold": 0.61, "link_threshold": 1.05, "source": "validation sequences of fine-tuning run t"}
 
@@ -73,7 +73,7 @@ def test_cannot_link_check_passes_a_clean_output_and_names_a_violation(tmp_path)
 def test_a_shard_that_breaks_cannot_link_is_never_committed(tmp_path):
     """The series pass checks each final shard as it commits it: the job stops naming the violation, and the
     shard stays uncommitted (no _SUCCESS can cover it)."""
-    from reid.label.series import commit_checked
+    from reid.stages.label.series import commit_checked
 
     ok = [("1_0_0_body_0", "W", "1_0_0", "1_0_0#0", 0, 0), ("1_0_0_body_1", "W", "1_0_0", "1_0_0#1", 1, 1)]
     bad = [ok[0], ("1_0_0_body_1", "W", "1_0_0", "1_0_0#1", 0, 1)]  # one window identity, two characters
@@ -92,8 +92,8 @@ def test_the_model_is_built_from_exactly_the_bytes_that_were_hashed(tmp_path, mo
 
     import torch
 
-    from reid import io as reid_io
-    from reid.errors import CheckpointError
+    from reid.core import io as reid_io
+    from reid.core.errors import CheckpointError
 
     path = tmp_path / "model.pt"
     a, b = (ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=32)) for _ in range(2))

@@ -9,9 +9,9 @@ import pytest
 from helpers.labeling import label_config, random_reid_model
 from mlflow.tracking import MlflowClient
 
-from reid.contracts.manifest import recorded_run
-from reid.label import run_label
-from reid.run_inputs import crops_dataset
+from reid.core.contracts.manifest import recorded_run
+from reid.runtime.run_inputs import crops_dataset
+from reid.stages.label import run_label
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

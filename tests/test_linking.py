@@ -1,4 +1,4 @@
-"""Series linking's distances and constraints (reid/linking.py, reid.assign.link_windows): each option against a
+"""Series linking's distances and constraints (reid/core/linking.py, reid.core.assign.link_windows): each option against a
 hand-made case where linking on centroids with a hard cannot-link gets it wrong."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reid.assign import link_windows
-from reid.linking import (
+from reid.core.assign import link_windows
+from reid.core.linking import (
     kreciprocal_distances,
     member_distances,
     pairwise_euclidean,

@@ -1,4 +1,4 @@
-"""reid.localcluster and cluster/local.sh: a real head + 2 worker nodes (`ray start`) + MLflow on 127.0.0.1.
+"""reid.runtime.localcluster and cluster/local.sh: a real head + 2 worker nodes (`ray start`) + MLflow on 127.0.0.1.
 
 One cluster serves the module; the tests run in file order (the last ones kill a node and stop it all).
 """
@@ -21,8 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus
 
-from reid.errors import ConfigError
-from reid.localcluster import (
+from reid.core.errors import ConfigError
+from reid.runtime.localcluster import (
     ENV_FILE,
     STATE_FILE,
     LocalCluster,
@@ -33,8 +33,8 @@ from reid.localcluster import (
     read_process,
     worker_resource,
 )
-from reid.localcluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowServer, credentials
-from reid.tracking import Tracker
+from reid.runtime.localcluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowServer, credentials
+from reid.runtime.tracking import Tracker
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from reid.losses.metric import SequencePairLoss, sequence_pair_indices
+from reid.core.losses.metric import SequencePairLoss, sequence_pair_indices
 
 # Three sequences: 0 and 1 of series 7, 2 of series 9. charIds repeat across sequences on purpose:
 # char 0 of sequence 0 and char 0 of sequence 1 are NOT known to be the same character.

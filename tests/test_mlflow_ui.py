@@ -15,12 +15,12 @@ import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reid.contracts.manifest import ShardedOutput
-from reid.localcluster import free_ports
-from reid.localcluster.mlflow_server import MlflowServer
-from reid.registry import promote_champion
-from reid.run_inputs import crops_dataset, sequences_dataset
-from reid.tracking import Tracker
+from reid.core.contracts.manifest import ShardedOutput
+from reid.runtime.localcluster import free_ports
+from reid.runtime.localcluster.mlflow_server import MlflowServer
+from reid.runtime.registry import promote_champion
+from reid.runtime.run_inputs import crops_dataset, sequences_dataset
+from reid.runtime.tracking import Tracker
 
 pytestmark = [pytest.mark.slow]
 NAME = "comic-reid"

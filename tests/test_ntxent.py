@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reid.losses.identity_ssl import IdentityAwareSSLLoss
-from reid.losses.metric import SequencePairLoss
-from reid.losses.ntxent import NTXentLoss
-from reid.raycluster import free_ports
+from reid.core.losses.identity_ssl import IdentityAwareSSLLoss
+from reid.core.losses.metric import SequencePairLoss
+from reid.core.losses.ntxent import NTXentLoss
+from reid.runtime.raycluster import free_ports
 
 
 def reference_ntxent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:

@@ -1,5 +1,5 @@
 """Outputs on an object store: atomic writes, checkpoints and exports go through one filesystem layer
-(``reid.io``), against a real S3-compatible server (moto's server mode, started here on a free port)."""
+(``reid.core.io``), against a real S3-compatible server (moto's server mode, started here on a free port)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from reid import io as reid_io
-from reid.raycluster import free_ports
+from reid.core import io as reid_io
+from reid.runtime.raycluster import free_ports
 
 BUCKET = "comic-reid-test"
 
@@ -88,9 +88,9 @@ def test_a_failed_write_removes_its_temporary_file_locally_and_on_s3(s3, tmp_pat
 
 
 def test_checkpoint_and_torchscript_export_go_to_s3_not_to_a_local_folder(s3, tmp_path, monkeypatch):
-    from reid.models import ModelConfig, ReIDNet
-    from reid.models.checkpoint import load_model_checkpoint, save_model_checkpoint
-    from reid.models.export import export_torchscript
+    from reid.core.models import ModelConfig, ReIDNet
+    from reid.core.models.checkpoint import load_model_checkpoint, save_model_checkpoint
+    from reid.core.models.export import export_torchscript
 
     monkeypatch.chdir(tmp_path)  # a URI taken for a local path would create ./s3:/... here
     net = ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from reid.train.progress import Progress, ProgressBar, progress_path
+from reid.stages.train.progress import Progress, ProgressBar, progress_path
 
 
 def test_bar_follows_rank_zeros_progress_and_prints_its_warnings(tmp_path, caplog):
@@ -20,7 +20,7 @@ def test_bar_follows_rank_zeros_progress_and_prints_its_warnings(tmp_path, caplo
         bar.refresh()
         assert (bar.bar.n, bar.bar.total) == (3, 10)
         with caplog.at_level(logging.INFO, logger="reid"):
-            logging.getLogger("reid.tracking").warning("MLflow at X: 2 operation(s) could not be logged")
+            logging.getLogger("reid.runtime.tracking").warning("MLflow at X: 2 operation(s) could not be logged")
             progress.note("resumed from a checkpoint: continuing at epoch 1")
             progress.update(2, 0, 1.0, 41.0, force=True)  # the last epoch ended
             bar.close()
@@ -28,7 +28,7 @@ def test_bar_follows_rank_zeros_progress_and_prints_its_warnings(tmp_path, caplo
         logging.getLogger("reid").handlers = [h for h in logging.getLogger("reid").handlers
                                               if type(h).__name__ != "_NoteHandler"]
     assert bar.bar.n == bar.bar.total == 10
-    messages = [r.getMessage() for r in caplog.records if r.name == "reid.train.progress"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "reid.stages.train.progress"]
     assert messages == ["pretrain (worker): MLflow at X: 2 operation(s) could not be logged",
                         "pretrain: resumed from a checkpoint: continuing at epoch 1"]
     assert "stale" not in " ".join(messages)

@@ -8,8 +8,8 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reid.registry import CHAMPION, FIGURE_TAG, promote_champion, resolve_model_uri
-from reid.tracking import Tracker
+from reid.runtime.registry import CHAMPION, FIGURE_TAG, promote_champion, resolve_model_uri
+from reid.runtime.tracking import Tracker
 
 NAME = "comic-reid"
 
@@ -78,7 +78,7 @@ def test_mlflow_down_leaves_the_alias_alone_and_never_raises(tmp_path, caplog):
 def test_a_model_uri_that_is_not_in_the_store_is_refused_by_name(uri, tmp_path):
     """``--model models:/NAME/VERSION`` of a version the store does not hold: a CheckpointError that names the
     URI and the store, before any work."""
-    from reid.errors import CheckpointError
+    from reid.core.errors import CheckpointError
 
     MlflowClient(uri).create_registered_model(NAME)
     for missing in ("models:/nope/3", f"models:/{NAME}/7", f"models:/{NAME}@{CHAMPION}"):

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid.errors import ConfigError, DataFormatError
-from reid.models.backbone import ModelConfig
-from reid.models.checkpoint import reid_net_from_ssl_checkpoint, save_model_checkpoint
-from reid.models.reid_net import ReIDNet
-from reid.models.ssl import SSLNet
+from reid.core.errors import ConfigError, DataFormatError
+from reid.core.models.backbone import ModelConfig
+from reid.core.models.checkpoint import reid_net_from_ssl_checkpoint, save_model_checkpoint
+from reid.core.models.reid_net import ReIDNet
+from reid.core.models.ssl import SSLNet
 
 TINY = ModelConfig(arch="resnet18", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
 FACE_MASK = torch.tensor([True, False, True, True, False])
@@ -158,7 +158,7 @@ def test_flip_average_embeds_a_crop_and_its_mirror_in_eval_mode_only() -> None:
 
 
 def test_flip_average_is_kept_by_checkpoints_and_off_for_old_ones(tmp_path) -> None:
-    from reid.models.checkpoint import load_model_checkpoint
+    from reid.core.models.checkpoint import load_model_checkpoint
 
     net = ReIDNet(dataclasses.replace(TINY, flip_average=True))
     path = str(tmp_path / "m.pt")

@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from reid.contracts.labels import row_id, window_panels
-from reid.contracts.manifest import ShardedOutput, error_table
-from reid.data.ids import PanelId, instance_id, panel_image_relpath, parse_panel_id
-from reid.images import encode_jpeg
-from reid.label import LABEL_SCHEMA
-from reid.report import draw_window, identity_color, identity_gallery, sample_windows, write_report
+from reid.core.contracts.labels import row_id, window_panels
+from reid.core.contracts.manifest import ShardedOutput, error_table
+from reid.core.data.ids import PanelId, instance_id, panel_image_relpath, parse_panel_id
+from reid.core.images import encode_jpeg
+from reid.stages.label import LABEL_SCHEMA
+from reid.stages.report import draw_window, identity_color, identity_gallery, sample_windows, write_report
 
 
 def test_identity_colours_are_unbounded_and_distinct():

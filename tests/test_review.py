@@ -21,16 +21,16 @@ import pytest
 import torch
 from helpers.labeling import label_config
 
-from reid.contracts.review import ReviewLog, read_applied_corrections
-from reid.corrections import split_unit_id
-from reid.data.formats import read_sequences
-from reid.errors import ConfigError
-from reid.label import read_labels, run_label
-from reid.models import ModelConfig, ReIDNet, save_model_checkpoint
-from reid.review import effective_labels, export_labels, export_sequences
-from reid.review.config import ReviewConfig
-from reid.review.export import plain_boxes
-from reid.review.serve import start_in_background
+from reid.core.contracts.review import ReviewLog, read_applied_corrections
+from reid.core.corrections import split_unit_id
+from reid.core.data.formats import read_sequences
+from reid.core.errors import ConfigError
+from reid.core.models import ModelConfig, ReIDNet, save_model_checkpoint
+from reid.stages.label import read_labels, run_label
+from reid.stages.review import effective_labels, export_labels, export_sequences
+from reid.stages.review.config import ReviewConfig
+from reid.stages.review.export import plain_boxes
+from reid.stages.review.serve import start_in_background
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -332,8 +332,8 @@ def test_the_next_label_run_keeps_merges_splits_names_and_ids(app, review_labels
 
 def test_finetune_adds_the_reviewed_sequences_but_never_held_out_panels(review_labels, tiny_corpus, tmp_path
                                                                         ) -> None:
-    from reid.review.corpus import ReviewCorpus
-    from reid.train.finetune import FinetuneConfig, read_splits
+    from reid.stages.review.corpus import ReviewCorpus
+    from reid.stages.train.finetune import FinetuneConfig, read_splits
 
     db = str(tmp_path / "review.db")
     corpus = ReviewCorpus(str(review_labels["labels"]), db)

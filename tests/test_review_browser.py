@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from reid.contracts.review import ReviewLog, effective_actions
-from reid.review.config import ReviewConfig
-from reid.review.serve import start_in_background
+from reid.core.contracts.review import ReviewLog, effective_actions
+from reid.stages.review.config import ReviewConfig
+from reid.stages.review.serve import start_in_background
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -5,8 +5,8 @@ import json
 
 import pyarrow as pa
 
-from reid.contracts.manifest import ShardedOutput, record_run
-from reid.run_inputs import crops_dataset, sequences_dataset
+from reid.core.contracts.manifest import ShardedOutput, record_run
+from reid.runtime.run_inputs import crops_dataset, sequences_dataset
 
 SEQUENCE = {"seq_id": "7_0_0+7_0_1+7_0_2+7_0_3", "annotations": [
     {"charId": "a", "charInstances": [{"face": "7_0_0_face_0", "body": "7_0_0_body_0"},

@@ -3,8 +3,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from reid.contracts.manifest import ShardedOutput, ShardIntegrityError, error_table
-from reid.errors import ConfigError
+from reid.core.contracts.manifest import ShardedOutput, ShardIntegrityError, error_table
+from reid.core.errors import ConfigError
 
 
 def _rows(ids):
@@ -121,7 +121,7 @@ def test_a_resume_checks_its_inputs_by_contents(tmp_path):
 def test_fingerprint_is_size_and_sha256(tmp_path):
     import hashlib
 
-    from reid import io
+    from reid.core import io
 
     path = tmp_path / "f.csv"
     path.write_bytes(b"a,b\n1,2\n" * 200_000)
@@ -132,7 +132,7 @@ def test_read_parquet_reads_only_the_first_rows_when_asked(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from reid import io
+    from reid.core import io
 
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"a": list(range(10)), "b": [str(i) for i in range(10)]}), path, row_group_size=3)
@@ -148,8 +148,8 @@ def test_read_parquet_reads_only_the_first_rows_when_asked(tmp_path):
 def test_crops_fingerprint_changes_when_the_crops_are_redone_and_a_resume_names_it(tmp_path):
     """The label job's identity holds the crops' fingerprint: re-cropping into the same folder between a killed
     label run and its re-run is refused, naming the crops and their row counts."""
-    from reid.contracts.crops import crops_fingerprint, crops_output
-    from reid.contracts.manifest import record_run
+    from reid.core.contracts.crops import crops_fingerprint, crops_output
+    from reid.core.contracts.manifest import record_run
 
     root = str(tmp_path / "crops")
     crops = crops_output(root)

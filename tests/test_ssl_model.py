@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reid.losses.ntxent import NTXentLoss
-from reid.models.backbone import ModelConfig
-from reid.models.ssl import SSLNet
+from reid.core.losses.ntxent import NTXentLoss
+from reid.core.models.backbone import ModelConfig
+from reid.core.models.ssl import SSLNet
 
 TINY = ModelConfig(arch="resnet18", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
 

@@ -19,33 +19,33 @@ import pytest
 from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import pdist, squareform
 
-from reid import config
-from reid.errors import ConfigError
-from reid.sweeps.finetune import FinetuneSweepConfig, published_metric
-from reid.sweeps.pretrain import PretrainSweepConfig
-from reid.sweeps.threshold import (
+from reid.core import config
+from reid.core.errors import ConfigError
+from reid.stages.sweeps.finetune import FinetuneSweepConfig, published_metric
+from reid.stages.sweeps.pretrain import PretrainSweepConfig
+from reid.stages.sweeps.threshold import (
     ThresholdSweepConfig,
     choose_threshold,
     distance_histogram_png,
     grid_scores,
     pair_distances,
 )
-from reid.sweeps.trials import (
+from reid.stages.sweeps.trials import (
     SweepInterruptedError,
     best_row,
     concurrent_trials,
     job_config,
     published_score,
 )
-from reid.train.finetune import SELECT_METRIC, FinetuneConfig
-from reid.train.pretrain import PretrainConfig
+from reid.stages.train.finetune import SELECT_METRIC, FinetuneConfig
+from reid.stages.train.pretrain import PretrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--face-size", "32", "--body-size", "48", "--workers", "2", "--cpus-per-worker", "0.5", "--epochs", "1",
               "--samples", "2", "--max-failures", "0", "--controller-failure-limit", "1", "--trial-max-failures", "0"]
 # Deprecation messages seen in the sweep logs that are not Ray Tune/Train API use of ours:
 KNOWN_DEPRECATIONS = (
-    # torch, in reid/losses/ntxent.py (not Ray)
+    # torch, in reid/core/losses/ntxent.py (not Ray)
     "torch.distributed.nn.functional.all_gather is deprecated",
 )
 
@@ -181,7 +181,7 @@ def test_tpe_models_the_results_within_a_small_budget():
     from optuna.samplers import TPESampler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from reid.sweeps.trials import searcher, tpe_startup_trials
+    from reid.stages.sweeps.trials import searcher, tpe_startup_trials
 
     assert [tpe_startup_trials(n) for n in (1, 4, 8, 16, 40, 100)] == [2, 2, 2, 4, 10, 10]
     tpe = searcher(FinetuneSweepConfig(samples=8, search_seed=3), max_concurrent=1)
@@ -222,8 +222,8 @@ def ray_env(ray_session):
 
 @pytest.fixture(scope="module")
 def corpus(ray_env, tmp_path_factory):
-    from reid.crop import CropConfig, run_crop
-    from reid.data.synthetic import generate_corpus, preset_config
+    from reid.core.data.synthetic import generate_corpus, preset_config
+    from reid.stages.crop import CropConfig, run_crop
 
     root = tmp_path_factory.mktemp("sweeps")
     # seed 1: 6 held-out instances with a face and a body (the pretrain sweep's metric needs >= 2)
@@ -361,9 +361,9 @@ def test_finetune_sweep_tracks_rank0_validation_and_writes_a_loadable_best_confi
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_threshold_sweep_is_the_calibration_fine_tuning_stored(finetune_sweep, corpus, capsys):
-    from reid.label import LabelConfig
-    from reid.label.config import resolve_thresholds
-    from reid.models.checkpoint import load_model_checkpoint
+    from reid.core.models.checkpoint import load_model_checkpoint
+    from reid.stages.label import LabelConfig
+    from reid.stages.label.config import resolve_thresholds
 
     model = [p for p in finetune_sweep["folder"].glob("trials/*/final/model.pt")][0]
     base = ["--model", str(model), "--crops", corpus["crops"], "--sequences", corpus["sequences"], "--storage",
@@ -409,7 +409,7 @@ def test_pipeline_sweeps_then_fine_tunes_with_the_winning_values(pretrain_sweep,
     final model is trained with the winning trial's margins and learning rate."""
     import shutil
 
-    from reid.pipeline import PipelineConfig, paths, run_pipeline
+    from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
 
     # one trial keeps the suite short; the winner's values reaching the final model is what is checked
     cfg = PipelineConfig(out=str(corpus["root"]), stages="finetune", sweep_trials=1, face_size=32, body_size=48,

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reid.data import filtered, formats
-from reid.data.ids import instance_id, parse_instance_id, parse_page_panel, parse_panel_id, parse_seq_id
-from reid.data.synthetic import (
+from reid.core.data import filtered, formats
+from reid.core.data.ids import instance_id, parse_instance_id, parse_page_panel, parse_panel_id, parse_seq_id
+from reid.core.data.synthetic import (
     PRESETS,
     SHAPE_ATTRIBUTES,
     SPLITS,
@@ -25,7 +25,7 @@ from reid.data.synthetic import (
     parse_args,
     preset_config,
 )
-from reid.errors import ConfigError
+from reid.core.errors import ConfigError
 
 FAULTS = {"corrupt_images": 2, "missing_images": 1, "offpage_partial": 3, "offpage_whole": 2}
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reid.data import formats
-from reid.data.synthetic import generate_corpus, preset_config
-from reid.data.synthetic.inked import grey_only, halftone
-from reid.errors import ConfigError
+from reid.core.data import formats
+from reid.core.data.synthetic import generate_corpus, preset_config
+from reid.core.data.synthetic.inked import grey_only, halftone
+from reid.core.errors import ConfigError
 from tests.helpers.corpus_items import colour_precision_at_1, random_network_precision_at_1, sequence_items
 
 # sha256 over (relative path, bytes) of every file of preset "tiny", as generated before the inked style
@@ -69,7 +69,7 @@ def test_fills_are_grey_tones_and_identity_is_in_shapes(inked):
     root, _, _ = inked
     with open(f"{root}/cast.json") as f:
         casts = json.load(f)
-    from reid.data.synthetic.cast import CharacterDesign
+    from reid.core.data.synthetic.cast import CharacterDesign
 
     designs = [CharacterDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
                for cast in casts.values() for c in cast]
@@ -145,7 +145,7 @@ def test_bad_style_settings_are_config_errors(changes):
 def test_the_pipeline_and_make_demo_take_the_inked_preset():
     import subprocess
 
-    from reid.pipeline import REPO, PipelineConfig, stage_commands
+    from reid.stages.pipeline import REPO, PipelineConfig, stage_commands
 
     corpus = stage_commands(PipelineConfig(out="runs/x", preset="inked-demo"))["corpus"]
     assert corpus[corpus.index("--preset") + 1] == "inked-demo"

@@ -8,8 +8,8 @@ import time
 import mlflow
 import pytest
 
-from reid.contracts.manifest import RUNS_KEY, ShardedOutput, recorded_run
-from reid.tracking import RUN_KEY_TAG, Tracker, _client, replay
+from reid.core.contracts.manifest import RUNS_KEY, ShardedOutput, recorded_run
+from reid.runtime.tracking import RUN_KEY_TAG, Tracker, _client, replay
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on port 9
 
@@ -197,7 +197,7 @@ def test_local_store_keeps_artifacts_beside_it_and_is_a_model_training_experimen
 def test_ui_hint_opens_the_model_training_view():
     """MLflow 3.17's UI picks GenAI or model training from a browser-wide toggle, not from the experiment: our
     links ask for the model-training view."""
-    from reid.tracking import ui_hint
+    from reid.runtime.tracking import ui_hint
 
     assert ui_hint("http://127.0.0.1:5000/", "3", "abc") == \
         "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
@@ -209,7 +209,7 @@ def test_ui_hint_opens_the_model_training_view():
 def test_a_tracker_that_never_reached_mlflow_spools_into_the_run_it_was_given(tmp_path):
     """Rank 0 opens its tracker on the driver's run id; if MLflow is down from that moment on, what it spools
     still names that run (not None), so a replay continues it."""
-    from reid.raycluster import free_ports
+    from reid.runtime.raycluster import free_ports
 
     down = f"http://127.0.0.1:{free_ports(1)[0]}"
     tracker = Tracker(down, "rank0", run_id="0123456789abcdef", spool_dir=str(tmp_path))

@@ -12,14 +12,14 @@ import pytest
 import ray
 import torch
 
-from reid.config import replace
-from reid.contracts.crops import read_crops
-from reid.errors import CheckpointError, ConfigError
-from reid.models.checkpoint import load_model_checkpoint
-from reid.models.export import example_inputs
-from reid.registry import resolve_model_uri
-from reid.train.finetune import FinetuneConfig, run_finetune
-from reid.train.pretrain import PretrainConfig, run_pretrain
+from reid.core.config import replace
+from reid.core.contracts.crops import read_crops
+from reid.core.errors import CheckpointError, ConfigError
+from reid.core.models.checkpoint import load_model_checkpoint
+from reid.core.models.export import example_inputs
+from reid.runtime.registry import resolve_model_uri
+from reid.stages.train.finetune import FinetuneConfig, run_finetune
+from reid.stages.train.pretrain import PretrainConfig, run_pretrain
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TINY = {"arch": "resnet18", "face_size": 32, "body_size": 48, "batch_size": 16, "workers": 2,
@@ -47,9 +47,9 @@ def pretrained(pretrain_cfg, ray_session):
 def test_pretrain_step_overfits_one_batch():
     """The exact per-step code of the DDP loop (views split, one forward for faces and bodies, the three-term
     loss, AdamW, grad clip), without Ray: on one fixed batch the loss must fall well below its start."""
-    from reid.losses import IdentityAwareSSLLoss
-    from reid.models import SSLNet
-    from reid.train.pretrain import FaceBodyEmbedder, _split_views
+    from reid.core.losses import IdentityAwareSSLLoss
+    from reid.core.models import SSLNet
+    from reid.stages.train.pretrain import FaceBodyEmbedder, _split_views
 
     torch.manual_seed(0)
     cfg = PretrainConfig(**{**TINY, "batch_size": 8})
@@ -77,7 +77,7 @@ def test_pretrain_step_overfits_one_batch():
 
 
 def test_pretrain_ddp_runs_and_logs(pretrained, pretrain_cfg, mlflow_uri):
-    from reid.models import SSLNet
+    from reid.core.models import SSLNet
 
     result, model_path = pretrained
     losses = _history(mlflow_uri, "pt", "loss")
@@ -115,7 +115,7 @@ def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, pre
 def test_changed_architecture_refuses_to_resume_at_once(pretrained, pretrain_cfg):
     """The worker's CheckpointError is not retried (max_failures=3 would restart the worker group three times)
     and reaches the driver as itself. Had Ray Train retried it, fit would raise its own WorkerGroupError after
-    the fourth attempt: only the non-retry path (reid.train.failures) re-raises the worker's CheckpointError."""
+    the fourth attempt: only the non-retry path (reid.stages.train.failures) re-raises the worker's CheckpointError."""
     with pytest.raises(CheckpointError, match="cannot resume"):
         run_pretrain(replace(pretrain_cfg, epochs=7, proj_dim=64, max_failures=3))
 
@@ -217,11 +217,11 @@ def test_finetune_ddp_evaluates_exports_and_logs(pretrained, pretrain_cfg, tiny_
 
 def test_the_paper_recipe_loads_and_runs(pretrained, pretrain_cfg, tiny_corpus, mlflow_uri):
     """jobs/configs/paper_*.yaml: SimCLR colour augmentations; frozen SSL network, best validation model."""
-    from reid.config import parse_config
-    from reid.pipeline import REPO
+    from reid.core.config import parse_config
+    from reid.stages.pipeline import REPO
 
     pre = parse_config(PretrainConfig, ["--config", str(REPO / "jobs/configs/paper_pretrain.yaml")])
-    # the product leaves them to the corpus (reid.data.augment.colour_augmentation); the paper fixes them
+    # the product leaves them to the corpus (reid.core.data.augment.colour_augmentation); the paper fixes them
     assert (pre.hue, pre.grayscale) == (0.1, 0.2) and (PretrainConfig().hue, PretrainConfig().grayscale) == (None,
                                                                                                           None)
     _, ssl_model = pretrained
@@ -257,7 +257,7 @@ def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path, monkeypa
     from helpers import e2e
     from ray.job_submission import JobStatus
 
-    from reid.localcluster import LocalCluster, LocalClusterConfig
+    from reid.runtime.localcluster import LocalCluster, LocalClusterConfig
 
     with LocalCluster(LocalClusterConfig(state_dir=str(tmp_path / "cluster"), num_workers=0, head_num_cpus=2,
                                          **_ports())) as cluster:
@@ -284,7 +284,7 @@ def _search(uri: str):
 
 
 def _ports() -> dict[str, int]:
-    from reid.localcluster import free_ports
+    from reid.runtime.localcluster import free_ports
 
     gcs, dash, client, ml = free_ports(4)
     return {"gcs_port": gcs, "dashboard_port": dash, "client_server_port": client, "mlflow_port": ml}
@@ -296,7 +296,7 @@ def test_training_flops_per_sample_counts_every_view_and_the_backward() -> None:
     import torch
     from torch import nn
 
-    from reid.train.flops import train_flops_per_sample
+    from reid.stages.train.flops import train_flops_per_sample
 
     class ThreeViews(nn.Module):
         def __init__(self) -> None:
@@ -316,9 +316,9 @@ def test_training_rows_are_read_in_a_seeded_order_that_mixes_series(tiny_crops, 
     """The sequences file and the crop shards list one series after another; read in that order, a training
     batch held one series only (no other-series negatives for the sequence loss, the same few characters many
     times over in an NT-Xent batch). With a seed, the order is random, the same for the same seed."""
-    from reid.contracts.crops import committed_crop_files
-    from reid.data import formats
-    from reid.datasets import character_instances, sequence_dataset
+    from reid.core.contracts.crops import committed_crop_files
+    from reid.core.data import formats
+    from reid.runtime.datasets import character_instances, sequence_dataset
 
     train = formats.read_split(str(tiny_corpus / "data/comics_seq"), "train")
     options = ray.data.DataContext.get_current().execution_options

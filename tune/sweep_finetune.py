@@ -11,9 +11,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo (or its --working-dir copy)
 
-from reid.cli import run_main  # noqa: E402
-from reid.config import parse_config  # noqa: E402
-from reid.sweeps.finetune import FinetuneSweepConfig, run_finetune_sweep  # noqa: E402
+from reid.core.cli import run_main  # noqa: E402
+from reid.core.config import parse_config  # noqa: E402
+from reid.stages.sweeps.finetune import FinetuneSweepConfig, run_finetune_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

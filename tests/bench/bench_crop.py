@@ -1,6 +1,6 @@
 """Crop throughput: the Ray Data job vs (a) one process and (b) multiprocessing.Pool(2), in the same run.
 
-All three do the same work per shard (``reid.crop.crop_shard``: decode each panel once, crop, encode, write the
+All three do the same work per shard (``reid.stages.crop.crop_shard``: decode each panel once, crop, encode, write the
 seed layout and the Parquet shard) after the same planning step; only the orchestration differs. Ray is started
 and warmed up before timing (a cluster is long-lived: one small crop job first, so that the worker processes
 have imported their modules and the MLflow store exists). The three run in turn, ``--rounds`` times (this machine is shared and
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reid.crop import CropConfig, crop_shard, plan_shards, run_crop  # noqa: E402
-from reid.raycluster import init_ray  # noqa: E402
+from reid.runtime.raycluster import init_ray  # noqa: E402
+from reid.stages.crop import CropConfig, crop_shard, plan_shards, run_crop  # noqa: E402
 from tests.bench.common import BENCH_ROOT, corpus, timed  # noqa: E402
 
 

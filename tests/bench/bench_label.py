@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from reid.models import ModelConfig, ReIDNet, save_model_checkpoint  # noqa: E402
+from reid.core.models import ModelConfig, ReIDNet, save_model_checkpoint  # noqa: E402
 from tests.bench.common import BENCH_ROOT, corpus  # noqa: E402
 
 # -- memory of a process tree (Linux /proc) -------------------------------------------------------------------
@@ -101,8 +101,8 @@ class PeakMemory(threading.Thread):
 
 def make_crops(out: Path, series: int, pages: int, seed: int, use_ray: bool) -> Path:
     """The benchmarks' cached synthetic corpus and its crops (Ray Data crop job, or in-process without Ray)."""
-    from reid.contracts.manifest import ShardedOutput
-    from reid.crop import CropConfig, crop_shard, plan_shards, run_crop
+    from reid.core.contracts.manifest import ShardedOutput
+    from reid.stages.crop import CropConfig, crop_shard, plan_shards, run_crop
 
     crops = out / "crops"
     if (crops / "_SUCCESS").exists():
@@ -137,7 +137,7 @@ def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """(face_mask, body_mask) of every character instance of a crops output, and its number of boxes."""
     import pyarrow.parquet as pq
 
-    from reid.contracts.crops import pair_rows
+    from reid.core.contracts.crops import pair_rows
 
     faces, bodies, boxes = [], [], 0
     for path in sorted((crops / "data").glob("*.parquet")):
@@ -152,8 +152,8 @@ def character_masks(crops: Path) -> tuple[np.ndarray, np.ndarray, int]:
 def _warm_embedder(model_path: Path | str, face_mask: np.ndarray, body_mask: np.ndarray, batch_size: int,
                    device: str):
     """The model in a CharacterEmbedder, random pre-decoded uint8 inputs for these masks, one batch run."""
-    from reid.embedding import CharacterEmbedder
-    from reid.models import load_model_checkpoint
+    from reid.core.embedding import CharacterEmbedder
+    from reid.core.models import load_model_checkpoint
 
     model, cfg, _ = load_model_checkpoint(str(model_path))
     embed = CharacterEmbedder(model, device, batch_size)
@@ -248,7 +248,7 @@ def mode_job(args) -> None:
     one_pass_path = save_model(root / "model-one-pass.pt", args, flip_average=False) if args.flip_average else None
     import ray
 
-    from reid.raycluster import init_ray
+    from reid.runtime.raycluster import init_ray
 
     sizes = {1: args.series, args.scale: args.series * args.scale}
     crops = {}
@@ -313,7 +313,7 @@ def _line(r: dict[str, float]) -> str:
 # -- mode inner -------------------------------------------------------------------------------------------------
 
 def _prepare(args_tuple):
-    from reid.label import LabelConfig, prepare_shard
+    from reid.stages.label import LabelConfig, prepare_shard
 
     crops, shard, face_size, body_size = args_tuple
     cfg = LabelConfig(model="unused", crops=crops, out="unused")
@@ -321,9 +321,9 @@ def _prepare(args_tuple):
 
 
 def mode_inner(args) -> None:
-    from reid.contracts.manifest import ShardedOutput
-    from reid.embedding import CharacterEmbedder
-    from reid.models import load_model_checkpoint
+    from reid.core.contracts.manifest import ShardedOutput
+    from reid.core.embedding import CharacterEmbedder
+    from reid.core.models import load_model_checkpoint
 
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

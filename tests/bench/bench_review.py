@@ -24,12 +24,12 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reid.contracts.crops import crops_output  # noqa: E402
-from reid.contracts.labels import CENTROID_SCHEMA, LABEL_SCHEMA, labels_output, windows_output  # noqa: E402
-from reid.contracts.manifest import error_table, table_to_parquet_bytes  # noqa: E402
-from reid.io import write_bytes_atomic  # noqa: E402
-from reid.review.config import ReviewConfig  # noqa: E402
-from reid.review.serve import start_in_background  # noqa: E402
+from reid.core.contracts.crops import crops_output  # noqa: E402
+from reid.core.contracts.labels import CENTROID_SCHEMA, LABEL_SCHEMA, labels_output, windows_output  # noqa: E402
+from reid.core.contracts.manifest import error_table, table_to_parquet_bytes  # noqa: E402
+from reid.core.io import write_bytes_atomic  # noqa: E402
+from reid.stages.review.config import ReviewConfig  # noqa: E402
+from reid.stages.review.serve import start_in_background  # noqa: E402
 
 SERIES = 7
 

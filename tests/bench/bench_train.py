@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reid.crop import CropConfig, run_crop  # noqa: E402
-from reid.datasets import SSLViews, character_instances  # noqa: E402
-from reid.losses import IdentityAwareSSLLoss  # noqa: E402
-from reid.models import ModelConfig, SSLNet  # noqa: E402
-from reid.raycluster import init_ray  # noqa: E402
-from reid.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views, run_pretrain  # noqa: E402
+from reid.core.losses import IdentityAwareSSLLoss  # noqa: E402
+from reid.core.models import ModelConfig, SSLNet  # noqa: E402
+from reid.runtime.datasets import SSLViews, character_instances  # noqa: E402
+from reid.runtime.raycluster import init_ray  # noqa: E402
+from reid.stages.crop import CropConfig, run_crop  # noqa: E402
+from reid.stages.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views, run_pretrain  # noqa: E402
 from tests.bench.common import BENCH_ROOT, corpus  # noqa: E402
 
 

@@ -12,7 +12,7 @@ BENCH_ROOT = Path(os.environ.get("REID_BENCH_DIR", Path(__file__).resolve().pare
 
 def corpus(series: int, pages: int, seed: int = 0, workers: int = 2) -> Path:
     """A synthetic corpus under runs/bench, generated once and reused (generation is deterministic)."""
-    from reid.data.synthetic import generate_corpus, preset_config
+    from reid.core.data.synthetic import generate_corpus, preset_config
 
     out = BENCH_ROOT / f"corpus-s{series}-p{pages}-seed{seed}"
     if not (out / "summary.json").exists():

@@ -2,7 +2,7 @@
 
 Runs without Ray (the lent GPU machine cannot receive Ray: its wheel is over the transfer limit), on the same
 code path the Ray Train loop uses per step: ``FaceBodyEmbedder`` + ``IdentityAwareSSLLoss`` over SSL views made
-by ``SSLViews`` from a synthetic corpus cropped with ``reid.crop.crop_shard``. One epoch over the corpus's
+by ``SSLViews`` from a synthetic corpus cropped with ``reid.stages.crop.crop_shard``. One epoch over the corpus's
 character instances (views pre-computed on CPU workers), then throughput and MFU (FLOPs counted by torch).
 
     python tests/bench/gpu_pretrain_check.py --series 4 --pages 60 --arch resnet50 --batch-size 320
@@ -22,16 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reid.contracts.crops import committed_crop_files, pair_rows  # noqa: E402
-from reid.contracts.manifest import ShardedOutput  # noqa: E402
-from reid.crop import CropConfig, crop_shard, plan_shards  # noqa: E402
-from reid.data.synthetic import generate_corpus, preset_config  # noqa: E402
-from reid.datasets import SSLViews  # noqa: E402
-from reid.losses import IdentityAwareSSLLoss  # noqa: E402
-from reid.models import ModelConfig, SSLNet  # noqa: E402
-from reid.train.device import autocast  # noqa: E402
-from reid.train.flops import peak_flops, train_flops_per_sample  # noqa: E402
-from reid.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views  # noqa: E402
+from reid.core.contracts.crops import committed_crop_files, pair_rows  # noqa: E402
+from reid.core.contracts.manifest import ShardedOutput  # noqa: E402
+from reid.core.data.synthetic import generate_corpus, preset_config  # noqa: E402
+from reid.core.losses import IdentityAwareSSLLoss  # noqa: E402
+from reid.core.models import ModelConfig, SSLNet  # noqa: E402
+from reid.runtime.datasets import SSLViews  # noqa: E402
+from reid.stages.crop import CropConfig, crop_shard, plan_shards  # noqa: E402
+from reid.stages.train.device import autocast  # noqa: E402
+from reid.stages.train.flops import peak_flops, train_flops_per_sample  # noqa: E402
+from reid.stages.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views  # noqa: E402
 
 _VIEWS: SSLViews | None = None
 

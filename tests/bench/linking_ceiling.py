@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 def load(labels: str, ground_truth: str) -> dict:
     import pandas as pd
 
-    from reid.contracts.labels import iter_labels, read_embeddings
+    from reid.core.contracts.labels import iter_labels, read_embeddings
 
     truth = pd.read_csv(ground_truth, keep_default_na=False)
     identity = dict(zip(truth["instance_id"], truth["identity"], strict=True))
@@ -51,7 +51,7 @@ def load(labels: str, ground_truth: str) -> dict:
 
 
 def series_scores(items: list[dict], predicted: list) -> dict[str, float]:
-    from reid.eval.metrics import clustering_scores
+    from reid.core.eval.metrics import clustering_scores
 
     scores = clustering_scores(predicted, [i["true"] for i in items], [i["series_id"] for i in items])
     per_series = defaultdict(set)
@@ -71,7 +71,7 @@ def oracle_linking(items: list[dict]) -> list:
 def relink(items: list[dict], threshold: float, distance: str, constraint: str, oracle: bool = True) -> list:
     """Series identities from linking window identities at ``threshold``: the true ones (``oracle``) or the
     product's."""
-    from reid.assign import link_windows
+    from reid.core.assign import link_windows
 
     truth_codes = {t: k for k, t in enumerate(sorted({i["true"] for i in items}))}
     points = np.stack([i["embedding"] for i in items])

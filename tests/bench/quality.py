@@ -11,7 +11,7 @@ Rows (each a real run of the jobs, on an embedded local Ray, with the demo's siz
 - ``random``: a randomly initialised Re-ID net (no training), thresholds calibrated on validation as fine-tuning
   does, then the label job;
 - ``colour``: no model at all: colour histograms of each instance's face and body crops
-  (:mod:`reid.eval.baselines`); test retrieval metrics only. What colour alone gives away on a corpus;
+  (:mod:`reid.core.eval.baselines`); test retrieval metrics only. What colour alone gives away on a corpus;
 - ``supervised``: a diagnostic upper bound, never part of the product: the same network trained directly on the
   synthetic corpus's ground-truth identities of the train pages (tests/bench/recipe_probe.py's loop), then
   calibrated and labelled like the others.
@@ -22,7 +22,7 @@ mean ± sd over seeds; every run also appends a JSON line to ``<out>/results.jso
 study can be stopped and resumed: finished (row, seed) pairs are skipped).
 
 ``--relabel`` trains nothing: for every finished (row, seed) of ``<out>`` it re-calibrates that run's model on its
-validation sequences with the current calibration code (:func:`reid.train.finetune.calibrate_model`, as
+validation sequences with the current calibration code (:func:`reid.stages.train.finetune.calibrate_model`, as
 fine-tuning does) and re-runs the label job into ``<run>/labels-relabel``; test metrics and training wall time
 are the run's own. Results go to ``<out>/results-relabel.jsonl``. It measures a change to the calibration or
 the assigner on the same models, in minutes instead of a retraining. With ``--model-set FIELD=VALUE`` it first
@@ -56,7 +56,7 @@ COLUMNS = [("test_precision_at_1", "test p@1"), ("test_mean_average_precision_at
 
 
 def _pipeline_row(row: str, out: Path, args, seed: int) -> dict:
-    from reid.pipeline import PipelineConfig, paths, run_pipeline
+    from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
 
     cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series,
                          train_seed=seed, recipe="paper" if row == "paper" else "default", ray_num_cpus=2,
@@ -69,10 +69,10 @@ def _scores(model_path: str, p: dict, cfg) -> dict:
     """Test retrieval metrics of a model and the label job's metrics.json."""
     import torch
 
-    from reid.data import formats
-    from reid.datasets import sequence_dataset
-    from reid.models.checkpoint import load_model_checkpoint
-    from reid.train.finetune import evaluate
+    from reid.core.data import formats
+    from reid.core.models.checkpoint import load_model_checkpoint
+    from reid.runtime.datasets import sequence_dataset
+    from reid.stages.train.finetune import evaluate
 
     model, _, _ = load_model_checkpoint(model_path, expected_kind="reid")
     test = formats.read_split(f"{p['corpus']}/data/comics_seq", "test")
@@ -87,10 +87,10 @@ def _scores(model_path: str, p: dict, cfg) -> dict:
 def _calibrate_and_label(model, out: Path, p: dict, cfg, linking: dict | None = None) -> dict:
     """A model made outside the product (random, supervised): calibrated on validation like fine-tuning does,
     then labelled by the label job."""
-    from reid.data import formats
-    from reid.label import LabelConfig, run_label
-    from reid.models.checkpoint import save_model_checkpoint
-    from reid.train.finetune import FinetuneConfig, calibrate_model
+    from reid.core.data import formats
+    from reid.core.models.checkpoint import save_model_checkpoint
+    from reid.stages.label import LabelConfig, run_label
+    from reid.stages.train.finetune import FinetuneConfig, calibrate_model
 
     path = str(out / "model.pt")
     ft = FinetuneConfig(crops=p["crops"], sequences=f"{p['corpus']}/data/comics_seq", name=out.name,
@@ -108,8 +108,8 @@ def _reference_row(row: str, out: Path, args, seed: int) -> dict:
     import recipe_probe
     import torch
 
-    from reid.models import ModelConfig, ReIDNet
-    from reid.pipeline import PipelineConfig, paths, run_pipeline
+    from reid.core.models import ModelConfig, ReIDNet
+    from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
 
     cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series, train_seed=seed,
                          stages="corpus,crop", ray_num_cpus=2)
@@ -128,7 +128,7 @@ def _reference_row(row: str, out: Path, args, seed: int) -> dict:
 
 def _colour_row(out: Path, args, seed: int) -> dict:
     """Colour histograms of the test sequences' crops (no model): what colour alone gives away."""
-    from reid.pipeline import PipelineConfig, paths, run_pipeline
+    from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
     from tests.helpers.corpus_items import colour_metrics, sequence_items
 
     cfg = PipelineConfig(out=str(out), preset=args.preset, pages=args.pages, series=args.series, train_seed=seed,
@@ -153,8 +153,8 @@ def run_row(row: str, args, seed: int) -> dict:
 def relabel_row(previous: dict, args) -> dict:
     import shutil
 
-    from reid.models.checkpoint import load_model_checkpoint
-    from reid.pipeline import PipelineConfig, paths
+    from reid.core.models.checkpoint import load_model_checkpoint
+    from reid.stages.pipeline import PipelineConfig, paths
 
     row, seed = previous["row"], previous["seed"]
     out = Path(args.out).resolve() / f"{args.tag}-{row}-seed{seed}"
@@ -181,7 +181,7 @@ def _suffix(args) -> str:
 
 
 def _model_set(items: list[str]) -> dict:
-    from reid.models import ModelConfig
+    from reid.core.models import ModelConfig
 
     fields = {f: v for f, v in ModelConfig().to_dict().items()}
     out = {}
@@ -199,7 +199,7 @@ def _pipeline_set(items: list[str]) -> dict:
     """``FIELD=INT`` overrides of the pipeline's integer settings (sizes, epochs): a lever measured as a variant."""
     from dataclasses import fields
 
-    from reid.pipeline import PipelineConfig
+    from reid.stages.pipeline import PipelineConfig
 
     ints = {f.name for f in fields(PipelineConfig) if f.type in (int, "int")}
     out = {}
@@ -232,7 +232,7 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    from reid.linking import LINK_CONSTRAINTS, LINK_DISTANCES
+    from reid.core.linking import LINK_CONSTRAINTS, LINK_DISTANCES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--style", choices=sorted(STYLE_PRESETS), default="color",

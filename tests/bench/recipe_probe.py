@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 import torch
 from torchvision.transforms import v2
 
-from reid.assign import assign_window
-from reid.contracts.crops import pair_rows
-from reid.data import augment, formats
-from reid.embedding import decode_rgb
-from reid.eval.metrics import clustering_scores, retrieval_metrics
-from reid.losses import IdentityAwareSSLLoss, SequencePairLoss
-from reid.models import ModelConfig, ReIDNet, SSLNet
+from reid.core.assign import assign_window
+from reid.core.contracts.crops import pair_rows
+from reid.core.data import augment, formats
+from reid.core.embedding import decode_rgb
+from reid.core.eval.metrics import clustering_scores, retrieval_metrics
+from reid.core.losses import IdentityAwareSSLLoss, SequencePairLoss
+from reid.core.models import ModelConfig, ReIDNet, SSLNet
 
 
 @dataclass(frozen=True)

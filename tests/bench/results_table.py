@@ -4,7 +4,7 @@
 (e) identity-aware SSL, (f) (e) + fine-tuning. (a)-(e) are evaluated on the frozen fused feature (sum of the
 L2-normalised face and body features of the present modalities, as the Re-ID net fuses them, before its Linear);
 (f) on the fine-tuned Re-ID embedding. Metrics: precision@1, MAP@R and AMI per test sequence (averaged), with
-pytorch-metric-learning's AccuracyCalculator (``reid.eval.metrics.retrieval_metrics``).
+pytorch-metric-learning's AccuracyCalculator (``reid.core.eval.metrics.retrieval_metrics``).
 
 Defaults are ``make demo``'s recipe and sizes (demo corpus; ResNet-18 at 48/64 px; SSL batch 64 for 6 epochs
 with the default augmentations; fine-tuning 15 epochs, SSL layers trained, the last epoch kept). As in
@@ -28,16 +28,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reid.crop import CropConfig, run_crop  # noqa: E402
-from reid.data import formats  # noqa: E402
-from reid.data.synthetic import generate_corpus, preset_config  # noqa: E402
-from reid.datasets import sequence_dataset  # noqa: E402
-from reid.embedding import collate_sequences, normalize_uint8  # noqa: E402
-from reid.eval.metrics import retrieval_metrics  # noqa: E402
-from reid.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint  # noqa: E402
-from reid.raycluster import init_ray  # noqa: E402
-from reid.train.finetune import FinetuneConfig, run_finetune  # noqa: E402
-from reid.train.pretrain import PretrainConfig, run_pretrain  # noqa: E402
+from reid.core.data import formats  # noqa: E402
+from reid.core.data.synthetic import generate_corpus, preset_config  # noqa: E402
+from reid.core.embedding import collate_sequences, normalize_uint8  # noqa: E402
+from reid.core.eval.metrics import retrieval_metrics  # noqa: E402
+from reid.core.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint  # noqa: E402
+from reid.runtime.datasets import sequence_dataset  # noqa: E402
+from reid.runtime.raycluster import init_ray  # noqa: E402
+from reid.stages.crop import CropConfig, run_crop  # noqa: E402
+from reid.stages.train.finetune import FinetuneConfig, run_finetune  # noqa: E402
+from reid.stages.train.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 
 VARIANTS = {
     "b": ("SSL, faces only", {"use_bodies": False}),

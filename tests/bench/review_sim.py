@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from reid.eval.metrics import clustering_scores  # noqa: E402
-from reid.review.config import ReviewConfig  # noqa: E402
-from reid.review.serve import RunningApp, start_in_background  # noqa: E402
+from reid.core.eval.metrics import clustering_scores  # noqa: E402
+from reid.stages.review.config import ReviewConfig  # noqa: E402
+from reid.stages.review.serve import RunningApp, start_in_background  # noqa: E402
 
 
 def read_truth(path: str) -> dict[str, str]:
@@ -161,9 +161,9 @@ def relabel(labels: str, crops: str, ground_truth: str, budget: int, truth: dict
 def finetune_round(run: str, db: str, out: str, ground_truth: str) -> dict:
     """The review's second use: its identities as sequences (``jobs/review.py export-sequences``, windows and
     sequences joining two windows of one character), fine-tuning again from the run's SSL model with them added
-    (``--extra-sequences``, the demo recipe of ``reid.pipeline``), then labelling with the new model and the same
+    (``--extra-sequences``, the demo recipe of ``reid.stages.pipeline``), then labelling with the new model and the same
     corrections. ``run`` is a pipeline output folder (``make demo``'s runs/demo, a quality.py run)."""
-    from reid.pipeline import PipelineConfig, paths, stage_commands
+    from reid.stages.pipeline import PipelineConfig, paths, stage_commands
 
     cfg = PipelineConfig(out=run, ray_num_cpus=2, mlflow_uri=f"sqlite:///{out}/mlflow.db")
     commands, p = stage_commands(cfg), paths(cfg)

@@ -1,6 +1,6 @@
 """Searchers on the same trial budget: Optuna's TPE against random search, for the fine-tuning sweep.
 
-For each searcher and sweep seed, one fine-tuning sweep (``reid.sweeps.finetune``, ASHA early stopping on both)
+For each searcher and sweep seed, one fine-tuning sweep (``reid.stages.sweeps.finetune``, ASHA early stopping on both)
 of ``--samples`` trials over the default search space (margins, learning rate), from the same SSL checkpoint and
 crops. Reported per searcher: the best published validation MAP@R after the first k trials (k = 2, 4, ...,
 samples; trials in creation order, a trial stopped early counts only when no finished trial is better), mean ±
@@ -40,7 +40,7 @@ def trial_order(sweep_folder: Path, trial_ids: list[str]) -> dict[str, int]:
 
 def best_after(rows: list[dict], k: int) -> float:
     """The sweep's pick among its first ``k`` trials (the same rule as the sweep: finished trials first)."""
-    from reid.sweeps.trials import best_row
+    from reid.stages.sweeps.trials import best_row
 
     first = sorted(rows, key=lambda r: (r.get("order", 0), r["trial"]))[:k]
     best = best_row(first, "max")
@@ -48,8 +48,8 @@ def best_after(rows: list[dict], k: int) -> float:
 
 
 def run_one(args, search: str, seed: int) -> dict:
-    from reid.config import parse_config
-    from reid.sweeps.finetune import FinetuneSweepConfig, run_finetune_sweep
+    from reid.core.config import parse_config
+    from reid.stages.sweeps.finetune import FinetuneSweepConfig, run_finetune_sweep
 
     name = f"{search}-seed{seed}"
     cfg = parse_config(FinetuneSweepConfig, [

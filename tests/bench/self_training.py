@@ -5,7 +5,7 @@ book-level training sequences, move whole-book identity?
         [--max-distance 0.35]
 
 For each run (a ``tests/bench/quality.py`` product run, or ``make demo``'s runs/demo): the pseudo sequences of
-its labels (:mod:`reid.label.pseudo`, validation and test panels left out), their pair precision against the
+its labels (:mod:`reid.stages.label.pseudo`, validation and test panels left out), their pair precision against the
 corpus's ground truth (instances of one pseudo sequence that are truly one named character), fine-tuning again
 from the run's SSL model with them added (``--extra-sequences``, the pipeline's own command line and seed), and
 the label job with the new model. Prints the run's figures before and after; appends one JSON line per run to
@@ -49,8 +49,8 @@ def pair_precision(sequences: list[dict], ground_truth: str) -> float:
 def one_run(run: Path, max_distance: float, tag: str) -> dict:
     import quality
 
-    from reid.label.pseudo import write_pseudo_sequences
-    from reid.pipeline import PipelineConfig, paths, stage_commands
+    from reid.stages.label.pseudo import write_pseudo_sequences
+    from reid.stages.pipeline import PipelineConfig, paths, stage_commands
 
     seed = int(re.search(r"seed(\d+)$", run.name).group(1)) if re.search(r"seed(\d+)$", run.name) else 0
     work = run / tag

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from reid.data import formats
-from reid.data.ids import parse_instance_id
-from reid.geometry import crop_box
+from reid.core.data import formats
+from reid.core.data.ids import parse_instance_id
+from reid.core.geometry import crop_box
 
 
 @dataclass
@@ -46,9 +46,9 @@ def sequence_items(corpus: str, split: str = "test") -> list[Item]:
 
 
 def colour_metrics(items: list[Item]) -> dict[str, float]:
-    """Within-sequence retrieval metrics of colour histograms (:mod:`reid.eval.baselines`)."""
-    from reid.eval.baselines import colour_histogram_embedding
-    from reid.eval.metrics import retrieval_metrics
+    """Within-sequence retrieval metrics of colour histograms (:mod:`reid.core.eval.baselines`)."""
+    from reid.core.eval.baselines import colour_histogram_embedding
+    from reid.core.eval.metrics import retrieval_metrics
 
     vectors = np.stack([colour_histogram_embedding(i.face, i.body) for i in items])
     return retrieval_metrics(vectors, [i.label for i in items], [i.sequence for i in items])
@@ -64,9 +64,9 @@ def random_network_precision_at_1(items: list[Item], seed: int = 0, face_size: i
     """Within-sequence precision@1 of a randomly initialised Re-ID net (ResNet-18) in eval mode."""
     import torch
 
-    from reid.embedding import CharacterEmbedder
-    from reid.eval.metrics import retrieval_metrics
-    from reid.models import ModelConfig, ReIDNet
+    from reid.core.embedding import CharacterEmbedder
+    from reid.core.eval.metrics import retrieval_metrics
+    from reid.core.models import ModelConfig, ReIDNet
 
     torch.manual_seed(seed)
     model = ReIDNet(ModelConfig(arch="resnet18", face_size=face_size, body_size=body_size)).eval()

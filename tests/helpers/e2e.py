@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from ray.job_submission import JobStatus
 
-from reid.localcluster import LocalCluster, LocalClusterError, worker_resource
+from reid.runtime.localcluster import LocalCluster, LocalClusterError, worker_resource
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from reid.label import LabelConfig
-from reid.models import ModelConfig, ReIDNet, save_model_checkpoint
+from reid.core.models import ModelConfig, ReIDNet, save_model_checkpoint
+from reid.stages.label import LabelConfig
 
 
 def random_reid_model(folder: Path) -> Path:

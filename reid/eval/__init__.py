@@ -1,5 +1,0 @@
-"""Evaluation of embeddings and identity assignments; independent of training."""
-
-from reid.eval.metrics import bcubed, clustering_scores, retrieval_metrics
-
-__all__ = ["bcubed", "clustering_scores", "retrieval_metrics"]

@@ -1,0 +1,464 @@
+"""Stage 2: semi-supervised fine-tuning of the Re-ID net on labelled sequences, on Ray Train.
+
+Batches are whole sequences; positives and negatives come from inside a sequence plus "other series"
+negatives (docs/DATA.md). Validation MAP@R is computed every epoch on rank 0, the best checkpoint is kept,
+and the driver evaluates it on the test split, exports it (TorchScript) and logs everything to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from reid.core import config, console, io
+from reid.core.data import formats
+from reid.core.embedding import collate_sequences, embed_batches, normalize_uint8
+from reid.core.errors import CheckpointError, ConfigError
+from reid.core.linking import LINK_CONSTRAINTS, LINK_DISTANCES
+from reid.core.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
+from reid.core.models.backbone import REID_FIELDS
+from reid.runtime import faults
+from reid.stages.train.checkpointing import publish_model
+from reid.stages.train.device import Runtime, driver_device, prepare_for_device, unwrap
+from reid.stages.train.loop import Parts, Run, check_finite, end_epoch, start_run
+from reid.stages.train.ray_config import data_config, run_dir, scaling_config, spool_dir, trainer_run_config
+from reid.stages.train.tracked import SYSTEM_METRICS_HELP, fit_tracked, open_run
+
+log = logging.getLogger(__name__)
+ARCHITECTURE_KEYS = (*REID_FIELDS, "ssl_checkpoint")
+SELECT_METRIC = "val_mean_average_precision_at_r"
+FINAL_PREFIX = "final_val_"  # the published model's validation metrics, logged once at the end and linked to it
+CHAMPION_METRIC = FINAL_PREFIX + "mean_average_precision_at_r"  # what a new version must beat to be champion
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tune the Re-ID net (face+body fusion → 256-d) with a contrastive loss, on Ray Train."""
+
+    crops: str = field(default="runs/demo/crops", metadata={"help": "output folder of jobs/crop.py"})
+    sequences: str = field(default="runs/demo/corpus/data/comics_seq",
+                           metadata={"help": "folder of <split>_sequences.json"})
+    extra_sequences: str = field(default="", metadata={
+        "help": "more training sequences: comma-separated folders of train_sequences.json (e.g. the reviewed "
+                "identities of jobs/review.py export-sequences); a window that is also annotated, or that shares "
+                "a panel with a validation or test sequence, is left out"})
+    ssl_checkpoint: str | None = field(default=None, metadata={"help": "model.pt of a pretrain run "
+                                                                        "(none = random init, a baseline)"})
+    storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path"})
+    name: str = field(default="finetune", metadata={"help": "run name: same name and storage = resume, in "
+                                                                 "the same MLflow run; the MLflow run's name"})
+    arch: str = field(default="resnet50", metadata={"help": "backbone when no --ssl-checkpoint is given"})
+    face_size: int = field(default=96, metadata={"help": "face crop side, px"})
+    body_size: int = field(default=128, metadata={"help": "body crop side (longer side, padded square), px"})
+    embed_dim: int = 256
+    freeze_ssl: bool = field(default=False, metadata={"help": "train only the fusion Linear (the paper's recipe; "
+                                                              "the default trains the SSL layers too)"})
+    flip_average: bool = field(default=True, metadata={"help": "the model embeds each crop and its mirror image and "
+                                                                "averages them at inference (validation, "
+                                                                "calibration, labeling); the paper: off"})
+    epochs: int = 20
+    sequences_per_batch: int = field(default=8, metadata={"help": "whole sequences per global batch"})
+    shuffle_buffer: int = field(default=64, metadata={"help": "sequences each worker holds for its local shuffle "
+                                                              "(training rows are also read in a seeded random "
+                                                              "order, so that batches mix series)"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (the paper, frozen: 7.5e-4)"})
+    weight_decay: float = 0.05
+    lr_gamma: float = 0.95
+    pos_margin: float = 0.0
+    neg_margin: float = 1.0
+    miner: str | None = field(default=None, metadata={"help": "none or pair_margin"})
+    select: str = field(default="last", metadata={"help": "model kept: last (the last epoch's) or best (best "
+                                                          "validation MAP@R, the paper; noisy when the validation "
+                                                          "split is small)"})
+    val_every: int = field(default=1, metadata={"help": "validate every N epochs (and after the last)"})
+    link_distance: str = field(default="centroid", metadata={
+        "help": "series linking's distance between window identities, calibrated and stored with the model: "
+                "centroid | members | rerank (reid/core/linking.py)"})
+    link_constraint: str = field(default="hard", metadata={
+        "help": "series linking's cannot-link, calibrated and stored with the model: hard | soft"})
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP processes)"})
+    gpu: bool = False
+    cpus_per_worker: float = field(default=1.0, metadata={"help": "Ray CPUs per train worker"})
+    data_cpus: float = 0.5
+    max_failures: int = 2
+    register_as: str = field(default="comic-reid", metadata={"help": "register the fine-tuned model in the MLflow "
+                                                                    "model registry under this name ('' = don't)"})
+    log_model: bool = field(default=True, metadata={"help": "log the model as an MLflow model (pytorch flavour "
+                                                            "and the embedding pyfunc)"})
+    seed: int = 0
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    mlflow_uri: str | None = None
+    experiment: str = "comic-reid"
+    system_metrics_s: float = field(default=10.0, metadata={"help": SYSTEM_METRICS_HELP})
+    strict: bool = config.strict_field("a bad sequence entry")
+    max_bad_row_fraction: float = config.max_bad_fraction_field("a split's sequences file")
+    fault_epoch: int = -1
+
+    def __post_init__(self) -> None:
+        config.check_bad_fraction(self.max_bad_row_fraction)
+        config.check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        config.check(self.sequences_per_batch >= self.workers,
+                     f"sequences_per_batch ({self.sequences_per_batch}) must be >= workers ({self.workers})")
+        config.check(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        config.check(self.lr > 0, "lr must be > 0")
+        config.check(0 < self.lr_gamma <= 1, "lr_gamma must be in (0, 1]")
+        config.check(self.neg_margin > self.pos_margin >= 0,
+                     f"need neg_margin > pos_margin >= 0, got {self.neg_margin}, {self.pos_margin}")
+        config.check(self.miner in (None, "pair_margin"), f"miner must be none or pair_margin, got {self.miner}")
+        config.check(self.select in ("last", "best"), f"select must be last or best, got {self.select!r}")
+        config.check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
+        config.check(self.select == "last" or self.val_every == 1, "select=best needs val_every=1")
+        config.check(self.link_distance in LINK_DISTANCES,
+                     f"link_distance must be one of {LINK_DISTANCES}, got {self.link_distance!r}")
+        config.check(self.link_constraint in LINK_CONSTRAINTS,
+                     f"link_constraint must be one of {LINK_CONSTRAINTS}, got {self.link_constraint!r}")
+
+
+def build_model(cfg: FinetuneConfig) -> ReIDNet:
+    if cfg.ssl_checkpoint:
+        net = reid_net_from_ssl_checkpoint(cfg.ssl_checkpoint, embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl,
+                                           flip_average=cfg.flip_average)
+        if (net.config.face_size, net.config.body_size) != (cfg.face_size, cfg.body_size):
+            raise CheckpointError(f"{cfg.ssl_checkpoint} was trained at face/body {net.config.face_size}/"
+                                  f"{net.config.body_size} px; this run asks for {cfg.face_size}/{cfg.body_size}")
+        return net
+    return ReIDNet(ModelConfig(arch=cfg.arch, face_size=cfg.face_size, body_size=cfg.body_size,
+                               embed_dim=cfg.embed_dim, freeze_ssl=cfg.freeze_ssl, flip_average=cfg.flip_average))
+
+
+def evaluate(model: ReIDNet, batches, device: torch.device, prefix: str) -> dict[str, float]:
+    from reid.core.eval.metrics import retrieval_metrics
+
+    out = embed_batches(model, batches, device)
+    if len(out["labels"]) == 0:
+        return {}
+    metrics = retrieval_metrics(out["embeddings"], out["labels"], out["sequences"])
+    return {f"{prefix}_{k}": float(v) for k, v in metrics.items()}
+
+
+def finetune_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function."""
+    import ray.train
+
+    from reid.core.losses import SequencePairLoss
+
+    cfg = config.from_dict(FinetuneConfig, loop_config["cfg"])
+    run = start_run(cfg, loop_config, "finetune", build=lambda: _build(cfg), prepare=_prepare,
+                    architecture_keys=ARCHITECTURE_KEYS, params=loop_config["cfg"],
+                    steps_per_epoch=loop_config.get("steps_per_epoch", 1))
+    # Every rank computes the loss of the whole global batch (pairs across workers' sequences too).
+    loss_fn = SequencePairLoss(cfg.pos_margin, cfg.neg_margin, cfg.miner, gather_distributed=run.rt.world_size > 1)
+    train_shard = ray.train.get_dataset_shard("train")
+    for epoch in range(run.start_epoch, cfg.epochs):
+        metrics = train_one_epoch(run, cfg, train_shard, loss_fn, epoch)
+        metrics.update(validate(run, cfg, epoch))
+        end_epoch(run, metrics, epoch)
+    run.close()
+
+
+def _build(cfg: FinetuneConfig) -> Parts:
+    model = build_model(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_gamma)
+
+
+def _prepare(model: ReIDNet, rt: Runtime) -> torch.nn.Module:
+    return prepare_for_device(model, rt.device, channels_last=False, sync_bn=False, world_size=rt.world_size,
+                              compile_model=False)
+
+
+def train_one_epoch(run: Run, cfg: FinetuneConfig, shard: Any, loss_fn: torch.nn.Module, epoch: int
+                    ) -> dict[str, float]:
+    """One pass over this worker's shard, a batch of whole sequences per step: the mean loss, throughput, LR."""
+    run.net.train()
+    per_worker = cfg.sequences_per_batch // run.rt.world_size
+    device = run.rt.device
+    total, batches, samples, start = 0.0, 0, 0, time.time()
+    for raw in shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True,
+                                  local_shuffle_buffer_size=max(per_worker, cfg.shuffle_buffer),
+                                  local_shuffle_seed=cfg.seed * 1000 + epoch):
+        batch = collate_sequences(raw)
+        emb = run.net(normalize_uint8(batch["face"].to(device)), normalize_uint8(batch["body"].to(device)),
+                      batch["face_mask"].to(device), batch["body_mask"].to(device))
+        loss = loss_fn(emb.float(), batch["labels"].to(device), batch["sequence"].to(device),
+                       batch["series"].to(device))
+        check_finite(loss, epoch, run.step)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.step += 1
+        batches += 1
+        if batches == 1:  # mid-epoch, as a real failure would be
+            faults.worker_exit_once(cfg.fault_epoch, epoch, run.folder, run.rt.rank)
+        samples += len(batch["labels"])
+        total += loss.item()
+        run.progress.update(epoch, batches, total / batches,
+                            samples * run.rt.world_size / max(time.time() - start, 1e-9))
+    run.scheduler.step()
+    elapsed = time.time() - start
+    return {"epoch": epoch, "loss": total / max(1, batches), "batches": batches,
+            "samples_per_s": samples * run.rt.world_size / max(elapsed, 1e-9), "lr": run.scheduler.get_last_lr()[0]}
+
+
+def validate(run: Run, cfg: FinetuneConfig, epoch: int) -> dict[str, float]:
+    """Rank 0, every ``val_every`` epochs and after the last: the retrieval metrics of the validation sequences,
+    and the best selection score so far (kept in ``run.best``). The selection metric is in every report (NaN
+    when not measured): Ray Train ranks the checkpoints by it."""
+    import ray.train
+
+    if run.rt.rank != 0 or not ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
+        return {SELECT_METRIC: float("nan")}
+    val = ray.train.get_dataset_shard("val")
+    metrics = evaluate(unwrap(run.net), val.iter_batches(batch_size=8, batch_format="numpy"), run.rt.device, "val")
+    score = metrics.get(SELECT_METRIC, float("nan"))
+    if not np.isnan(score) and (run.best is None or score > run.best):
+        run.best = score
+    metrics["best_" + SELECT_METRIC] = run.best if run.best is not None else float("nan")
+    metrics.setdefault(SELECT_METRIC, float("nan"))
+    return metrics
+
+
+def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_config=None) -> dict[str, Any]:
+    """Driver: datasets, TorchTrainer, then test evaluation, export and MLflow logging of the best model.
+
+    Returns {"best_model": path, "exported": path, "test": metrics, "result": ray Result}.
+    """
+    import ray
+    from ray.train import CheckpointConfig
+    from ray.train.torch import TorchTrainer
+
+    from reid.runtime import registry
+    from reid.runtime.datasets import sequence_dataset
+    from reid.runtime.raycluster import init_ray
+
+    if registry.is_model_uri(cfg.ssl_checkpoint):  # models:/ or runs:/ → a file on the run's storage
+        from reid.runtime.tracking import default_tracking_uri
+
+        path, provenance = registry.resolve_model_uri(cfg.ssl_checkpoint, default_tracking_uri(cfg.mlflow_uri),
+                                                      io.join(run_dir(cfg.storage, cfg.name), "_ssl_model"))
+        log.info("finetune: SSL checkpoint %s (%s)", path, provenance)
+        cfg = config.replace(cfg, ssl_checkpoint=path)
+    if cfg.ssl_checkpoint and not io.exists(cfg.ssl_checkpoint):
+        raise CheckpointError(f"{cfg.ssl_checkpoint}: SSL checkpoint not found")
+    model = build_model(cfg)  # fail fast on a bad checkpoint, before any Ray work
+    splits, bad = read_splits(cfg)
+    console.open_log()
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+    if cfg.gpu and not ray.cluster_resources().get("GPU"):
+        raise ConfigError("--gpu was given but the Ray cluster has no GPU")
+    if len(splits["train"]) < cfg.sequences_per_batch:
+        raise ConfigError(f"{cfg.sequences}: {len(splits['train'])} train sequences, fewer than one batch "
+                          f"({cfg.sequences_per_batch})")
+    datasets = {
+        "train": sequence_dataset(cfg.crops, splits["train"], cfg.face_size, cfg.body_size, True, cfg.data_cpus,
+                                  seed=cfg.seed),
+        "val": sequence_dataset(cfg.crops, splits["validation"], cfg.face_size, cfg.body_size, False,
+                                cfg.data_cpus, transform=model.config.transform),
+    }
+    tracker = open_run(cfg, "finetune", parent_run_id)
+    inputs = input_datasets(cfg)
+    tracker.log_inputs([(dataset, context) for context, datasets in inputs.items() for dataset in datasets])
+    loop_config = {"cfg": config.to_dict(cfg), "parent_run_id": parent_run_id, "run_id": tracker.run_id,
+                   "marker_dir": run_dir(cfg.storage, cfg.name), "spool_dir": spool_dir(cfg.storage, cfg.name),
+                   "steps_per_epoch": max(1, len(splits["train"]) // cfg.sequences_per_batch)}
+    run_config = run_config or trainer_run_config(cfg.name, cfg.storage, cfg.max_failures)
+    run_config.checkpoint_config = (
+        CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECT_METRIC, checkpoint_score_order="max")
+        if cfg.select == "best" else CheckpointConfig(num_to_keep=2))
+    trainer = TorchTrainer(finetune_loop, train_loop_config=loop_config, datasets=datasets,
+                           dataset_config=data_config(["train"]),
+                           scaling_config=scaling_config(cfg.workers, cfg.gpu, cfg.cpus_per_worker),
+                           run_config=run_config)
+    # a worker's ReidError (bad input, mismatch, NaN loss) is raised here, unretried; a bar shows the epochs
+    result = fit_tracked(trainer, tracker, "finetune", cfg.storage, cfg.name)
+    out = finish(cfg, result, splits["validation"], splits["test"], tracker,
+                 {"validation": inputs["validation"][0], "test": inputs["testing"][0]})
+    return {**out, "bad_sequences": len(bad), "bad_sequences_file": sequence_errors_path(cfg)}
+
+
+def input_datasets(cfg: FinetuneConfig) -> dict[str, list]:
+    """What fine-tuning reads, as MLflow datasets (:mod:`reid.runtime.run_inputs`) by context: the crops and the training
+    sequences (with ``--extra-sequences``) for training, the validation and the test sequences."""
+    from reid.runtime.run_inputs import crops_dataset, sequences_dataset
+
+    def split(root: str, name: str):
+        return sequences_dataset(formats.split_file(root, name, "sequences"))
+
+    extra = [s.strip() for s in cfg.extra_sequences.split(",") if s.strip()]
+    return {"training": [crops_dataset(cfg.crops), split(cfg.sequences, "train"),
+                         *(split(source, "train") for source in extra)],
+            "validation": [split(cfg.sequences, "validation")], "testing": [split(cfg.sequences, "test")]}
+
+
+def sequence_errors_path(cfg: FinetuneConfig) -> str:
+    """Where fine-tuning records the sequence entries it left out (read it with ``pandas.read_parquet``)."""
+    return io.join(run_dir(cfg.storage, cfg.name), "errors", "sequences.parquet")
+
+
+def read_splits(cfg: FinetuneConfig) -> tuple[dict[str, list], list[formats.BadRow]]:
+    """The train/validation/test sequences, checked on the driver against the crop job's instances (which
+    must be complete), and the entries left out. Bad entries are recorded in :func:`sequence_errors_path`
+    (``--strict``: refused); more than ``--max-bad-row-fraction`` of a split refuses the file."""
+    from reid.core.contracts.crops import known_instance_ids
+    from reid.core.contracts.manifest import error_table, table_to_parquet_bytes
+
+    known = known_instance_ids(cfg.crops)
+    policy = formats.RowPolicy(cfg.strict, cfg.max_bad_row_fraction)
+    splits, bad = {}, []
+    for split in ("train", "validation", "test"):
+        splits[split], left_out = formats.read_split_checked(cfg.sequences, split, policy, known)
+        bad += left_out
+    for source in filter(None, (s.strip() for s in cfg.extra_sequences.split(","))):
+        extra, left_out = formats.read_split_checked(source, "train", policy, known)
+        bad += left_out
+        splits["train"] += _new_training_windows(extra, splits, source)
+    path = sequence_errors_path(cfg)
+    io.write_bytes_atomic(path, table_to_parquet_bytes(error_table([b.as_error("input") for b in bad])))
+    if bad:
+        log.warning("finetune: %d sequence(s) left out and recorded in %s (first: %s, %s: %s)", len(bad), path,
+                    bad[0].source, bad[0].where, bad[0].reason)
+    return splits, bad
+
+
+def _new_training_windows(extra: list, splits: dict[str, list], source: str) -> list:
+    """The sequences of another source that add to training: not a window already annotated, and no panel of
+    a validation or test sequence (those stay unseen)."""
+    annotated = {s.seq_id for seqs in splits.values() for s in seqs}
+    held_out = {p for split in ("validation", "test") for s in splits[split] for p in s.panels}
+    kept = [s for s in extra if s.seq_id not in annotated and not held_out.intersection(s.panels)]
+    log.info("finetune: %d of %d training sequences of %s added (the others are annotated or held out)",
+             len(kept), len(extra), source)
+    return kept
+
+
+def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences, device: torch.device | None = None
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The assigner's window and series-linking thresholds chosen on labelled ``sequences`` (the validation
+    split) with the labeling job's own embedding path and constrained assigner (:mod:`reid.core.calibration`),
+    embedded on ``device`` (default: the CPU). Returns (calibration record, the embeddings it was computed on)."""
+    from reid.core.calibration import calibrate
+    from reid.runtime.datasets import sequence_dataset
+
+    ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
+                          transform=model.config.transform)
+    values = embed_batches(model, ds.iter_batches(batch_size=8, batch_format="numpy"),
+                           device or torch.device("cpu"))
+    if len(values["labels"]) < 2:
+        raise ConfigError(f"{cfg.sequences}: the validation split has {len(values['labels'])} embedded "
+                          "instance(s); at least 2 are needed to calibrate the assigner")
+    record = calibrate(values["embeddings"], values["labels"], values["sequences"], values["panels"],
+                       values["series"], link_distance=cfg.link_distance, link_constraint=cfg.link_constraint)
+    record["source"] = f"validation sequences of fine-tuning run {cfg.name} ({cfg.sequences})"
+    return record, values
+
+
+def finish(cfg: FinetuneConfig, result, val_sequences, test_sequences, tracker, datasets: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The published checkpoint → thresholds calibrated on validation (stored in the checkpoint), its validation
+    and test metrics, TorchScript export; in MLflow (``tracker``: the driver's, ended here) the model logged and
+    registered with those metrics linked to it (``datasets``: the validation and test sequences as logged), the
+    ``champion`` alias moved to it when it beats the champion on validation MAP@R, the plots. The splits are
+    embedded on the training device when the driver has it (:func:`reid.stages.train.device.driver_device`)."""
+    from reid.core.models.checkpoint import load_model_checkpoint, save_model_checkpoint
+    from reid.core.models.export import export_torchscript
+
+    best = _best_checkpoint(result) if cfg.select == "best" else result.checkpoint
+    best_model = publish_model(best.path, cfg.storage, cfg.name)
+    out_dir = io.join(cfg.storage, cfg.name, "final")
+    model, _, extra = load_model_checkpoint(best_model)
+    calibration, val, validation, test = _evaluate_published(model, cfg, val_sequences, test_sequences)
+    model.cpu()  # the checkpoint, the export and MLflow's model load anywhere
+    save_model_checkpoint(model, best_model, extra={**extra, "calibration": calibration})  # same weights
+    exported = io.join(out_dir, "reid_net.torchscript.pt")
+    export_torchscript(model, exported)
+    registered = _log_published(cfg, tracker, model, best_model, exported, out_dir, calibration, val)
+    model_id = registered.get("model_id")  # None: run metrics only (no model logged, or MLflow down)
+    tracker.log_metrics(validation, step=cfg.epochs, model_id=model_id, dataset=datasets.get("validation"))
+    tracker.log_metrics(test, step=cfg.epochs, model_id=model_id, dataset=datasets.get("test"))
+    if registered.get("model_version"):
+        from reid.runtime.registry import promote_champion
+
+        registered.update(promote_champion(tracker, cfg.register_as, registered["model_version"],
+                                           validation.get(CHAMPION_METRIC, float("nan"))))
+    tracker.set_tags({"reid.best_checkpoint": best.path})
+    tracker.close()
+    log.info("finetune: validation %s, test %s; model %s", validation, test, best_model)
+    return {"best_model": best_model, "exported": exported, "test": test, "validation": validation,
+            "result": result, "calibration": calibration, **registered}
+
+
+def _evaluate_published(model: ReIDNet, cfg: FinetuneConfig, val_sequences, test_sequences
+                        ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, float], dict[str, float]]:
+    """The published model's calibration, validation embeddings, validation metrics and test metrics (with
+    --select last, the last epoch's model; with best, the best's)."""
+    from reid.core.eval.metrics import retrieval_metrics
+    from reid.runtime.datasets import sequence_dataset
+
+    device = driver_device(cfg.gpu)
+    calibration, val = calibrate_model(model, cfg, val_sequences, device)
+    log.info("finetune: assigner calibrated on %d validation windows: threshold %.3g, link threshold %.3g "
+             "(window AMI %.3f)", calibration["windows"], calibration["threshold"], calibration["link_threshold"],
+             calibration["window_AMI"])
+    validation = {f"{FINAL_PREFIX}{k}": float(v)
+                  for k, v in retrieval_metrics(val["embeddings"], val["labels"], val["sequences"]).items()}
+    test_ds = sequence_dataset(cfg.crops, test_sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
+                               transform=model.config.transform)
+    test = evaluate(model, test_ds.iter_batches(batch_size=8, batch_format="numpy"), device, "test")
+    return calibration, val, validation, test
+
+
+def _log_published(cfg: FinetuneConfig, tracker, model: ReIDNet, best_model: str, exported: str, out_dir: str,
+                   calibration: dict[str, Any], val: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The calibration's figures and tags, the validation distance histogram, and (local storage) the model,
+    the export and the plots as artifacts, the model logged and registered (``cfg.log_model``). Returns the
+    registration (empty when nothing was registered)."""
+    from reid.core.calibration import distance_histogram_png, pair_distances
+    from reid.runtime.registry import log_reid_model
+
+    tracker.log_metrics({f"calibration_{k}": float(v) for k, v in calibration.items()
+                         if isinstance(v, int | float)}, step=cfg.epochs)
+    tracker.set_tags({"reid.calibration_source": calibration["source"],
+                      "reid.calibration_link_rule": calibration.get("link_rule", "")})
+    histogram = io.join(out_dir, "val_distances.png")
+    positive, negative = pair_distances(val["embeddings"], val["labels"], val["sequences"])
+    io.write_bytes_atomic(histogram, distance_histogram_png(
+        positive, negative, calibration["threshold"],
+        f"validation pairs within a window; calibrated threshold {calibration['threshold']:.3g}"))
+    if io.is_uri(best_model):
+        return {}
+    tracker.log_artifact(best_model, "model")
+    tracker.log_artifact(exported, "model")
+    tracker.log_artifact(histogram, "plots")
+    tracker.log_artifact(_curves(tracker, cfg, out_dir), "plots")
+    return log_reid_model(tracker, model, best_model, cfg.register_as) if cfg.log_model else {}
+
+
+def _curves(tracker, cfg: FinetuneConfig, out_dir: str) -> str:
+    """``<out>/curves.png``: the training loss and the validation retrieval metrics per epoch (from the run's
+    logged history)."""
+    from reid.core.plots import curves_png
+
+    keys = ["loss", "val_precision_at_1", "val_mean_average_precision_at_r"]
+    history = tracker.metric_history(keys)
+    path = io.join(out_dir, "curves.png")
+    io.write_bytes_atomic(path, curves_png(
+        {"training loss": {"loss": history.get("loss", [])},
+         "validation (within sequence)": {k.removeprefix("val_"): [p for p in history.get(k, []) if p[1] == p[1]]
+                                          for k in keys[1:]}}, f"fine-tuning {cfg.name}"))
+    return path
+
+
+def _best_checkpoint(result):
+    try:
+        best = result.get_best_checkpoint(SELECT_METRIC, "max")
+    except (RuntimeError, ValueError, KeyError):
+        best = None
+    return best or result.checkpoint
+
