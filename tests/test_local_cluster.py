@@ -155,6 +155,32 @@ def test_failed_up_leaves_nothing_running(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / STATE_FILE).exists()
 
 
+def test_a_raylet_that_registers_too_late_is_started_again(tmp_path: Path, monkeypatch) -> None:
+    """Ray gives a raylet a fixed 30 s to register with the GCS; on a loaded machine `ray start` then exits 1
+    with "timed out during startup". The cluster stops what that attempt started and starts again."""
+    gcs, dashboard, client, mlflow = free_ports(4)
+    config = LocalClusterConfig(state_dir=str(tmp_path / "state"), gcs_port=gcs, dashboard_port=dashboard,
+                                client_server_port=client, mlflow_port=mlflow, num_workers=0, with_mlflow=False,
+                                object_store_mb=100)
+    local_cluster = LocalCluster(config)
+    real_wait, calls = local_cluster.ray_nodes.wait_ray_start, []
+
+    def first_times_out(role, launcher):
+        real_wait(role, launcher)  # the head really started: the retry must stop it first
+        calls.append(role)
+        if len(calls) == 1:
+            raise LocalClusterError("`ray start` for head exited with 1; log ...: Exception: The current node "
+                                    "timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(local_cluster.ray_nodes, "wait_ray_start", first_times_out)
+    try:
+        local_cluster.start()
+        assert calls == ["head", "head"] and len(local_cluster.wait_for_nodes(1)) == 1
+    finally:
+        local_cluster.stop()
+    assert not local_cluster.processes()
+
+
 def test_three_nodes_alive_with_their_own_resources(cluster: LocalCluster) -> None:
     nodes = _ray_nodes(cluster)
     assert [node["state"] for node in nodes] == ["ALIVE"] * 3

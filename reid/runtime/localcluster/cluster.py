@@ -10,6 +10,7 @@ holds MLflow's credentials).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -38,7 +39,12 @@ from reid.runtime.localcluster.ray_nodes import TOKEN_FILE, RayNodes
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
+STARTUP_ATTEMPTS = 3
+RAY_REGISTRATION_TIMEOUT = "timed out during startup"
+"""What `ray start` prints when its raylet did not register with the GCS within Ray's fixed 30 s (not
+configurable): a loaded machine, not a wrong cluster, so the whole start is tried again."""
 ENV_FILE = "env"
 _CLIENT_ENV_DROP = ("RAY_AUTH_TOKEN", "RAY_ADDRESS")
 
@@ -179,15 +185,23 @@ class LocalCluster:
             _require_free_port(port, what)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / ENV_FILE).unlink(missing_ok=True)
-        # Record the id before launching anything, so `down` can clean up a half-started cluster.
-        self._write_state()
-        self.ray_nodes.write_token()
-        try:
-            self._start_processes()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            # Record the id before launching anything, so `down` can clean up a half-started cluster.
+            self._write_state()
+            self.ray_nodes.write_token()
+            try:
+                self._start_processes()
+                return self
+            except LocalClusterError as exc:
+                self.stop()
+                if attempt == STARTUP_ATTEMPTS or RAY_REGISTRATION_TIMEOUT not in str(exc):
+                    raise
+                log.warning("local cluster: a raylet did not register in time (loaded machine); starting "
+                            "again (attempt %d of %d)", attempt + 1, STARTUP_ATTEMPTS)
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _start_processes(self) -> None:
         if self.mlflow is not None:
