@@ -326,6 +326,23 @@ def test_annotated_windows_every_pair_once_and_evaluated(annotated, crops, tiny_
     assert (out / "identities_per_series.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_series_task_scores_its_own_series_and_the_driver_only_aggregates(annotated):
+    from reid.core.contracts.crops import series_of_shard
+    from reid.core.contracts.labels import labels_output
+    from reid.stages.label.evaluate import FIGURES_DIR, ground_truth_scores
+
+    out, cfg, _ = annotated
+    metrics = json.loads((out / "metrics.json").read_text())
+    series = {series_of_shard(s) for s in labels_output(str(out)).committed()}
+    figures = sorted((out / FIGURES_DIR).glob("*.json"))
+    assert [int(f.stem) for f in figures] == sorted(series)
+    # written by the series pass, before the output was finalised (the driver's fallback would come after)
+    assert all(f.stat().st_mtime <= (out / "_SUCCESS").stat().st_mtime for f in figures)
+    whole, per_series = ground_truth_scores(str(out), cfg.ground_truth)  # one pass over the whole output
+    assert {k: metrics[k] for k in whole} == pytest.approx(whole)
+    assert json.loads((out / "quality.json").read_text()) == per_series
+
+
 def test_report_html_references_existing_pngs(annotated):
     out, _, result = annotated
     index = Path(result["report"])

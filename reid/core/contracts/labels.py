@@ -1,7 +1,8 @@
 """The label job's output contract: ``<labels>/data/<shard>.parquet`` rows of :data:`LABEL_SCHEMA` (one per
 character box and window), ``errors/<shard>.parquet`` (boxes that could not be labelled: *unassigned*, with the
 reason), the sharded-output manifest (:mod:`reid.core.contracts.manifest`), ``metrics.json``; and the pass-1
-intermediate ``_windows/`` (the same layout, plus ``centroids/`` and ``embeddings/`` sidecars per shard).
+intermediate ``_windows/`` (the same layout, plus ``centroids/`` and ``embeddings/`` sidecars per shard); with a
+ground truth, ``_figures/<series>.json`` (each series's scores, written by the task that finished it).
 
 Ids: a window id is its panel ids joined by ``+`` (the annotated sequences' ``seq_id`` format,
 :mod:`reid.core.data.ids`); a row id is ``<instance_id>@<window_id>`` (an instance has one row per window it lies in).

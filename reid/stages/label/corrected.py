@@ -31,6 +31,7 @@ from reid.core.corrections import Corrections, corrections_from_state, replay, s
 from reid.core.errors import ConfigError
 from reid.core.linking import DEFAULT_LINKING
 from reid.stages.label.config import LabelConfig
+from reid.stages.label.evaluate import write_series_figures
 from reid.stages.label.series import commit_checked
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def run_corrected_series_pass(cfg: LabelConfig, shards: list[str], corrections: 
     for s in shards:
         by_series[series_of_shard(s)].append(s)
     committed = 0
-    for _, series_shards in sorted(by_series.items()):
+    for series, series_shards in sorted(by_series.items()):
         todo = [s for s in sorted(series_shards) if not final.is_committed(s)]
         if not todo:
             continue
@@ -122,6 +123,8 @@ def run_corrected_series_pass(cfg: LabelConfig, shards: list[str], corrections: 
             commit_checked(cfg.out, shard, rows, io.read_parquet(windows.errors_path(shard)),
                            windows.summary(shard).input_rows)
             committed += 1
+        if cfg.ground_truth:
+            write_series_figures(cfg.out, cfg.ground_truth, series, series_shards)
     return committed
 
 

@@ -12,6 +12,7 @@ from reid.core import io
 from reid.core.contracts.labels import (
     UNASSIGNED,
     iter_labels,
+    labels_output,
     read_embeddings,
 )
 from reid.stages.label.config import LabelConfig
@@ -27,7 +28,7 @@ def evaluate(cfg: LabelConfig, sequences: list) -> tuple[dict[str, float], list[
     if cfg.sequences:
         metrics.update(evaluate_sequences(cfg.out, sequences))
     if cfg.ground_truth:
-        scores, per_series = ground_truth_scores(cfg.out, cfg.ground_truth)
+        scores, per_series = aggregate_series_figures(cfg.out, cfg.ground_truth)
         metrics.update(scores)
     return metrics, per_series
 
@@ -74,34 +75,101 @@ def evaluate_ground_truth(labels_root: str, ground_truth: str) -> dict[str, floa
     return ground_truth_scores(labels_root, ground_truth)[0]
 
 
+GT_COLUMNS = ["instance_id", "window_id", "char_key", "series_id", "identity", "series_identity"]
+FIGURES_DIR = "_figures"
+"""Per-series ground-truth figures under the labels root, one ``<series>.json`` each, written by the task that
+finished that series (:func:`write_series_figures`); the driver only aggregates them."""
+
+
 def ground_truth_scores(labels_root: str, ground_truth: str) -> tuple[dict[str, float], list[dict[str, float]]]:
     """(metrics of :func:`evaluate_ground_truth`, per-series quality of :func:`series_quality`), from one pass
     over the labels and the ground truth."""
-    from reid.core.eval.metrics import clustering_scores
-
     truth = _read_truth(ground_truth)
+    return aggregate([_figures(*_truth_items((rows for _, rows in iter_labels(
+        labels_root, GT_COLUMNS, include_unassigned=False)), truth))])
+
+
+def _truth_items(tables, truth: dict[str, str]) -> tuple[dict, dict]:
+    """One item per character instance with a true identity: per window (window identity, truth) and per series
+    (series identity, truth, series)."""
     window_items: dict[tuple[str, str], tuple[int, str]] = {}
     series_items: dict[str, tuple[int, str, int]] = {}
-    for _, rows in iter_labels(labels_root, ["instance_id", "window_id", "char_key", "series_id", "identity",
-                                             "series_identity"], include_unassigned=False):
+    for rows in tables:
         for r in rows.to_pylist():
             label = truth.get(r["instance_id"])
             if label is None:
                 continue
             window_items.setdefault((r["window_id"], r["char_key"]), (r["identity"], label))
             series_items.setdefault(r["char_key"], (r["series_identity"], label, r["series_id"]))
+    return window_items, series_items
+
+
+def _figures(window_items: dict, series_items: dict) -> dict[str, object]:
+    """Scores per group (each window, each series) and the per-series quality rows: figures that aggregate
+    over series by concatenation, so each series can compute its own."""
+    from reid.core.eval.metrics import clustering_scores_per_group
+
+    w, s = list(window_items.values()), list(series_items.values())
+    return {"window": clustering_scores_per_group([p for p, _ in w], [y for _, y in w], [k[0] for k in window_items])
+            if w else {},
+            "series": clustering_scores_per_group([p for p, _, _ in s], [y for _, y, _ in s], [g for _, _, g in s])
+            if s else {},
+            "quality": series_quality(s)}
+
+
+def aggregate(parts: list[dict]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The job's ground-truth metrics (means over windows and over series) and per-series quality, from
+    :func:`_figures` of disjoint parts of the output."""
+    from reid.core.eval.metrics import mean_over_groups
+
     out: dict[str, float] = {}
-    per_series = series_quality(list(series_items.values()))
-    if window_items:
-        w = list(window_items.values())
-        scores = clustering_scores([p for p, _ in w], [y for _, y in w], [k[0] for k in window_items])
-        out.update({f"gt_window_{k}": float(v) for k, v in scores.items()})
-    if series_items:
-        s = list(series_items.values())
-        scores = clustering_scores([p for p, _, _ in s], [y for _, y, _ in s], [g for _, _, g in s])
-        out.update({f"gt_series_{k}": float(v) for k, v in scores.items()})
+    for level in ("window", "series"):
+        scores = [p[level] for p in parts if p[level]]
+        if scores:
+            merged = {name: [v for part in scores for v in part[name]] for name in scores[0]}
+            out.update({f"gt_{level}_{name}": mean_over_groups(values) for name, values in merged.items()})
+            out[f"gt_{level}_num_groups"] = float(len(merged["ARI"]))
+    per_series = sorted((q for p in parts for q in p["quality"]), key=lambda q: q["series"])
+    if per_series:
         out.update(identity_counts(per_series))
     return out, per_series
+
+
+def _figures_path(labels_root: str, series: int) -> str:
+    return io.join(labels_root, FIGURES_DIR, f"{series}.json")
+
+
+def write_series_figures(labels_root: str, ground_truth: str, series: int, shards: list[str]) -> None:
+    """One series's figures from its committed final shards, against the ground truth (only its instances
+    are kept), stored with the truth's fingerprint; kept as they are when that fingerprint is already there."""
+    import json
+
+    path, fingerprint = _figures_path(labels_root, series), io.fingerprint(ground_truth)
+    if io.exists(path) and json.loads(io.read_text(path)).get("ground_truth") == fingerprint:
+        return
+    final = labels_output(labels_root)
+    tables = (io.read_parquet(final.data_path(shard), GT_COLUMNS) for shard in sorted(shards))
+    figures = _figures(*_truth_items(tables, _read_truth(ground_truth)))
+    io.makedirs(io.join(labels_root, FIGURES_DIR))
+    io.write_text_atomic(path, json.dumps({"series": series, "ground_truth": fingerprint, **figures}))
+
+
+def aggregate_series_figures(labels_root: str, ground_truth: str) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """:func:`aggregate` of every series's stored figures; a series whose figures are missing or were made
+    against another ground truth (an output labelled before) is computed here."""
+    import json
+    from collections import defaultdict
+
+    from reid.core.contracts.crops import series_of_shard
+
+    by_series: dict[int, list[str]] = defaultdict(list)
+    for shard in labels_output(labels_root).committed():
+        by_series[series_of_shard(shard)].append(shard)
+    parts = []
+    for series, shards in sorted(by_series.items()):
+        write_series_figures(labels_root, ground_truth, series, shards)
+        parts.append(json.loads(io.read_text(_figures_path(labels_root, series))))
+    return aggregate(parts)
 
 
 def series_quality(items: list[tuple[int, str, int]]) -> list[dict[str, float]]:

@@ -26,6 +26,7 @@ from reid.core.contracts.manifest import ShardSummary, summaries_batch
 from reid.core.errors import ReidError
 from reid.core.linking import DEFAULT_LINKING
 from reid.stages.label.config import LabelConfig
+from reid.stages.label.evaluate import write_series_figures
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,13 @@ def _member_rows(cfg: LabelConfig, shards: list[str], centroids: pa.Table):
 
 
 def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:
-    """Pass 2 for one series: link its window identities, check cannot-link and commit its final shards.
-    Idempotent."""
+    """Pass 2 for one series: link its window identities, check cannot-link and commit its final shards, then
+    its ground-truth figures when the job has a ground truth (:func:`write_series_figures`). Idempotent."""
     final = labels_output(cfg.out)
     windows = windows_output(cfg.out)
     todo = [s for s in shards if not final.is_committed(s)]
     summaries = [final.summary(s) for s in shards if s not in todo]
-    if not todo:
-        return summaries
-    links = link_series(cfg, shards)
+    links = link_series(cfg, shards) if todo else {}
     for shard in todo:
         rows = io.read_parquet(windows.data_path(shard))
         keys = zip(rows["window_id"].to_pylist(), rows["identity"].to_pylist(), strict=True)
@@ -84,6 +83,8 @@ def finish_series(cfg: LabelConfig, shards: list[str]) -> list[ShardSummary]:
         rows = rows.set_column(rows.schema.get_field_index("series_identity"), "series_identity", series_identity)
         errors = io.read_parquet(windows.errors_path(shard))
         summaries.append(commit_checked(cfg.out, shard, rows, errors, windows.summary(shard).input_rows))
+    if cfg.ground_truth and shards:
+        write_series_figures(cfg.out, cfg.ground_truth, series_of_shard(shards[0]), shards)
     return summaries
 
 
