@@ -318,7 +318,7 @@ def test_training_rows_are_read_in_a_seeded_order_that_mixes_series(tiny_crops, 
     times over in an NT-Xent batch). With a seed, the order is random, the same for the same seed."""
     from reid.core.contracts.crops import committed_crop_files
     from reid.core.data import formats
-    from reid.runtime.datasets import character_instances, sequence_dataset
+    from reid.runtime.ray_datasets import character_instances, sequence_dataset
 
     train = formats.read_split(str(tiny_corpus / "data/comics_seq"), "train")
     options = ray.data.DataContext.get_current().execution_options

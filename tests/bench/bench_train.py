@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from reid.core.losses import IdentityAwareSSLLoss  # noqa: E402
 from reid.core.models import ModelConfig, SSLNet  # noqa: E402
-from reid.runtime.datasets import SSLViews, character_instances  # noqa: E402
+from reid.runtime.ray_datasets import SSLViews, character_instances  # noqa: E402
 from reid.runtime.raycluster import init_ray  # noqa: E402
 from reid.stages.crop import CropConfig, run_crop  # noqa: E402
 from reid.stages.train.pretrain import FaceBodyEmbedder, PretrainConfig, _split_views, run_pretrain  # noqa: E402

@@ -27,7 +27,7 @@ from reid.core.contracts.manifest import ShardedOutput  # noqa: E402
 from reid.core.data.synthetic import generate_corpus, preset_config  # noqa: E402
 from reid.core.losses import IdentityAwareSSLLoss  # noqa: E402
 from reid.core.models import ModelConfig, SSLNet  # noqa: E402
-from reid.runtime.datasets import SSLViews  # noqa: E402
+from reid.runtime.ray_datasets import SSLViews  # noqa: E402
 from reid.stages.crop import CropConfig, crop_shard, plan_shards  # noqa: E402
 from reid.stages.train.device import autocast  # noqa: E402
 from reid.stages.train.flops import peak_flops, train_flops_per_sample  # noqa: E402

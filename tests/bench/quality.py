@@ -71,7 +71,7 @@ def _scores(model_path: str, p: dict, cfg) -> dict:
 
     from reid.core.data import formats
     from reid.core.models.checkpoint import load_model_checkpoint
-    from reid.runtime.datasets import sequence_dataset
+    from reid.runtime.ray_datasets import sequence_dataset
     from reid.stages.train.finetune import evaluate
 
     model, _, _ = load_model_checkpoint(model_path, expected_kind="reid")

@@ -33,7 +33,7 @@ from reid.core.data.synthetic import generate_corpus, preset_config  # noqa: E40
 from reid.core.embedding import collate_sequences, normalize_uint8  # noqa: E402
 from reid.core.eval.metrics import retrieval_metrics  # noqa: E402
 from reid.core.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint  # noqa: E402
-from reid.runtime.datasets import sequence_dataset  # noqa: E402
+from reid.runtime.ray_datasets import sequence_dataset  # noqa: E402
 from reid.runtime.raycluster import init_ray  # noqa: E402
 from reid.stages.crop import CropConfig, run_crop  # noqa: E402
 from reid.stages.train.finetune import FinetuneConfig, run_finetune  # noqa: E402

@@ -67,7 +67,7 @@ def held_out_pairs(crops_root: str) -> int:
     import pyarrow as pa
 
     from reid.core.contracts.crops import committed_crop_files, pair_rows
-    from reid.runtime.datasets import is_validation_key
+    from reid.runtime.ray_datasets import is_validation_key
 
     total = 0
     for path in committed_crop_files(crops_root):

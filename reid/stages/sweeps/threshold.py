@@ -101,7 +101,7 @@ def embed_split(cfg: ThresholdSweepConfig) -> tuple[dict[str, np.ndarray], dict[
     from reid.core.data import formats
     from reid.core.embedding import embed_batches
     from reid.core.models.checkpoint import load_model_checkpoint
-    from reid.runtime.datasets import sequence_dataset
+    from reid.runtime.ray_datasets import sequence_dataset
     from reid.runtime.raycluster import init_ray
 
     model, model_config, extra = load_model_checkpoint(cfg.model, expected_kind="reid")

@@ -235,7 +235,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     from ray.train.torch import TorchTrainer
 
     from reid.runtime import registry
-    from reid.runtime.datasets import sequence_dataset
+    from reid.runtime.ray_datasets import sequence_dataset
     from reid.runtime.raycluster import init_ray
 
     if registry.is_model_uri(cfg.ssl_checkpoint):  # models:/ or runs:/ → a file on the run's storage
@@ -344,7 +344,7 @@ def calibrate_model(model: ReIDNet, cfg: FinetuneConfig, sequences, device: torc
     split) with the labeling job's own embedding path and constrained assigner (:mod:`reid.core.calibration`),
     embedded on ``device`` (default: the CPU). Returns (calibration record, the embeddings it was computed on)."""
     from reid.core.calibration import calibrate
-    from reid.runtime.datasets import sequence_dataset
+    from reid.runtime.ray_datasets import sequence_dataset
 
     ds = sequence_dataset(cfg.crops, sequences, cfg.face_size, cfg.body_size, False, cfg.data_cpus,
                           transform=model.config.transform)
@@ -399,7 +399,7 @@ def _evaluate_published(model: ReIDNet, cfg: FinetuneConfig, val_sequences, test
     """The published model's calibration, validation embeddings, validation metrics and test metrics (with
     --select last, the last epoch's model; with best, the best's)."""
     from reid.core.eval.metrics import retrieval_metrics
-    from reid.runtime.datasets import sequence_dataset
+    from reid.runtime.ray_datasets import sequence_dataset
 
     device = driver_device(cfg.gpu)
     calibration, val = calibrate_model(model, cfg, val_sequences, device)

@@ -24,7 +24,7 @@ from reid.core.errors import ConfigError
 from reid.core.models import ModelConfig, SSLNet
 from reid.core.models.backbone import SSL_FIELDS
 from reid.runtime import faults
-from reid.runtime.datasets import is_validation_key
+from reid.runtime.ray_datasets import is_validation_key
 from reid.stages.train.checkpointing import publish_model
 from reid.stages.train.device import Runtime, autocast, prepare_for_device, unwrap
 from reid.stages.train.flops import peak_flops, train_flops_per_sample
@@ -262,7 +262,7 @@ def _validation_arrays(crops: list[str], cfg: PretrainConfig, limit: int = 512) 
     """Eval-transformed face/body pairs of the held-out instances (small: sent to rank 0 in the config)."""
     from reid.core.data import augment
     from reid.core.embedding import decode_rgb, to_uint8_chw
-    from reid.runtime.datasets import character_instances
+    from reid.runtime.ray_datasets import character_instances
 
     face_tf = augment.eval_transform(cfg.face_size, "face")
     body_tf = augment.eval_transform(cfg.body_size, "body")
@@ -290,7 +290,7 @@ def run_pretrain(cfg: PretrainConfig, parent_run_id: str | None = None, run_conf
     from ray.train.torch import TorchTrainer
 
     from reid.core.contracts.crops import committed_crop_files
-    from reid.runtime.datasets import count_character_instances, ssl_dataset
+    from reid.runtime.ray_datasets import count_character_instances, ssl_dataset
     from reid.runtime.raycluster import init_ray
     from reid.runtime.run_inputs import crops_dataset
 
