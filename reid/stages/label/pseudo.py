@@ -1,5 +1,7 @@
 """Book-level positive pairs from a labels output: the model's own most confident cross-window links as training
-sequences for a second fine-tuning round (self-training).
+sequences for a second fine-tuning round (self-training). A measured lever that is not part of the pipeline:
+fine-tuning again with these sequences lowered window and series AMI on every seed of the inked demo
+(``tests/bench/self_training.py``, docs/RESULTS.md).
 
 Fine-tuning takes its positives from inside one annotated window (charIds are window-relative), so nothing in
 the annotations says that a character on page 3 and on page 12 is one. The label job's window identities carry
@@ -35,18 +37,24 @@ def held_out_panels(sequences_root: str) -> set[str]:
 
 
 def confident_links(centroids: pa.Table, max_distance: float) -> list[tuple[int, int]]:
-    """Pairs of rows of ``centroids``: window identities of one series, from windows that share no panel, whose
-    centres lie under ``max_distance``."""
+    """Pairs of rows of ``centroids``: window identities of one series, from two windows that share no panel
+    (two identities of one window are two characters by the window's own clustering), whose centres lie under
+    ``max_distance``."""
     series = np.asarray(centroids["series_id"].to_pylist())
     vectors = np.asarray(centroids["centroid"].to_pylist(), np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     panels = [set(p) for p in centroids["member_panels"].to_pylist()]
+    windows = centroids["window_id"].to_pylist()
+
+    def apart(a: int, b: int) -> bool:
+        return windows[a] != windows[b] and not panels[a] & panels[b]
+
     links = []
     for s in np.unique(series):
         rows = np.flatnonzero(series == s)
         dist = np.linalg.norm(vectors[rows, None] - vectors[None, rows], axis=-1)
-        links += [(int(rows[i]), int(rows[j])) for i, j in zip(*np.nonzero(np.triu(dist < max_distance, 1)),
-                                                                strict=True) if not panels[rows[i]] & panels[rows[j]]]
+        close = zip(*np.nonzero(np.triu(dist < max_distance, 1)), strict=True)
+        links += [(int(rows[i]), int(rows[j])) for i, j in close if apart(rows[i], rows[j])]
     return links
 
 
