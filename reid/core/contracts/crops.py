@@ -38,6 +38,14 @@ def series_of_shard(shard: str) -> int:
     return int(shard.split("-", 1)[0])
 
 
+def shards_by_series(shards) -> dict[int, list[str]]:
+    """Shard ids grouped by series, series in order and each series' shards sorted."""
+    groups: dict[int, list[str]] = {}
+    for shard in shards:
+        groups.setdefault(series_of_shard(shard), []).append(shard)
+    return {series: sorted(groups[series]) for series in sorted(groups)}
+
+
 def crop_relpath(type_: str, series: int, page: int, panel: int, index: int) -> str:
     """The seed's layout: faces under comics_crops_large_faces/, bodies under comics_crops/.../bodies/."""
     if type_ == "face":

@@ -24,7 +24,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from reid.core import io
 from reid.core.assign import cluster_conflicts, constrained_agglomerative
-from reid.core.contracts.crops import series_of_shard
+from reid.core.contracts.crops import series_of_shard, shards_by_series
 from reid.core.contracts.labels import labels_output, read_centroids, read_labels, windows_output
 from reid.core.contracts.review import APPLIED_FILE, open_log
 from reid.core.corrections import Corrections, corrections_from_state, replay, stable_identities
@@ -106,15 +106,12 @@ def run_corrected_series_pass(cfg: LabelConfig, shards: list[str], corrections: 
     """Pass 2 with corrections, on the driver (linking is a small job per series): commit every final shard
     with its series identity. Idempotent, like :func:`reid.stages.label.series.finish_series`."""
     final, windows = labels_output(cfg.out), windows_output(cfg.out)
-    by_series: dict[int, list[str]] = defaultdict(list)
-    for s in shards:
-        by_series[series_of_shard(s)].append(s)
     committed = 0
-    for series, series_shards in sorted(by_series.items()):
-        todo = [s for s in sorted(series_shards) if not final.is_committed(s)]
+    for series, series_shards in shards_by_series(shards).items():
+        todo = [s for s in series_shards if not final.is_committed(s)]
         if not todo:
             continue
-        links = link_series_corrected(cfg, sorted(series_shards), corrections)
+        links = link_series_corrected(cfg, series_shards, corrections)
         for shard in todo:
             rows = io.read_parquet(windows.data_path(shard))
             keys = zip(rows["window_id"].to_pylist(), rows["identity"].to_pylist(), strict=True)

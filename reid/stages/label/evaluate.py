@@ -139,12 +139,14 @@ def _figures_path(labels_root: str, series: int) -> str:
     return io.join(labels_root, FIGURES_DIR, f"{series}.json")
 
 
-def write_series_figures(labels_root: str, ground_truth: str, series: int, shards: list[str]) -> None:
+def write_series_figures(labels_root: str, ground_truth: str, series: int, shards: list[str],
+                         fingerprint: dict | None = None) -> None:
     """One series's figures from its committed final shards, against the ground truth (only its instances
-    are kept), stored with the truth's fingerprint; kept as they are when that fingerprint is already there."""
+    are kept), stored with the truth's ``fingerprint`` (computed when not given); kept as they are when that
+    fingerprint is already there."""
     import json
 
-    path, fingerprint = _figures_path(labels_root, series), io.fingerprint(ground_truth)
+    path, fingerprint = _figures_path(labels_root, series), fingerprint or io.fingerprint(ground_truth)
     if io.exists(path) and json.loads(io.read_text(path)).get("ground_truth") == fingerprint:
         return
     final = labels_output(labels_root)
@@ -158,16 +160,13 @@ def aggregate_series_figures(labels_root: str, ground_truth: str) -> tuple[dict[
     """:func:`aggregate` of every series's stored figures; a series whose figures are missing or were made
     against another ground truth (an output labelled before) is computed here."""
     import json
-    from collections import defaultdict
 
-    from reid.core.contracts.crops import series_of_shard
+    from reid.core.contracts.crops import shards_by_series
 
-    by_series: dict[int, list[str]] = defaultdict(list)
-    for shard in labels_output(labels_root).committed():
-        by_series[series_of_shard(shard)].append(shard)
+    fingerprint = io.fingerprint(ground_truth)  # once, not once per series
     parts = []
-    for series, shards in sorted(by_series.items()):
-        write_series_figures(labels_root, ground_truth, series, shards)
+    for series, shards in shards_by_series(labels_output(labels_root).committed()).items():
+        write_series_figures(labels_root, ground_truth, series, shards, fingerprint)
         parts.append(json.loads(io.read_text(_figures_path(labels_root, series))))
     return aggregate(parts)
 

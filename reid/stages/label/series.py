@@ -4,7 +4,6 @@ cannot-link guarantee as it is committed."""
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from reid.core import io
 from reid.core.assign import link_windows
 from reid.core.contracts.crops import (
     series_of_shard,
+    shards_by_series,
 )
 from reid.core.contracts.labels import (
     iter_labels,
@@ -146,10 +146,7 @@ def run_series_pass(cfg: LabelConfig, shards: list[str]) -> int:
     import ray
 
     final = labels_output(cfg.out)
-    by_series: dict[int, list[str]] = defaultdict(list)
-    for s in shards:
-        by_series[series_of_shard(s)].append(s)
-    todo = [{"series": k, "shards": sorted(v)} for k, v in sorted(by_series.items())
+    todo = [{"series": k, "shards": v} for k, v in shards_by_series(shards).items()
             if not all(final.is_committed(s) for s in v)]
     if not todo:
         return 0
