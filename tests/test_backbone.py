@@ -85,6 +85,26 @@ def test_random_init_differs_per_seed_and_resnet50_width() -> None:
         assert resnet50.eval()(torch.randn(1, 3, 32, 32)).shape == (1, width) == (1, 2048)
 
 
+def test_slim_resnet10_is_a_quarter_width_resnet_with_its_weights_file_round_trip(tmp_path) -> None:
+    """The tests' backbone: torchvision's ResNet forward with one narrow BasicBlock per stage, a 128-wide
+    feature, ~0.3 M parameters, and a weights file that loads back into it exactly."""
+    from reid.core.models.backbone import SLIM_WIDTHS
+
+    torch.manual_seed(0)
+    net, width = build_backbone("slim_resnet10")
+    assert width == SLIM_WIDTHS[-1] == 128 and 2e5 < sum(p.numel() for p in net.parameters()) < 5e5
+    assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+    assert [getattr(net, f"layer{i}")[0].conv2.out_channels for i in range(1, 5)] == list(SLIM_WIDTHS)
+    std = net.conv1.weight.std().item()  # torchvision's kaiming_normal (fan_out), not PyTorch's default uniform
+    assert std == pytest.approx((2 / (SLIM_WIDTHS[0] * 7 * 7)) ** 0.5, rel=0.1)
+    path = tmp_path / "slim.pt"
+    torch.save(net.state_dict(), path)
+    loaded, _ = build_backbone("slim_resnet10", str(path))
+    with torch.no_grad():
+        images = torch.randn(2, 3, 48, 48)
+        torch.testing.assert_close(loaded.eval()(images), _torchvision_features(net.eval(), images))
+
+
 def test_bad_weights_files_raise_checkpoint_error(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         build_backbone("resnet18", str(tmp_path / "missing.pt"))

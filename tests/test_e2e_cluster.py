@@ -44,7 +44,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 PREFIX = "e2e"
 EXPERIMENT = "comic-reid"
 WINDOW = 4  # the label job's default window size and stride: every panel in exactly one window
-TINY_MODEL = ["--arch", "resnet18", "--face-size", "32", "--body-size", "48"]
+TINY_MODEL = ["--arch", "slim_resnet10", "--face-size", "32", "--body-size", "48"]
 TINY_TRAIN = [*TINY_MODEL, "--batch-size", "16", "--workers", "2", "--data-cpus", "0.25"]
 
 
@@ -77,7 +77,8 @@ def pipeline(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("pipeline")
     argv = [sys.executable, "jobs/pipeline.py", "--submit", "--out", str(out), "--preset", "tiny", "--pages", "5",
             "--pretrain-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16", "--sequences-per-batch", "4",
-            "--face-size", "32", "--body-size", "48", "--data-cpus", "0.25", "--name-prefix", PREFIX]
+            "--arch", "slim_resnet10", "--face-size", "32", "--body-size", "48", "--data-cpus", "0.25",
+            "--name-prefix", PREFIX]
     started = time.monotonic()
     done = subprocess.run(argv, env=cluster.subprocess_env(), cwd=e2e.REPO, capture_output=True, text=True,
                           timeout=1100, check=False)  # under pytest's per-test timeout

@@ -18,7 +18,7 @@ from reid.core.models.export import (
 )
 from reid.core.models.reid_net import ReIDNet
 
-TINY = ModelConfig(arch="resnet18", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
+TINY = ModelConfig(arch="slim_resnet10", face_size=32, body_size=48, proj_hidden_dim=64, proj_dim=16, embed_dim=8)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "flip_average"])

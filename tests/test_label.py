@@ -192,7 +192,7 @@ def test_label_units_are_rerun_a_bounded_number_of_times():
 
 def test_embedder_pads_chunks_to_few_shapes_without_changing_embeddings():
     torch.manual_seed(0)
-    model = ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)).eval()
+    model = ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=48)).eval()
     embed = CharacterEmbedder(model, "cpu", batch_size=12)
     assert [embed.padded_size(n) for n in (1, 8, 9, 11, 12)] == [8, 8, 12, 12, 12]
     rng = np.random.default_rng(0)
@@ -373,7 +373,7 @@ def test_bad_inputs_fail_fast_with_clear_errors(crops, model_path, tmp_path, mlf
     with pytest.raises(CheckpointError, match="nope.pt"):
         run_label(LabelConfig(model=str(tmp_path / "nope.pt"), **base))
     ssl = tmp_path / "ssl.pt"
-    save_model_checkpoint(SSLNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)), str(ssl))
+    save_model_checkpoint(SSLNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=48)), str(ssl))
     with pytest.raises(CheckpointError, match="kind is 'ssl', expected 'reid'"):
         run_label(LabelConfig(model=str(ssl), **base))
     with pytest.raises(CheckpointError, match="face_size: checkpoint 32 != flag 96"):
@@ -419,7 +419,7 @@ def test_uint8_preprocessing_equals_the_eval_transform_exactly():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_embeddings_on_cuda_match_cpu():
     torch.manual_seed(0)
-    model = ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48))
+    model = ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=48))
     faces, bodies = _random_crops(64)
     cpu = CharacterEmbedder(model, "cpu")(faces, bodies)
     cuda = CharacterEmbedder(model, "cuda")(faces, bodies)

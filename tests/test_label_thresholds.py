@@ -18,7 +18,7 @@ CALIBRATION = {"threshold": 0.61, "link_threshold": 1.05, "source": "validation 
 @pytest.fixture()
 def calibrated_model(tmp_path):
     path = tmp_path / "model.pt"
-    save_model_checkpoint(ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=32)), str(path),
+    save_model_checkpoint(ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=32)), str(path),
                           extra={"calibration": CALIBRATION})
     return path
 
@@ -96,7 +96,7 @@ def test_the_model_is_built_from_exactly_the_bytes_that_were_hashed(tmp_path, mo
     from reid.core.errors import CheckpointError
 
     path = tmp_path / "model.pt"
-    a, b = (ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=32)) for _ in range(2))
+    a, b = (ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=32)) for _ in range(2))
     save_model_checkpoint(a, str(path))
     save_model_checkpoint(b, str(tmp_path / "other.pt"))
     bytes_a = path.read_bytes()

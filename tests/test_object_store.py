@@ -93,7 +93,7 @@ def test_checkpoint_and_torchscript_export_go_to_s3_not_to_a_local_folder(s3, tm
     from reid.core.models.export import export_torchscript
 
     monkeypatch.chdir(tmp_path)  # a URI taken for a local path would create ./s3:/... here
-    net = ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)).eval()
+    net = ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=48)).eval()
     checkpoint = reid_io.join(s3["root"], "train", "final", "model.pt")
     save_model_checkpoint(net, checkpoint, extra={"stage": "finetune"})
     loaded, config, extra = load_model_checkpoint(checkpoint)

@@ -276,7 +276,7 @@ def test_the_job_serves_with_a_token_also_on_every_interface(review_labels, tmp_
 def _other_model(folder: Path) -> Path:
     torch.manual_seed(1)
     path = folder / "other.pt"
-    save_model_checkpoint(ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)), str(path))
+    save_model_checkpoint(ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=48)), str(path))
     return path
 
 

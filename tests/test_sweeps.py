@@ -273,7 +273,7 @@ def pretrain_sweep(corpus):
     """A 2-trial pretrain sweep interrupted (injected, like Ctrl-C) after its first trial, then resumed."""
     main = _entry_point("sweep_pretrain")
     argv = ["--crops", corpus["crops"], "--storage", corpus["storage"], "--mlflow-uri", corpus["mlflow"],
-            "--arch", "resnet18", "--batch-size", "16", "--fault-after-trials", "1", *TINY_MODEL]
+            "--arch", "slim_resnet10", "--batch-size", "16", "--fault-after-trials", "1", *TINY_MODEL]
     folder = pathlib.Path(corpus["storage"]) / "pretrain-sweep"
     caught: list = []
     with _recorded_warnings(caught), pytest.raises(SweepInterruptedError, match="stopped after 1 of 2 trials"):
@@ -319,7 +319,7 @@ def test_pretrain_best_config_loads_into_the_pretrain_job(pretrain_sweep):
     scores = {r.split(",")[0]: (float(r.split(",")[2]), float(r.split(",")[3])) for r in rows[1:]}
     top = max(scores.values(), key=lambda s: s[1])
     assert best.temperature == pytest.approx(top[0]) and best.name == "pretrain-sweep-best"
-    assert (best.arch, best.face_size, best.workers, best.epochs) == ("resnet18", 32, 2, 1)
+    assert (best.arch, best.face_size, best.workers, best.epochs) == ("slim_resnet10", 32, 2, 1)
     assert (folder / "summary.md").read_text().count("\n| ") == 3  # header + 2 trials
 
 
@@ -412,8 +412,9 @@ def test_pipeline_sweeps_then_fine_tunes_with_the_winning_values(pretrain_sweep,
     from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
 
     # one trial keeps the suite short; the winner's values reaching the final model is what is checked
-    cfg = PipelineConfig(out=str(corpus["root"]), stages="finetune", sweep_trials=1, face_size=32, body_size=48,
-                         finetune_epochs=1, sequences_per_batch=4, name_prefix="pipe", mlflow_uri=corpus["mlflow"])
+    cfg = PipelineConfig(out=str(corpus["root"]), stages="finetune", sweep_trials=1, arch="slim_resnet10",
+                         face_size=32, body_size=48, finetune_epochs=1, sequences_per_batch=4, name_prefix="pipe",
+                         mlflow_uri=corpus["mlflow"])
     assert cfg.run_order == ["sweep", "finetune"]
     p = paths(cfg)
     ssl = sorted(pretrain_sweep["folder"].glob("trials/*/final/model.pt"))[0]

@@ -22,7 +22,7 @@ from reid.stages.train.finetune import FinetuneConfig, run_finetune
 from reid.stages.train.pretrain import PretrainConfig, run_pretrain
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-TINY = {"arch": "resnet18", "face_size": 32, "body_size": 48, "batch_size": 16, "workers": 2,
+TINY = {"arch": "slim_resnet10", "face_size": 32, "body_size": 48, "batch_size": 16, "workers": 2,
         "cpus_per_worker": 0.5, "data_cpus": 0.25}
 
 
@@ -89,7 +89,7 @@ def test_pretrain_ddp_runs_and_logs(pretrained, pretrain_cfg, mlflow_uri):
     else:
         assert "steady_samples_per_s" not in result.metrics
     model, cfg, extra = load_model_checkpoint(model_path, expected_kind="ssl")
-    assert cfg.arch == "resnet18" and extra["epoch"] == 3
+    assert cfg.arch == "slim_resnet10" and extra["epoch"] == 3
     # the tiny corpus is coloured: its colours were kept, and the checkpoint says why
     assert extra["augmentation"]["corpus_colour"] == "colour" and extra["augmentation"]["mean_saturation"] > 0.2
     assert (extra["augmentation"]["hue"], extra["augmentation"]["grayscale"]) == (0.0, 0.0)
@@ -263,7 +263,7 @@ def test_pretrain_job_submitted_to_ray_start_head(tiny_crops, tmp_path, monkeypa
                                          **_ports())) as cluster:
         e2e.log_in_to_mlflow(cluster, monkeypatch)
         argv = ["jobs/pretrain.py", "--crops", str(tiny_crops), "--storage", str(tmp_path / "train"),
-                "--name", "submitted", "--epochs", "1", "--arch", "resnet18", "--face-size", "32",
+                "--name", "submitted", "--epochs", "1", "--arch", "slim_resnet10", "--face-size", "32",
                 "--body-size", "48", "--batch-size", "16", "--workers", "2", "--cpus-per-worker", "0.5",
                 "--data-cpus", "0.25"]
         status, job_log = e2e.submit(cluster, "pretrain-submitted", argv, timeout_s=400)

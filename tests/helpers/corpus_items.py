@@ -69,7 +69,7 @@ def random_network_precision_at_1(items: list[Item], seed: int = 0, face_size: i
     from reid.core.models import ModelConfig, ReIDNet
 
     torch.manual_seed(seed)
-    model = ReIDNet(ModelConfig(arch="resnet18", face_size=face_size, body_size=body_size)).eval()
+    model = ReIDNet(ModelConfig(arch="slim_resnet10", face_size=face_size, body_size=body_size)).eval()
     embed = CharacterEmbedder(model)
     vectors = np.concatenate([embed([i.face for i in items[k:k + 64]], [i.body for i in items[k:k + 64]])
                               for k in range(0, len(items), 64)])

@@ -15,7 +15,7 @@ def random_reid_model(folder: Path) -> Path:
     """A randomly initialised (seed 0) tiny Re-ID checkpoint: ResNet-18, faces 32 px, bodies 48 px."""
     torch.manual_seed(0)
     path = folder / "model.pt"
-    save_model_checkpoint(ReIDNet(ModelConfig(arch="resnet18", face_size=32, body_size=48)), str(path))
+    save_model_checkpoint(ReIDNet(ModelConfig(arch="slim_resnet10", face_size=32, body_size=48)), str(path))
     return path
 
 

@@ -45,7 +45,8 @@ class PretrainConfig:
     storage: str = field(default="runs/train", metadata={"help": "Ray Train storage path (checkpoints)"})
     name: str = field(default="pretrain", metadata={"help": "run name: same name and storage = resume, in "
                                                                  "the same MLflow run; the MLflow run's name"})
-    arch: str = "resnet50"
+    arch: str = field(default="resnet50", metadata={"help": "backbone: resnet50 (the paper), resnet34, resnet18, "
+                                                            "or slim_resnet10 (~0.3 M parameters: tests, smoke runs)"})
     face_size: int = field(default=96, metadata={"help": "face crop side, px"})
     body_size: int = field(default=128, metadata={"help": "body crop side (longer side, padded square), px"})
     proj_hidden_dim: int | None = None
