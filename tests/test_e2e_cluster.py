@@ -49,9 +49,12 @@ TINY_TRAIN = [*TINY_MODEL, "--batch-size", "16", "--workers", "2", "--data-cpus"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def cluster(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Head (1 CPU: job drivers, Train controllers) + 2 worker nodes of 2 CPUs: one worker node can hold a
-    2-worker training run alone, so training survives the loss of the other."""
+    2-worker training run alone, so training survives the loss of the other.
+
+    The test session's own local Ray runs beside it and this process's RAY_ADDRESS names that one: every job
+    submitted from here must still reach this cluster, never the local Ray."""
     gcs, dashboard, client, mlflow = free_ports(4)
     config = LocalClusterConfig(
         state_dir=str(tmp_path_factory.mktemp("cluster")), num_workers=2, head_num_cpus=1, worker_num_cpus=2,

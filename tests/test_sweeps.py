@@ -1,6 +1,7 @@
 """Sweeps: the threshold choice on a constructed example with a known answer, the sweep configs, and tiny real
-sweeps on one local Ray instance (pretrain interrupted then resumed, finetune on its best model, threshold
-on the finetune's best model), with the MLflow parent and child runs and the best configs the jobs load."""
+sweeps on one local Ray instance (pretrain interrupted then resumed; the pipeline's finetune sweep on its
+model, then the finetune stage with the winning values; threshold on a fine-tuned trial's model), with the
+MLflow parent and child runs and the best configs the jobs load."""
 
 from __future__ import annotations
 
@@ -325,15 +326,24 @@ def test_pretrain_best_config_loads_into_the_pretrain_job(pretrain_sweep):
 
 @pytest.fixture(scope="module")
 def finetune_sweep(pretrain_sweep, corpus):
-    folder = pretrain_sweep["folder"]
-    ssl = [p for p in folder.glob("trials/*/final/model.pt")][0]
-    main = _entry_point("sweep_finetune")
+    """``jobs/pipeline.py --sweep-trials 2`` run in this process from the pretrain sweep's SSL model: a 2-trial
+    fine-tuning sweep (Optuna, the default searcher), then the finetune stage trained with the winning values.
+    One sweep serves the fine-tuning sweep's tests, the threshold sweep's and the pipeline's."""
+    import shutil
+
+    from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
+
+    cfg = PipelineConfig(out=str(corpus["root"]), stages="finetune", sweep_trials=2, arch="slim_resnet10",
+                         face_size=32, body_size=48, finetune_epochs=1, sequences_per_batch=4, name_prefix="pipe",
+                         mlflow_uri=corpus["mlflow"])
+    p = paths(cfg)
+    ssl = sorted(pretrain_sweep["folder"].glob("trials/*/final/model.pt"))[0]
+    os.makedirs(os.path.dirname(p["ssl_model"]), exist_ok=True)
+    shutil.copy(ssl, p["ssl_model"])
     caught: list = []
     with _recorded_warnings(caught):
-        main(["--ssl-checkpoint", str(ssl), "--crops", corpus["crops"], "--sequences", corpus["sequences"],
-              "--storage", corpus["storage"], "--mlflow-uri", corpus["mlflow"], "--sequences-per-batch", "4",
-              *TINY_MODEL])
-    return {"folder": pathlib.Path(corpus["storage"]) / "finetune-sweep", "warnings": caught}
+        run_pipeline(cfg)
+    return {"folder": pathlib.Path(p["sweep_best"]).parent, "cfg": cfg, "paths": p, "warnings": caught}
 
 
 @pytest.mark.ray
@@ -343,12 +353,12 @@ def test_finetune_sweep_tracks_rank0_validation_and_writes_a_loadable_best_confi
     folder = finetune_sweep["folder"]
     best = config.parse_config(FinetuneConfig, ["--config", str(folder / "best.yaml")])
     assert 0.0 <= best.pos_margin <= 0.3 and 0.6 <= best.neg_margin <= 1.4 and 1e-4 <= best.lr <= 3e-3
-    assert best.name == "finetune-sweep-best" and best.sequences_per_batch == 4
+    assert best.name == "pipe-finetune-sweep-best" and best.sequences_per_batch == 4
     # Tune saw rank 0's validation MAP@R (the other ranks report NaN) at every epoch of every trial
     for result in glob.glob(str(folder / "tune" / "*" / "result.json")):
         reports = [json.loads(line) for line in pathlib.Path(result).read_text().splitlines()]
         assert reports and all(np.isfinite(r[SELECT_METRIC]) for r in reports)
-    parent, children = _runs(corpus["mlflow"], "finetune-sweep")
+    parent, children = _runs(corpus["mlflow"], "pipe-finetune-sweep")
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert any((float(c.data.params["pos_margin"]), float(c.data.params["neg_margin"]), float(c.data.params["lr"]))
                == (best.pos_margin, best.neg_margin, best.lr) for c in children)  # best.yaml = one trial's values
@@ -404,26 +414,14 @@ def test_threshold_sweep_is_the_calibration_fine_tuning_stored(finetune_sweep, c
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_pipeline_sweeps_then_fine_tunes_with_the_winning_values(pretrain_sweep, corpus):
-    """``--sweep-trials``: a fine-tuning sweep (Optuna, the default searcher) before the finetune stage, whose
-    final model is trained with the winning trial's margins and learning rate."""
-    import shutil
-
-    from reid.stages.pipeline import PipelineConfig, paths, run_pipeline
-
-    # one trial keeps the suite short; the winner's values reaching the final model is what is checked
-    cfg = PipelineConfig(out=str(corpus["root"]), stages="finetune", sweep_trials=1, arch="slim_resnet10",
-                         face_size=32, body_size=48, finetune_epochs=1, sequences_per_batch=4, name_prefix="pipe",
-                         mlflow_uri=corpus["mlflow"])
+def test_pipeline_sweeps_then_fine_tunes_with_the_winning_values(finetune_sweep, corpus):
+    """``--sweep-trials``: a fine-tuning sweep before the finetune stage, whose final model is trained with the
+    winning trial's margins and learning rate."""
+    cfg, p = finetune_sweep["cfg"], finetune_sweep["paths"]
     assert cfg.run_order == ["sweep", "finetune"]
-    p = paths(cfg)
-    ssl = sorted(pretrain_sweep["folder"].glob("trials/*/final/model.pt"))[0]
-    os.makedirs(os.path.dirname(p["ssl_model"]), exist_ok=True)
-    shutil.copy(ssl, p["ssl_model"])
-    run_pipeline(cfg)
     best = config.load_yaml(p["sweep_best"])
     rows = (pathlib.Path(p["sweep_best"]).parent / "summary.csv").read_text().splitlines()
-    assert len(rows) == 2 and "optuna search" in (pathlib.Path(p["sweep_best"]).parent / "summary.md").read_text()
+    assert len(rows) == 3 and "optuna search" in (pathlib.Path(p["sweep_best"]).parent / "summary.md").read_text()
     assert os.path.exists(p["reid_model"])
     mlflow.set_tracking_uri(corpus["mlflow"])
     (run,) = mlflow.search_runs(experiment_names=["comic-reid"], filter_string="attributes.run_name = 'pipe-finetune'",
