@@ -22,7 +22,8 @@ mean ± sd over seeds; every run also appends a JSON line to ``<out>/results.jso
 study can be stopped and resumed: finished (row, seed) pairs are skipped).
 
 ``--relabel`` trains nothing: for every finished (row, seed) of ``<out>`` it re-calibrates that run's model on its
-validation sequences with the current calibration code (:func:`reid.stages.train.finetune.calibrate_model`, as
+validation sequences with the current calibration code
+(:func:`reid.stages.train.finetune_publish.calibrate_model`, as
 fine-tuning does) and re-runs the label job into ``<run>/labels-relabel``; test metrics and training wall time
 are the run's own. Results go to ``<out>/results-relabel.jsonl``. It measures a change to the calibration or
 the assigner on the same models, in minutes instead of a retraining. With ``--model-set FIELD=VALUE`` it first
@@ -90,7 +91,8 @@ def _calibrate_and_label(model, out: Path, p: dict, cfg, linking: dict | None = 
     from reid.core.data import formats
     from reid.core.models.checkpoint import save_model_checkpoint
     from reid.stages.label import LabelConfig, run_label
-    from reid.stages.train.finetune import FinetuneConfig, calibrate_model
+    from reid.stages.train.finetune import FinetuneConfig
+    from reid.stages.train.finetune_publish import calibrate_model
 
     path = str(out / "model.pt")
     ft = FinetuneConfig(crops=p["crops"], sequences=f"{p['corpus']}/data/comics_seq", name=out.name,
