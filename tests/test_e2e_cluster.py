@@ -265,19 +265,25 @@ def test_mlflow_outage_during_training_is_spooled_then_replayed(cluster: LocalCl
 @pytest.mark.fault
 def test_worker_node_killed_during_pretraining_resumes_from_checkpoint(cluster: LocalCluster, pipeline: dict,
                                                                        tmp_path: Path) -> None:
-    """Kill the raylet of the node that runs the training workers once epoch 0's checkpoint is registered:
-    Train restarts the worker group on the surviving nodes from that checkpoint and finishes."""
+    """Kill the raylet of the node that runs the training workers as soon as a checkpoint is registered: Train
+    restarts the worker group on the surviving nodes from that checkpoint and finishes the remaining epochs."""
     name, storage, submission = f"{PREFIX}-node-killed", tmp_path / "train", "pretrain-node-killed"
+    epochs = 3  # an epoch of the tiny model takes seconds: the kill must land with epochs still to train
     # 1 CPU per training worker: both fit on one 2-CPU worker node (Train packs them), not on the 1-CPU head
-    argv = _pretrain_argv(pipeline["crops"], storage, name, 2, 1.0, "--max-failures", "1")
+    argv = _pretrain_argv(pipeline["crops"], storage, name, epochs, 1.0, "--max-failures", "1")
     e2e.submit_in_background(cluster, submission, argv)
     try:
-        snapshot = storage / name / "checkpoint_manager_snapshot.json"  # written once the controller has it
-        e2e.wait_for(snapshot.exists, 600, "the first registered checkpoint", 0.2)
-        train_nodes = {a["node_id"] for a in e2e.actors(cluster, "RayTrainWorker")}
+        # the worker group is placed before its first batch: find its node now, so the kill waits for nothing
+        def this_jobs_train_nodes() -> set[str]:
+            ours = e2e.job_id(cluster, submission)  # "None" until the driver runs
+            return {a["node_id"] for a in e2e.actors(cluster, "RayTrainWorker") if a["job_id"] == ours}
+
+        train_nodes = e2e.wait_for(this_jobs_train_nodes, 600, "the training workers")
         indices = [e2e.worker_index_of_node(cluster, node_id) for node_id in train_nodes]
         targets = sorted(i for i in indices if i is not None)
         assert targets, f"no training worker on a worker node: {train_nodes}"
+        snapshot = storage / name / "checkpoint_manager_snapshot.json"  # written once the controller has it
+        e2e.wait_for(snapshot.exists, 600, "the first registered checkpoint", 0.05)
         killed_pid = cluster.kill_worker(targets[0])
         killed_at = time.monotonic()
         nodes = cluster.wait_for_nodes(alive=2, timeout_s=60)
@@ -288,7 +294,7 @@ def test_worker_node_killed_during_pretraining_resumes_from_checkpoint(cluster: 
         _stop_if_running(cluster, submission)
     job_log = e2e.job_logs(cluster, submission)
     assert status == JobStatus.SUCCEEDED, job_log[-4000:]
-    assert "pretrain: finished epoch 1" in job_log
+    assert f"pretrain: finished epoch {epochs - 1}" in job_log
     dead_node = next(n["node_id"] for n in nodes if n["state"] == "DEAD")
     workers = e2e.actors(cluster, "RayTrainWorker", state="DEAD")
     placed = [a["node_id"] for a in workers if a["job_id"] == e2e.job_id(cluster, submission)]
@@ -296,10 +302,11 @@ def test_worker_node_killed_during_pretraining_resumes_from_checkpoint(cluster: 
 
     run = _run(cluster.mlflow_uri, name)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["reid.resumed_at_epoch"] == "1", "restarted from epoch 0's checkpoint"
-    assert _steps(cluster.mlflow_uri, run.info.run_id, "loss") == [0, 1], "each epoch logged once"
+    resumed_at = int(run.data.tags["reid.resumed_at_epoch"])
+    assert 1 <= resumed_at < epochs, f"restarted at epoch {resumed_at}: from a registered checkpoint, mid-run"
+    assert _steps(cluster.mlflow_uri, run.info.run_id, "loss") == list(range(epochs)), "each epoch logged once"
     _, _, extra = load_model_checkpoint(str(storage / name / "final" / "model.pt"), expected_kind="ssl")
-    assert extra["epoch"] == 1
+    assert extra["epoch"] == epochs - 1
 
 
 _CHILDREN_BEFORE: set[int] = set()
