@@ -260,22 +260,26 @@ def face_body_precision_at_1(model: SSLNet, val: dict[str, np.ndarray], cfg: Pre
 
 
 def _validation_arrays(crops: list[str], cfg: PretrainConfig, limit: int = 512) -> dict[str, np.ndarray] | None:
-    """Eval-transformed face/body pairs of the held-out instances (small: sent to rank 0 in the config)."""
+    """Eval-transformed face/body pairs of the held-out instances (small: sent to rank 0 in the config), read on
+    the driver shard file by shard file in the crop job's order until ``limit`` pairs: the same pairs every run,
+    without starting a Ray Data pipeline for a few hundred crops."""
+    from reid.core.contracts.crops import pair_rows
     from reid.core.data import augment
     from reid.core.embedding import decode_rgb, to_uint8_chw
-    from reid.runtime.ray_datasets import character_instances
 
     face_tf = augment.eval_transform(cfg.face_size, "face")
     body_tf = augment.eval_transform(cfg.body_size, "body")
     faces, bodies = [], []
-    rows = character_instances(crops).filter(lambda r: bool(r["face"]) and bool(r["body"])
-                                             and is_validation_key(r["key"])).take(limit)
-    for row in rows:
-        faces.append(to_uint8_chw(face_tf(decode_rgb(row["face"]))))
-        bodies.append(to_uint8_chw(body_tf(decode_rgb(row["body"]))))
+    for path in crops:
+        for row in pair_rows(io.read_parquet(path)):
+            if row["face"] and row["body"] and is_validation_key(row["key"]):
+                faces.append(to_uint8_chw(face_tf(decode_rgb(row["face"]))))
+                bodies.append(to_uint8_chw(body_tf(decode_rgb(row["body"]))))
+        if len(faces) >= limit:
+            break
     if len(faces) < 2:
         return None
-    return {"face": np.stack(faces), "body": np.stack(bodies)}
+    return {"face": np.stack(faces[:limit]), "body": np.stack(bodies[:limit])}
 
 
 def _put(value):
