@@ -8,7 +8,10 @@ STYLE    ?= color
 DEMO_PRESET := $(if $(filter inked,$(STYLE)),inked-demo,demo)
 DEMO_OUT ?= runs/demo$(if $(filter inked,$(STYLE)),-inked,)
 RECIPE   ?= default
-PYTEST_ARGS ?=
+# two test processes, a test file's tests always in the same one (its clusters and trained models are module
+# fixtures); each process has its own local Ray. Much of the suite waits on Ray, jobs and servers, not the CPU.
+# PYTEST_ARGS="-n 0" runs it in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: venv demo test lint bench clean help browser
 

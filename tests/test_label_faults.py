@@ -42,9 +42,23 @@ def _job(cfg, *extra: str) -> subprocess.Popen:
 
 
 def _pids(title_part: str) -> list[int]:
-    """PIDs of processes whose command line (a Ray worker's process title) contains ``title_part``."""
-    return [p.pid for p in psutil.process_iter(["cmdline"], ad_value=None)
-            if title_part in " ".join(p.info["cmdline"] or [])]
+    """PIDs of this test session's Ray worker processes whose command line (a Ray worker's process title)
+    contains ``title_part``: only the descendants of this session's raylet, never another session's actors."""
+    import ray._private.worker as worker
+
+    session = worker._global_node.get_session_dir_path()
+    raylets = [p for p in psutil.process_iter(["cmdline"], ad_value=None)
+               if (p.info["cmdline"] or [""])[0].endswith("/raylet") and session in " ".join(p.info["cmdline"])]
+    assert raylets, "no raylet of the test session's Ray"
+    descendants = [p for raylet in raylets for p in raylet.children(recursive=True)]
+    return [p.pid for p in descendants if title_part in " ".join(_cmdline(p))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # gone since it was listed
+        return []
 
 
 def _assert_exactly_once(out: Path, crops_root: Path) -> None:
