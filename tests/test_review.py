@@ -193,6 +193,42 @@ def test_two_clients_and_two_apps_writing_at_once_lose_nothing(app, review_label
         second.stop()
 
 
+def test_an_action_another_process_stores_during_a_replay_is_applied_once(review_labels, tmp_path) -> None:
+    """The interleaving that the concurrent test above can hit by chance, made certain: another app stores an
+    action between this one's look and its write (so this one replays the log), and another while it replays:
+    every action counts once in both."""
+    from reid.stages.review.corpus import ReviewCorpus
+
+    db = str(tmp_path / "review.db")
+    mine, other = ReviewCorpus(str(review_labels["labels"]), db), ReviewCorpus(str(review_labels["labels"]), db)
+    series, identity = sorted(mine.state.ids)[0]
+    target = {"targets": [[series, identity]]}
+    other.act("name", {**target, "name": "before"})
+    append, read = mine.log.append, mine.log.actions
+    pending = ["between", "during"]
+
+    def append_after_another(*args, **kwargs):
+        other.act("name", {**target, "name": pending.pop(0)})
+        return append(*args, **kwargs)
+
+    def read_after_another(*args, **kwargs):
+        if not args and not kwargs and pending:  # the replay's read of the whole log
+            other.act("name", {**target, "name": pending.pop(0)})
+        return read(*args, **kwargs)
+
+    mine.log.append, mine.log.actions = append_after_another, read_after_another
+    try:
+        mine.act("name", {**target, "name": "mine"})
+    finally:
+        mine.log.append, mine.log.actions = append, read
+    assert not pending, "the replay did not happen"
+    mine.sync()
+    other.sync()
+    assert [a.payload["name"] for a in ReviewLog(db).actions()] == ["before", "between", "mine", "during"]
+    assert mine.state.applied == other.state.applied == 4
+    assert mine.state.names == other.state.names
+
+
 def _digest(folder: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.parquet")))).hexdigest()
 

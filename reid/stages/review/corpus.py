@@ -131,13 +131,19 @@ class ReviewCorpus:
             if not new:
                 return
             if any(a.kind == "undo" for a in new):
-                everything = self.log.actions()
-                self.state = replay(self.table, everything, self.base_names)
+                self._replay_log()
             else:
                 for action in new:
                     self.state.apply(action)
-            self.last_id = new[-1].id
+                self.last_id = new[-1].id
             self.version += 1
+
+    def _replay_log(self) -> None:
+        """The state rebuilt from the whole log, and ``last_id`` the newest action it holds: another process may
+        have appended since this one's own last write, and that action is now applied, never to be applied again."""
+        everything = self.log.actions()
+        self.state = replay(self.table, everything, self.base_names)
+        self.last_id = everything[-1].id if everything else 0
 
     def act(self, kind: str, payload: dict[str, Any], reviewer: str = "") -> Action:
         """Validate an action on the current state, then store it. Raises ReviewActionError (nothing stored)."""
@@ -148,8 +154,9 @@ class ReviewCorpus:
             self.state.apply(Action(0, "", kind, payload, self.labels_run, self.model_version, reviewer))
             stored = self.log.append(kind, payload, self.labels_run, self.model_version, reviewer)
             if stored.id != self.last_id + 1:  # someone else wrote in between: replay in the log's order
-                self.state = replay(self.table, self.log.actions(), self.base_names)
-            self.last_id = stored.id
+                self._replay_log()
+            else:
+                self.last_id = stored.id
             self.version += 1
             return stored
 
@@ -168,8 +175,7 @@ class ReviewCorpus:
                 raise ReviewActionError(f"action {action} does not count now (unknown or already undone)")
             stored = self.log.append("undo", {"action": int(action)}, self.labels_run, self.model_version,
                                      reviewer)
-            self.state = replay(self.table, self.log.actions(), self.base_names)
-            self.last_id = stored.id
+            self._replay_log()
             self.version += 1
             return stored
 

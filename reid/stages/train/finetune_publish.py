@@ -15,7 +15,13 @@ from reid.core.errors import ConfigError
 from reid.core.models import ReIDNet
 from reid.stages.train.checkpointing import publish_model
 from reid.stages.train.device import driver_device
-from reid.stages.train.finetune import CHAMPION_METRIC, FINAL_PREFIX, SELECT_METRIC, FinetuneConfig, evaluate
+from reid.stages.train.finetune_config import (
+    CHAMPION_METRIC,
+    FINAL_PREFIX,
+    SELECT_METRIC,
+    FinetuneConfig,
+    evaluate,
+)
 
 log = logging.getLogger(__name__)
 
