@@ -8,10 +8,9 @@ STYLE    ?= color
 DEMO_PRESET := $(if $(filter inked,$(STYLE)),inked-demo,demo)
 DEMO_OUT ?= runs/demo$(if $(filter inked,$(STYLE)),-inked,)
 RECIPE   ?= default
-# two test processes, a test file's tests always in the same one (its clusters and trained models are module
-# fixtures); each process has its own local Ray. Much of the suite waits on Ray, jobs and servers, not the CPU.
-# PYTEST_ARGS="-n 0" runs it in one process.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# one test process and one local Ray by default (2 cores); PYTEST_ARGS="-n 2 --dist loadfile" runs two processes
+# with a file's tests always in the same one (docs/BENCHMARKS.md, "Test suite", has both timings)
+PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint bench clean help browser
 
