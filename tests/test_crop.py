@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pyarrow.parquet as pq
 import pytest
 from helpers.console import ray_core_lines
@@ -300,15 +299,13 @@ def test_ray_started_here_retries_a_unit_killed_for_memory_a_bounded_number_of_t
     (-1): the Ray a job starts gets --unit-retries' default instead, in its system config and its raylet's
     environment, as does a node of reid.runtime.localcluster."""
     import ray._private.worker as worker
+    from helpers.raylets import session_raylets
 
     from reid.runtime.localcluster import LocalClusterConfig
     from reid.runtime.localcluster.ray_nodes import RayNodes
     from reid.runtime.raycluster import UNIT_RETRIES
 
-    session = worker._global_node.get_session_dir_path()
-    raylets = [p for p in psutil.process_iter(["cmdline"], ad_value=None)
-               if (p.info["cmdline"] or [""])[0].endswith("/raylet") and session in " ".join(p.info["cmdline"])]
-    assert raylets, "no raylet of the test session's Ray"
+    raylets = session_raylets()
     assert raylets[0].environ().get("RAY_task_oom_retries") == str(UNIT_RETRIES)
     assert worker._global_node._ray_params._system_config["task_oom_retries"] == UNIT_RETRIES
     nodes = RayNodes(LocalClusterConfig(), Path("/nonexistent"), "c1")  # only its environment is read

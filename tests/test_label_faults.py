@@ -17,6 +17,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 from helpers.labeling import cli_args, crop_ids, label_config, random_reid_model
+from helpers.raylets import session_raylets
 
 from reid.core.contracts.manifest import ShardIntegrityError
 from reid.core.data.ids import instance_id, parse_seq_id
@@ -44,13 +45,7 @@ def _job(cfg, *extra: str) -> subprocess.Popen:
 def _pids(title_part: str) -> list[int]:
     """PIDs of this test session's Ray worker processes whose command line (a Ray worker's process title)
     contains ``title_part``: only the descendants of this session's raylet, never another session's actors."""
-    import ray._private.worker as worker
-
-    session = worker._global_node.get_session_dir_path()
-    raylets = [p for p in psutil.process_iter(["cmdline"], ad_value=None)
-               if (p.info["cmdline"] or [""])[0].endswith("/raylet") and session in " ".join(p.info["cmdline"])]
-    assert raylets, "no raylet of the test session's Ray"
-    descendants = [p for raylet in raylets for p in raylet.children(recursive=True)]
+    descendants = [p for raylet in session_raylets() for p in raylet.children(recursive=True)]
     return [p.pid for p in descendants if title_part in " ".join(_cmdline(p))]
 
 

@@ -22,13 +22,7 @@ from reid.core.models import ModelConfig, ReIDNet, reid_net_from_ssl_checkpoint
 from reid.core.models.backbone import REID_FIELDS
 from reid.runtime import faults
 from reid.stages.train.device import Runtime, prepare_for_device, unwrap
-from reid.stages.train.finetune_config import (  # noqa: F401 (re-exported: the stage's public names)
-    CHAMPION_METRIC,
-    FINAL_PREFIX,
-    SELECT_METRIC,
-    FinetuneConfig,
-    evaluate,
-)
+from reid.stages.train.finetune_config import SELECT_METRIC, FinetuneConfig, evaluate
 from reid.stages.train.finetune_publish import finish
 from reid.stages.train.loop import Parts, Run, check_finite, end_epoch, start_run
 from reid.stages.train.ray_config import data_config, run_dir, scaling_config, spool_dir, trainer_run_config

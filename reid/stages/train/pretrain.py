@@ -7,6 +7,7 @@ latest checkpoint (the interrupted epoch restarts; Ray Data does not restore a m
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -270,16 +271,14 @@ def _validation_arrays(crops: list[str], cfg: PretrainConfig, limit: int = 512) 
     face_tf = augment.eval_transform(cfg.face_size, "face")
     body_tf = augment.eval_transform(cfg.body_size, "body")
     faces, bodies = [], []
-    for path in crops:
-        for row in pair_rows(io.read_parquet(path)):
-            if row["face"] and row["body"] and is_validation_key(row["key"]):
-                faces.append(to_uint8_chw(face_tf(decode_rgb(row["face"]))))
-                bodies.append(to_uint8_chw(body_tf(decode_rgb(row["body"]))))
-        if len(faces) >= limit:
-            break
+    held_out = (row for path in crops for row in pair_rows(io.read_parquet(path))
+                if row["face"] and row["body"] and is_validation_key(row["key"]))
+    for row in itertools.islice(held_out, limit):  # no shard is read, no crop decoded, past the limit
+        faces.append(to_uint8_chw(face_tf(decode_rgb(row["face"]))))
+        bodies.append(to_uint8_chw(body_tf(decode_rgb(row["body"]))))
     if len(faces) < 2:
         return None
-    return {"face": np.stack(faces[:limit]), "body": np.stack(bodies[:limit])}
+    return {"face": np.stack(faces), "body": np.stack(bodies)}
 
 
 def _put(value):
