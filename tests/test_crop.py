@@ -312,6 +312,35 @@ def test_ray_started_here_retries_a_unit_killed_for_memory_a_bounded_number_of_t
     assert nodes.node_env("head", {**os.environ, "RAY_ADDRESS": "x"})["RAY_task_oom_retries"] == str(UNIT_RETRIES)
 
 
+@pytest.mark.ray
+def test_ray_started_here_reuses_idle_task_workers(ray_session):
+    """Ray's default soft limit (the node's CPU count) ends the idle workers of a burst of concurrent tasks
+    within seconds, and the next burst starts (and imports torch into) new processes: a Ray Data pipeline does
+    that every epoch. The Ray a job starts keeps them, as does a node of reid.runtime.localcluster."""
+    import time
+
+    import ray._private.worker as worker
+
+    from reid.runtime.localcluster import LocalClusterConfig
+    from reid.runtime.localcluster.ray_nodes import RayNodes
+    from reid.runtime.raycluster import WORKER_SOFT_LIMIT
+
+    ray = ray_session
+    assert worker._global_node._ray_params._system_config["num_workers_soft_limit"] >= WORKER_SOFT_LIMIT
+    nodes = RayNodes(LocalClusterConfig(), Path("/nonexistent"), "c1")  # only its environment is read
+    node_env = nodes.node_env("head", {**os.environ, "RAY_ADDRESS": "x"})
+    assert int(node_env["RAY_num_workers_soft_limit"]) >= WORKER_SOFT_LIMIT
+
+    @ray.remote(num_cpus=0.25)
+    def pid() -> int:
+        time.sleep(1.0)  # the six run at once, in six worker processes
+        return os.getpid()
+
+    first = set(ray.get([pid.remote() for _ in range(6)]))
+    time.sleep(3)  # with Ray's default, two of the six are gone by now
+    assert set(ray.get([pid.remote() for _ in range(6)])) <= first
+
+
 def _small_corpus(root: Path, panels: int) -> Path:
     """A corpus of ``panels`` red panels of series 1, page 0, one face box each."""
     (root / "raw_panel_images" / "1").mkdir(parents=True)

@@ -30,6 +30,18 @@ def free_ports(count: int = 1) -> list[int]:
 # (for ever) by default: a unit that always runs out of memory would hang the job.
 UNIT_RETRIES = 3
 OOM_RETRIES_ENV = "RAY_task_oom_retries"
+# Ray ends an idle worker process within a second once a node holds more workers than its soft limit (by default
+# the node's CPU count, actors included). A training run's actors (Train's controller and workers, Ray Data's
+# coordinators) fill that on a small node, so each Ray Data task then started a new Python process that imported
+# torch again: dozens per epoch. Idle workers are kept up to this many per node, and tasks reuse them.
+WORKER_SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
+WORKER_SOFT_LIMIT = 32
+
+
+def worker_soft_limit() -> int:
+    """The idle-worker soft limit for Ray started here: ``$RAY_num_workers_soft_limit``, else
+    :data:`WORKER_SOFT_LIMIT` or the machine's CPU count if larger."""
+    return int(os.environ.get(WORKER_SOFT_LIMIT_ENV) or max(WORKER_SOFT_LIMIT, os.cpu_count() or 1))
 _API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's job client before its address argument
 
 
@@ -126,7 +138,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet_data
             try:
                 ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
                          _node_ip_address="127.0.0.1", log_to_driver=console.verbose(),
-                         _system_config={"task_oom_retries": int(os.environ[OOM_RETRIES_ENV])})
+                         _system_config={"task_oom_retries": int(os.environ[OOM_RETRIES_ENV]),
+                                         "num_workers_soft_limit": worker_soft_limit()})
             finally:
                 del os.environ["RAY_GCS_SERVER_PORT"]  # only for this start; `ray start` elsewhere must not see it
         resources = ray.cluster_resources()

@@ -29,7 +29,7 @@ from reid.runtime.localcluster.processes import (
     _venv_tool,
     _write_atomic,
 )
-from reid.runtime.raycluster import OOM_RETRIES_ENV, UNIT_RETRIES, job_client
+from reid.runtime.raycluster import OOM_RETRIES_ENV, UNIT_RETRIES, job_client, worker_soft_limit
 
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -115,6 +115,7 @@ class RayNodes:
                     health_check_period_ms=self.config.health_check_period_ms,
                     health_check_failure_threshold=self.config.health_check_failure_threshold,
                     task_oom_retries=int(os.environ.get(OOM_RETRIES_ENV, UNIT_RETRIES)),  # not for ever
+                    num_workers_soft_limit=worker_soft_limit(),  # idle workers reused, not restarted per task
                 ),
                 # Job entrypoints run `python ...` from the raylet's PATH: make it this venv's.
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
