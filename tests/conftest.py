@@ -96,16 +96,3 @@ def browser():
         yield launched
         launched.close()
 
-
-# The longest modules (each one cluster, sweep or training set-up), longest first. With two test processes
-# (`make test PYTEST_ARGS="-n 2 --dist loadfile"`) a process takes the next module when it is free, so starting
-# the long ones first lets both finish together instead of one starting the e2e module last.
-LONGEST_FIRST = ["test_e2e_cluster.py", "test_sweeps.py", "test_train.py", "test_label_faults.py",
-                 "test_local_cluster.py", "test_label.py", "test_crop.py"]
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # one process: file order (the quick unit modules fail first)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a module stays
