@@ -10,6 +10,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Ray Train's controller looks at its workers every 2 s: a run of the tiny test model is seconds long, so its start
+# and its end would each wait for the next look. Every Ray this session starts (its local Ray, `ray start` nodes,
+# the jobs' drivers) inherits the shorter period; the product keeps Ray's default.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -217,3 +217,72 @@ def test_a_tracker_that_never_reached_mlflow_spools_into_the_run_it_was_given(tm
     assert tracker.close(retries=1, backoff_s=0.0)
     entries = [json.loads(line) for line in (tmp_path / "mlflow_unlogged_rank0.jsonl").read_text().splitlines()]
     assert entries and {e["run_id"] for e in entries} == {"0123456789abcdef"}
+
+
+def _journals(folder) -> list:
+    return sorted(folder.glob("*.pending.jsonl"))
+
+
+def test_buffered_operations_are_on_disk_at_once_and_gone_once_sent(uri, tmp_path):
+    """During an outage every buffered operation is journalled as it is buffered (a process killed now loses
+    none); when the server answers again the buffer drains and the journal goes."""
+    t = Tracker(uri, "job-j", experiment="t", spool_dir=str(tmp_path))
+    t.log_metrics({"loss": 1.0}, step=0)
+    assert _journals(tmp_path) == []  # nothing buffered, nothing written
+    live = t._client
+    t._client = _client(DEAD)
+    t.log_metrics({"loss": 0.5}, step=1)
+    t.set_tags({"reid.note": "late"})
+    (journal,) = _journals(tmp_path)
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [e["op"] for e in entries] == ["_metrics_op", "_tags_op"] and {e["run_id"] for e in entries} == {t.run_id}
+    t._client, t._next_retry = live, 0.0  # the server is back
+    t.log_metrics({"loss": 0.25}, step=2)
+    assert _journals(tmp_path) == [] and t.close() == []
+    history = mlflow.tracking.MlflowClient(uri).get_metric_history(t.run_id, "loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+
+
+def test_a_dead_trackers_journal_is_sent_by_the_next_tracker_of_its_run_to_close(uri, tmp_path):
+    """Rank 0 dies during an outage with epoch 0 buffered; the restarted rank 0 logs epochs 1-2 once MLflow is
+    back and closes: epoch 0 is adopted from the dead one's journal and logged, though later steps came first."""
+    driver = Tracker(uri, "train", experiment="t", spool_dir=str(tmp_path))
+    dead = Tracker(DEAD, "train", experiment="t", spool_dir=str(tmp_path), run_id=driver.run_id, mark_resumed=False)
+    dead.log_metrics({"loss": 3.0}, step=0)
+    dead.set_tags({"reid.from_the_dead": "yes"})
+    del dead  # killed: never closed
+    assert len(_journals(tmp_path)) == 1
+    restarted = Tracker(uri, "train", experiment="t", spool_dir=str(tmp_path), run_id=driver.run_id,
+                        mark_resumed=False)
+    restarted.log_metrics({"loss": 2.0}, step=1)
+    restarted.log_metrics({"loss": 1.0}, step=2)
+    assert restarted.close() == [] and _journals(tmp_path) == []
+    assert driver.close() == []
+    run = mlflow.tracking.MlflowClient(uri).get_run(driver.run_id)
+    history = mlflow.tracking.MlflowClient(uri).get_metric_history(driver.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 3.0), (1, 2.0), (2, 1.0)]
+    assert run.data.tags["reid.from_the_dead"] == "yes" and run.info.status == "FINISHED"
+    assert not (tmp_path / "mlflow_unlogged_train.jsonl").exists()
+
+
+def test_an_adopted_journal_is_spooled_when_mlflow_is_still_down_and_replays_in_any_order(uri, tmp_path):
+    """Both faults at once: MLflow stays down while rank 0 dies and its successor finishes. The successor spools
+    its own epochs and the dead one's; a replay logs every epoch once, though the spool holds them out of order."""
+    run_id = Tracker(uri, "train", experiment="t", spool_dir=str(tmp_path)).run_id
+    dead = Tracker(DEAD, "train", experiment="t", spool_dir=str(tmp_path), run_id=run_id, mark_resumed=False)
+    dead.log_metrics({"loss": 3.0}, step=0)
+    del dead
+    other_run = Tracker(DEAD, "train", experiment="t", spool_dir=str(tmp_path), run_id="f" * 32)
+    other_run.log_metrics({"loss": 9.0}, step=0)
+    del other_run  # a journal of another run: spooled as it is, never sent into this one
+    restarted = Tracker(DEAD, "train", experiment="t", spool_dir=str(tmp_path), run_id=run_id)
+    restarted.log_metrics({"loss": 2.0}, step=1)
+    restarted.log_metrics({"loss": 1.0}, step=2)
+    unlogged = restarted.close(retries=1, backoff_s=0.0)
+    assert len(unlogged) == 5 and _journals(tmp_path) == []  # 2 adopted + 2 own + the end
+    spool = tmp_path / "mlflow_unlogged_train.jsonl"
+    entries = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert [e["args"][1] for e in entries if e["op"] == "_metrics_op" and e["run_id"] == run_id] == [1, 2, 0]
+    assert replay(str(spool), uri) == 5
+    history = mlflow.tracking.MlflowClient(uri).get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 3.0), (1, 2.0), (2, 1.0)]

@@ -4,6 +4,13 @@ Only rank 0 / the driver creates a :class:`Tracker`. Every call is best-effort: 
 down, the operation is buffered and retried on the next call and at :meth:`Tracker.close`; what still
 cannot be logged is written to a local JSONL file and reported in a warning, so nothing is silently lost.
 
+A buffered operation is also appended at once to the tracker's journal
+(``mlflow_unlogged_<run key>.<tracker token>.pending.jsonl`` beside the spool file), which is removed once the buffer
+drains: a process that dies during an outage (a training worker whose node is lost) leaves its operations there.
+The next tracker of the same run key to close in that folder (the training driver, after its workers) adopts such
+journals: it sends what belongs to its run, else spools it. A journal has the spool file's format, so it can also be
+replayed by hand.
+
 One job invocation is one MLflow run. A run is found by its id, never by its name: a tracker given ``run_id``
 continues exactly that run, and one given ``job_folder`` (the job's output folder) continues the run recorded in
 that folder's ``_job.json`` for this tracking URI (:func:`reid.core.contracts.manifest.record_run`), so that a job
@@ -20,9 +27,11 @@ A tracker also logs the datasets a run read as its inputs (:meth:`Tracker.log_in
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -121,8 +130,12 @@ class Tracker:
         self.experiment_id: str | None = None
         self.resumed = False
         self._token = uuid.uuid4().hex  # groups this tracker's spooled operations when it never had a run id
+        self.journal_path = _journal_path(self.spool_path, self._token)
         self._pending: list[tuple[str, tuple, dict]] = []
-        self._logged_steps: dict[str, int] = {}
+        self._journalled = 0  # how many of the first pending operations the journal already holds
+        self._journal_exists = False
+        self._journal_warned = False
+        self._logged_steps: dict[str, set[int]] = {}  # metric key -> steps the run has
         self._params: dict[str, str] = {}
         self._warned = False
         self._next_retry = 0.0
@@ -178,7 +191,7 @@ class Tracker:
             self._params = dict(run.data.params)
             for key in run.data.metrics:
                 history = client.get_metric_history(run.info.run_id, key)
-                self._logged_steps[key] = max((m.step for m in history), default=-1)
+                self._logged_steps[key] = {m.step for m in history}
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             self.run_id = run.info.run_id
@@ -213,6 +226,7 @@ class Tracker:
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         self._pending.append((method, args, kwargs))
         self.flush(final=False)
+        self._journal()
 
     def flush(self, final: bool = False) -> bool:
         """Send buffered operations; returns True when nothing is left."""
@@ -225,7 +239,63 @@ class Tracker:
             if not self._try(functools.partial(getattr(self, method), *args, **kwargs)):
                 return False
             self._pending.pop(0)
+            self._journalled = max(0, self._journalled - 1)
+        self._drop_journal()
         return True
+
+    def _journal(self) -> None:
+        """Append the buffered operations the journal does not hold yet (an outage): a process that dies now
+        loses none of them. Operations sent since stay in it until the buffer drains: replaying one twice is
+        harmless (steps and params already logged are skipped)."""
+        new = self._pending[self._journalled:]
+        if not new:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.journal_path), exist_ok=True)
+            with open(self.journal_path, "a", encoding="utf-8") as out:
+                out.write("".join(json.dumps(self._spool_entry(*op), default=str) + "\n" for op in new))
+            self._journalled, self._journal_exists = len(self._pending), True
+        except OSError as exc:  # the buffer still holds them; only a crash would lose them now
+            if not self._journal_warned:
+                log.warning("cannot journal unlogged MLflow operations to %s (%s); they are kept in memory",
+                            self.journal_path, exc)
+                self._journal_warned = True
+
+    def _drop_journal(self) -> None:
+        self._journalled = 0
+        if not self._journal_exists:
+            return
+        self._journal_exists = False
+        try:
+            os.remove(self.journal_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s (%s): its operations were logged, a replay would skip them",
+                        self.journal_path, exc)
+
+    def _adopt_orphans(self) -> list[dict[str, Any]]:
+        """Journals that other trackers of this run key left in this folder (their process ended without closing
+        them): operations of this tracker's run join its buffer, before its end; the others are returned, to be
+        spooled as they are. The journals are removed (their operations are in the buffer or returned)."""
+        others: list[dict[str, Any]] = []
+        for path in _orphan_journals(self.spool_path, self._token):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    entries = [json.loads(line) for line in f if line.strip()]
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read the MLflow journal %s (%s); left in place, replay it by hand", path, exc)
+                continue
+            run_id = self._known_run_id()
+            for e in entries:
+                if not (run_id and e.get("run_id") == run_id):
+                    others.append(e)
+                elif e["op"] != "_end_op":  # the run ends once, with this tracker's status
+                    self._pending.append((e["op"], tuple(e["args"]), e["kwargs"]))
+            log.warning("MLflow: adopted %d operation(s) that a tracker of %s left in %s (its process ended "
+                        "without closing it)", len(entries), self.run_key, path)
+            os.remove(path)
+        return others
 
     # -- operations (run against the server; called through _call) -------------------------------------
     def _params_op(self, params: dict[str, str]) -> None:
@@ -248,12 +318,12 @@ class Tracker:
         # a model's metrics are its own: a new model logs them even at a step the run already has
         seen = {k: (f"{model_id}/{k}" if model_id else k) for k in metrics}
         todo = [Metric(k, float(v), timestamp, step, **linked) for k, v in metrics.items()
-                if step > self._logged_steps.get(seen[k], -1)]
+                if step not in self._logged_steps.get(seen[k], ())]
         if todo:
             self._client.log_batch(self.run_id, metrics=todo)
             for m in todo:
-                self._logged_steps[seen[m.key]] = step
-                self._logged_steps[m.key] = max(step, self._logged_steps.get(m.key, -1))
+                self._logged_steps.setdefault(seen[m.key], set()).add(step)
+                self._logged_steps.setdefault(m.key, set()).add(step)
 
     def _inputs_op(self, inputs: list[dict[str, Any]]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -372,23 +442,41 @@ class Tracker:
                 "kwargs": kwargs}
 
     def close(self, status: str = "FINISHED", retries: int = 3, backoff_s: float = 2.0) -> list[str]:
-        """End the run. Retries buffered operations; returns (and spools to disk) what could not be logged."""
+        """End the run. Retries buffered operations (with those of journals that dead trackers of this run key
+        left, :meth:`_adopt_orphans`); returns (and spools to disk) what could not be logged."""
         self._stop_monitor()
+        foreign = self._adopt_orphans()
         self._pending.append(("_end_op", (status,), {}))
+        self._journal()
         for attempt in range(retries):
             if self.flush(final=True):
-                return []
+                break
             time.sleep(backoff_s * (2 ** attempt))
-        unlogged = [f"{m} {json.dumps(a, default=str)[:200]}" for m, a, _ in self._pending]
+        if not foreign and not self._pending:
+            return []
+        entries = [*foreign, *(self._spool_entry(*op) for op in self._pending)]
+        unlogged = [f"{e['op']} {json.dumps(e['args'], default=str)[:200]}" for e in entries]
         os.makedirs(os.path.dirname(os.path.abspath(self.spool_path)), exist_ok=True)
         with open(self.spool_path, "a", encoding="utf-8") as out:
-            for method, args, kwargs in self._pending:
-                out.write(json.dumps(self._spool_entry(method, args, kwargs), default=str) + "\n")
+            out.write("".join(json.dumps(e, default=str) + "\n" for e in entries))
         self._pending = []
+        self._drop_journal()
         log.warning("MLflow at %s: %d operation(s) could not be logged; saved to %s (replay with "
                     "`python -m reid.runtime.tracking replay %s`)", self.uri, len(unlogged), self.spool_path,
                     self.spool_path)
         return unlogged
+
+
+def _journal_path(spool_path: str, token: str) -> str:
+    return f"{spool_path.removesuffix('.jsonl')}.{token}.pending.jsonl"
+
+
+def _orphan_journals(spool_path: str, token: str) -> list[str]:
+    """The journals of other trackers beside ``spool_path`` (same run key; tokens are 32 hex digits)."""
+    stem = spool_path.removesuffix(".jsonl")
+    pattern = re.compile(re.escape(os.path.basename(stem)) + r"\.[0-9a-f]{32}\.pending\.jsonl")
+    return sorted(p for p in glob.glob(glob.escape(stem) + ".*.pending.jsonl")
+                  if pattern.fullmatch(os.path.basename(p)) and p != _journal_path(spool_path, token))
 
 
 def open_tracker(*args: Any, **kwargs: Any) -> Future[Tracker]:

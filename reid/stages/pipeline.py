@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reid.core import config, console
 from reid.core.data.synthetic.config import PRESETS
@@ -26,7 +27,7 @@ from reid.core.errors import ConfigError, ReidError
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-_POLL_S = 2.0  # how often a submitted stage's status and log are read
+_POLL_S = 0.5  # how often a submitted stage's status and log are read when its log stream broke
 STAGES = ("corpus", "crop", "pretrain", "finetune", "label")
 RECIPES = {"default": {}, "paper": {"pretrain": "jobs/configs/paper_pretrain.yaml",
                                     "finetune": "jobs/configs/paper_finetune.yaml"}}
@@ -176,17 +177,8 @@ def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
     log.info("submitting %s as %s: %s", stage, submission_id, shlex.join([sys.executable, *argv]))
     client.submit_job(entrypoint=shlex.join([sys.executable, *argv]), submission_id=submission_id,
                       runtime_env={"working_dir": str(REPO)})
-    printed = 0
     try:
-        while True:
-            status = client.get_job_status(submission_id)
-            logs = client.get_job_logs(submission_id)
-            sys.stdout.write(logs[printed:])
-            sys.stdout.flush()
-            printed = len(logs)
-            if status.is_terminal():
-                break
-            time.sleep(_POLL_S)
+        status = _follow(client, submission_id)
     except KeyboardInterrupt:
         log.warning("stage %s keeps running on the cluster as job %s (stop it with `ray job stop %s`)", stage,
                     submission_id, submission_id)
@@ -195,6 +187,36 @@ def _submit(stage: str, argv: list[str], cfg: PipelineConfig) -> None:
         message = client.get_job_info(submission_id).message or ""
         raise ReidError(f"stage {stage} did not succeed: job {submission_id} {status.value}"
                         f"{f' ({message.strip()[:300]})' if message else ''}; see `ray job logs {submission_id}`")
+
+
+def _follow(client: Any, submission_id: str) -> Any:
+    """Print a submitted job's log as the driver writes it (the job server's log stream, as `ray job submit`
+    follows it) and return its final status. If the stream breaks (a dashboard restart), the rest of the log is
+    polled."""
+    import asyncio
+
+    printed = 0
+
+    async def tail() -> None:
+        nonlocal printed
+        async for chunk in client.tail_job_logs(submission_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+            printed += len(chunk)
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as exc:  # the stream closed abnormally: poll instead
+        log.warning("lost the log stream of job %s (%s); polling it", submission_id, str(exc)[:200])
+    while True:  # the stream ends with the job; its status may turn terminal a moment later
+        status = client.get_job_status(submission_id)
+        logs = client.get_job_logs(submission_id)
+        sys.stdout.write(logs[printed:])
+        sys.stdout.flush()
+        printed = max(printed, len(logs))
+        if status.is_terminal():
+            return status
+        time.sleep(_POLL_S)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, str]:
