@@ -286,3 +286,32 @@ def test_an_adopted_journal_is_spooled_when_mlflow_is_still_down_and_replays_in_
     assert replay(str(spool), uri) == 5
     history = mlflow.tracking.MlflowClient(uri).get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(0, 3.0), (1, 2.0), (2, 1.0)]
+
+
+def test_a_journal_is_adopted_only_once_its_writer_has_ended(uri, tmp_path):
+    """Two jobs of one name on one folder at once (two label jobs on one --out): the first to close leaves the
+    other's journal alone while that process runs; once it died unclosed, the next close adopts it."""
+    import subprocess
+    import sys
+
+    run_id = Tracker(uri, "label", experiment="t", spool_dir=str(tmp_path)).run_id
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys\nfrom reid.runtime.tracking import Tracker\n"
+         f"t = Tracker({DEAD!r}, 'label', experiment='t', spool_dir={str(tmp_path)!r}, run_id={run_id!r})\n"
+         "t.log_metrics({'rows': 7.0}, step=0)\nprint('journalled', flush=True)\nsys.stdin.readline()\nos._exit(0)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "journalled"
+        assert Tracker(uri, "label", experiment="t", spool_dir=str(tmp_path), run_id=run_id).close() == []
+        assert len(_journals(tmp_path)) == 1, "a running writer's journal was taken"
+        mine = Tracker(uri, "label", experiment="t", spool_dir=str(tmp_path), run_id=run_id)
+        live = Tracker(DEAD, "label", experiment="t", spool_dir=str(tmp_path), run_id=run_id)
+        live.log_metrics({"rows": 8.0}, step=1)  # an open tracker of this very process: left alone too
+    finally:
+        child.communicate("exit\n", timeout=60)
+    assert child.returncode == 0
+    assert mine.close() == []
+    assert [str(p) for p in _journals(tmp_path)] == [live.journal_path]
+    history = mlflow.tracking.MlflowClient(uri).get_metric_history(run_id, "rows")
+    assert [(m.step, m.value) for m in history] == [(0, 7.0)]  # the dead child's, not the live tracker's
+    assert len(live.close(retries=1, backoff_s=0.0)) == 2 and _journals(tmp_path) == []

@@ -32,8 +32,10 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "reid.run_key"
 DEFAULT_EXPERIMENT = "comic-reid"
+_OPEN_TRACKERS: weakref.WeakValueDictionary[str, Tracker] = weakref.WeakValueDictionary()  # token -> tracker
 
 
 def default_tracking_uri(uri: str | None = None) -> str:
@@ -131,6 +134,7 @@ class Tracker:
         self.resumed = False
         self._token = uuid.uuid4().hex  # groups this tracker's spooled operations when it never had a run id
         self.journal_path = _journal_path(self.spool_path, self._token)
+        _OPEN_TRACKERS[self._token] = self
         self._pending: list[tuple[str, tuple, dict]] = []
         self._journalled = 0  # how many of the first pending operations the journal already holds
         self._journal_exists = False
@@ -253,7 +257,8 @@ class Tracker:
         try:
             os.makedirs(os.path.dirname(self.journal_path), exist_ok=True)
             with open(self.journal_path, "a", encoding="utf-8") as out:
-                out.write("".join(json.dumps(self._spool_entry(*op), default=str) + "\n" for op in new))
+                out.write("".join(json.dumps({**self._spool_entry(*op), "host": socket.gethostname(),
+                                              "pid": os.getpid()}, default=str) + "\n" for op in new))
             self._journalled, self._journal_exists = len(self._pending), True
         except OSError as exc:  # the buffer still holds them; only a crash would lose them now
             if not self._journal_warned:
@@ -277,7 +282,9 @@ class Tracker:
     def _adopt_orphans(self) -> list[dict[str, Any]]:
         """Journals that other trackers of this run key left in this folder (their process ended without closing
         them): operations of this tracker's run join its buffer, before its end; the others are returned, to be
-        spooled as they are. The journals are removed (their operations are in the buffer or returned)."""
+        spooled as they are. The journals are removed (their operations are in the buffer or returned). A journal
+        whose tracker still runs (on this host: its process, or an open tracker of this process) is left alone;
+        one written on another host is adopted (a run's trackers there have ended when the next one closes)."""
         others: list[dict[str, Any]] = []
         for path in _orphan_journals(self.spool_path, self._token):
             try:
@@ -285,6 +292,8 @@ class Tracker:
                     entries = [json.loads(line) for line in f if line.strip()]
             except (OSError, ValueError) as exc:
                 log.warning("cannot read the MLflow journal %s (%s); left in place, replay it by hand", path, exc)
+                continue
+            if entries and _writer_alive(entries[0]):
                 continue
             run_id = self._known_run_id()
             for e in entries:
@@ -465,6 +474,22 @@ class Tracker:
                     "`python -m reid.runtime.tracking replay %s`)", self.uri, len(unlogged), self.spool_path,
                     self.spool_path)
         return unlogged
+
+
+def _writer_alive(entry: dict[str, Any]) -> bool:
+    """Whether the tracker that journalled ``entry`` may still be running: an open tracker of this process, or
+    another live process of this host. Another host's process cannot be asked: False."""
+    import psutil
+
+    if entry.get("host") != socket.gethostname():
+        return False
+    pid = entry.get("pid")
+    if pid == os.getpid():
+        return entry.get("tracker") in _OPEN_TRACKERS
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, TypeError, ValueError):  # gone, or no pid recorded
+        return False
 
 
 def _journal_path(spool_path: str, token: str) -> str:
