@@ -4,12 +4,10 @@ Only rank 0 / the driver creates a :class:`Tracker`. Every call is best-effort: 
 down, the operation is buffered and retried on the next call and at :meth:`Tracker.close`; what still
 cannot be logged is written to a local JSONL file and reported in a warning, so nothing is silently lost.
 
-A buffered operation is also appended at once to the tracker's journal
-(``mlflow_unlogged_<run key>.<tracker token>.pending.jsonl`` beside the spool file), which is removed once the buffer
-drains: a process that dies during an outage (a training worker whose node is lost) leaves its operations there.
-The next tracker of the same run key to close in that folder (the training driver, after its workers) adopts such
-journals: it sends what belongs to its run, else spools it. A journal has the spool file's format, so it can also be
-replayed by hand.
+A buffered operation is also appended at once to the tracker's journal (:mod:`reid.runtime.unlogged`), which is
+removed once the buffer drains: a process that dies during an outage (a training worker whose node is lost) leaves
+its operations there. The next tracker of the same run key to close in that folder (the training driver, after its
+workers) adopts such journals: it sends what belongs to its run, else spools it.
 
 One job invocation is one MLflow run. A run is found by its id, never by its name: a tracker given ``run_id``
 continues exactly that run, and one given ``job_folder`` (the job's output folder) continues the run recorded in
@@ -27,12 +25,9 @@ A tracker also logs the datasets a run read as its inputs (:meth:`Tracker.log_in
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import logging
 import os
-import re
-import socket
 import time
 import uuid
 import weakref
@@ -41,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from reid.core.errors import ConfigError
+from reid.runtime import unlogged
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +129,7 @@ class Tracker:
         self.experiment_id: str | None = None
         self.resumed = False
         self._token = uuid.uuid4().hex  # groups this tracker's spooled operations when it never had a run id
-        self.journal_path = _journal_path(self.spool_path, self._token)
+        self.journal_path = unlogged.journal_path(self.spool_path, self._token)
         _OPEN_TRACKERS[self._token] = self
         self._pending: list[tuple[str, tuple, dict]] = []
         self._journalled = 0  # how many of the first pending operations the journal already holds
@@ -255,10 +251,7 @@ class Tracker:
         if not new:
             return
         try:
-            os.makedirs(os.path.dirname(self.journal_path), exist_ok=True)
-            with open(self.journal_path, "a", encoding="utf-8") as out:
-                out.write("".join(json.dumps({**self._spool_entry(*op), "host": socket.gethostname(),
-                                              "pid": os.getpid()}, default=str) + "\n" for op in new))
+            unlogged.append_entries(self.journal_path, (unlogged.writer(self._spool_entry(*op)) for op in new))
             self._journalled, self._journal_exists = len(self._pending), True
         except OSError as exc:  # the buffer still holds them; only a crash would lose them now
             if not self._journal_warned:
@@ -286,16 +279,15 @@ class Tracker:
         whose tracker still runs (on this host: its process, or an open tracker of this process) is left alone;
         one written on another host is adopted (a run's trackers there have ended when the next one closes)."""
         others: list[dict[str, Any]] = []
-        for path in _orphan_journals(self.spool_path, self._token):
+        run_id = self._known_run_id()
+        for path in unlogged.orphan_journals(self.spool_path, self.journal_path):
             try:
-                with open(path, encoding="utf-8") as f:
-                    entries = [json.loads(line) for line in f if line.strip()]
+                entries = unlogged.read_entries(path)
             except (OSError, ValueError) as exc:
                 log.warning("cannot read the MLflow journal %s (%s); left in place, replay it by hand", path, exc)
                 continue
-            if entries and _writer_alive(entries[0]):
+            if entries and unlogged.writer_alive(entries[0], _OPEN_TRACKERS):
                 continue
-            run_id = self._known_run_id()
             for e in entries:
                 if not (run_id and e.get("run_id") == run_id):
                     others.append(e)
@@ -464,44 +456,14 @@ class Tracker:
         if not foreign and not self._pending:
             return []
         entries = [*foreign, *(self._spool_entry(*op) for op in self._pending)]
-        unlogged = [f"{e['op']} {json.dumps(e['args'], default=str)[:200]}" for e in entries]
-        os.makedirs(os.path.dirname(os.path.abspath(self.spool_path)), exist_ok=True)
-        with open(self.spool_path, "a", encoding="utf-8") as out:
-            out.write("".join(json.dumps(e, default=str) + "\n" for e in entries))
+        lines = [f"{e['op']} {json.dumps(e['args'], default=str)[:200]}" for e in entries]
+        unlogged.append_entries(self.spool_path, entries)
         self._pending = []
         self._drop_journal()
         log.warning("MLflow at %s: %d operation(s) could not be logged; saved to %s (replay with "
-                    "`python -m reid.runtime.tracking replay %s`)", self.uri, len(unlogged), self.spool_path,
+                    "`python -m reid.runtime.tracking replay %s`)", self.uri, len(lines), self.spool_path,
                     self.spool_path)
-        return unlogged
-
-
-def _writer_alive(entry: dict[str, Any]) -> bool:
-    """Whether the tracker that journalled ``entry`` may still be running: an open tracker of this process, or
-    another live process of this host. Another host's process cannot be asked: False."""
-    import psutil
-
-    if entry.get("host") != socket.gethostname():
-        return False
-    pid = entry.get("pid")
-    if pid == os.getpid():
-        return entry.get("tracker") in _OPEN_TRACKERS
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, TypeError, ValueError):  # gone, or no pid recorded
-        return False
-
-
-def _journal_path(spool_path: str, token: str) -> str:
-    return f"{spool_path.removesuffix('.jsonl')}.{token}.pending.jsonl"
-
-
-def _orphan_journals(spool_path: str, token: str) -> list[str]:
-    """The journals of other trackers beside ``spool_path`` (same run key; tokens are 32 hex digits)."""
-    stem = spool_path.removesuffix(".jsonl")
-    pattern = re.compile(re.escape(os.path.basename(stem)) + r"\.[0-9a-f]{32}\.pending\.jsonl")
-    return sorted(p for p in glob.glob(glob.escape(stem) + ".*.pending.jsonl")
-                  if pattern.fullmatch(os.path.basename(p)) and p != _journal_path(spool_path, token))
+        return lines
 
 
 def open_tracker(*args: Any, **kwargs: Any) -> Future[Tracker]:
@@ -519,8 +481,7 @@ def replay(spool_path: str, uri: str | None = None) -> int:
     created goes into one new run per tracker that spooled it (recorded in its job folder, if it had one).
     Returns how many were sent; raises when MLflow is still unavailable (the file is kept, and a later replay
     sends the rest: steps and params already logged are skipped)."""
-    with open(spool_path, encoding="utf-8") as f:
-        entries = [json.loads(line) for line in f if line.strip()]
+    entries = unlogged.read_entries(spool_path)
     sent = 0
     trackers: dict[tuple[str, str], Tracker] = {}
     for entry in entries:
