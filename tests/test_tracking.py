@@ -250,6 +250,7 @@ def test_a_dead_trackers_journal_is_sent_by_the_next_tracker_of_its_run_to_close
     dead = Tracker(DEAD, "train", experiment="t", spool_dir=str(tmp_path), run_id=driver.run_id, mark_resumed=False)
     dead.log_metrics({"loss": 3.0}, step=0)
     dead.set_tags({"reid.from_the_dead": "yes"})
+    dead.cycle = dead  # dropped inside a reference cycle: only the garbage collector frees it
     del dead  # killed: never closed
     assert len(_journals(tmp_path)) == 1
     restarted = Tracker(uri, "train", experiment="t", spool_dir=str(tmp_path), run_id=driver.run_id,

@@ -14,6 +14,7 @@ reid.runtime.tracking replay FILE``).
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -50,6 +51,8 @@ def writer_alive(entry: dict[str, Any], open_tokens: Container[str]) -> bool:
         return False
     pid = entry.get("pid")
     if pid == os.getpid():
+        if entry.get("tracker") in open_tokens:
+            gc.collect()  # a tracker dropped unclosed inside a reference cycle is freed only by the collector
         return entry.get("tracker") in open_tokens
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
