@@ -31,12 +31,28 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path, package: str | None = None) -> set[str]:
-    """Every module ``path`` imports (top-level or inside functions), absolute names."""
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The statements a module runs when imported: not function bodies, not ``if TYPE_CHECKING:`` blocks."""
+    out: list[ast.stmt] = []
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop(0)
+        out.append(node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+            todo[:0] = [*node.body, *node.orelse]
+        elif isinstance(node, ast.Try):
+            todo[:0] = [*node.body, *(s for h in node.handlers for s in h.body), *node.orelse, *node.finalbody]
+    return out
+
+
+def imports_of(path: Path, package: str | None = None, module_level: bool = False) -> set[str]:
+    """Every module ``path`` imports (top-level or inside functions; with ``module_level``, only what importing
+    it runs), absolute names."""
     found: set[str] = set()
     if package is None:
         package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in _module_level(tree) if module_level else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -130,9 +146,39 @@ def test_no_import_cycles() -> None:
     assert not cycles, f"import cycles: {cycles}"
 
 
+def imported_on_import(name: str) -> set[str]:
+    """Every module importing ``name`` loads (its package ``__init__`` files included), through module-level
+    imports only."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        parts = current.split(".")
+        parents = {".".join(parts[:k]) for k in range(1, len(parts))}
+        if current in MODULES:
+            todo.extend(imports_of(MODULES[current], module_level=True) | parents)
+        else:
+            todo.extend(p for p in parents if p in MODULES)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["reid.runtime.ray_datasets"])
+def test_ray_data_row_tasks_do_not_import_torch(name: str) -> None:
+    # Ray Data imports a task function's module in every worker process it starts; the reading, pairing and
+    # filtering tasks must not pay torch's import there (only the decoding UDFs import it, when built)
+    heavy = sorted(m for m in imported_on_import(name) if m.split(".")[0] in ("torch", "torchvision"))
+    assert not heavy, f"importing {name} imports {heavy}"
+
+
 def test_the_checker_sees_violations(tmp_path: Path) -> None:
     # the test can fail: a Ray import in a core-looking module and a stage-to-stage import are both found
     bad = tmp_path / "bad.py"
     bad.write_text("import ray\nfrom reid.stages.label import run_label\n\ndef f():\n    from reid.stages import crop\n")
     found = imports_of(bad, package="reid")
     assert "ray" in found and "reid.stages.label" in found and "reid.stages.crop" in found
+    assert imports_of(bad, package="reid", module_level=True) == {"ray", "reid.stages.label",
+                                                                    "reid.stages.label.run_label"}
+    assert "torch" in imported_on_import("reid.core.embedding"), "the import closure follows module-level imports"

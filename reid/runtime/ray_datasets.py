@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 from reid.core import io
 from reid.core.contracts.crops import committed_crop_files, crop_job_params, pair_rows, shard_id
 from reid.core.data.formats import Sequence
-from reid.core.embedding import decode_rgb, to_uint8_chw
 from reid.core.errors import DataFormatError
 
 VAL_BUCKETS = 20  # 1 instance in 20 (by a hash of its key) is held out of SSL training for validation
@@ -81,7 +80,9 @@ class SSLViews:
 
     def __init__(self, face_size: int, body_size: int, hue: float = 0.1, grayscale: float = 0.2) -> None:
         from reid.core.data import augment
+        from reid.core.embedding import decode_rgb, to_uint8_chw  # torch: only where crops are decoded
 
+        self._decode, self._chw = decode_rgb, to_uint8_chw
         self.face_size, self.body_size = face_size, body_size
         self.strong_face = augment.ssl_strong(face_size, "face", hue, grayscale)
         self.strong_body = augment.ssl_strong(body_size, "body", hue, grayscale)
@@ -100,10 +101,10 @@ class SSLViews:
                 data = batch[modality][i]
                 if not data:
                     continue
-                image = decode_rgb(data)
-                out[f"{modality}_a"][i] = to_uint8_chw(strong(image))
-                out[f"{modality}_b"][i] = to_uint8_chw(strong(image))
-                out[f"{modality}_weak"][i] = to_uint8_chw(weak(image))
+                image = self._decode(data)
+                out[f"{modality}_a"][i] = self._chw(strong(image))
+                out[f"{modality}_b"][i] = self._chw(strong(image))
+                out[f"{modality}_weak"][i] = self._chw(weak(image))
                 out[f"has_{modality}"][i] = True
         return out
 
@@ -166,7 +167,9 @@ class SequenceCrops:
     def __init__(self, crops_root: str, face_size: int, body_size: int, augment_train: bool,
                  transform_json: str = "") -> None:
         from reid.core.data import augment
+        from reid.core.embedding import decode_rgb, to_uint8_chw  # torch: only where crops are decoded
 
+        self._decode, self._chw = decode_rgb, to_uint8_chw
         self.crops_root = crops_root
         if augment_train:
             self.face_tf = augment.weak_face(face_size)
@@ -219,11 +222,10 @@ class SequenceCrops:
             out["panels"].append(np.asarray(kept_panels, np.int64))
         return dict(out)
 
-    @staticmethod
-    def _image(data: bytes | None, transform, size: int) -> np.ndarray:
+    def _image(self, data: bytes | None, transform, size: int) -> np.ndarray:
         if not data:
             return np.zeros((3, size, size), np.uint8)
-        return to_uint8_chw(transform(decode_rgb(data)))
+        return self._chw(transform(self._decode(data)))
 
 
 def sequence_dataset(crops_root: str, sequences: list[Sequence], face_size: int, body_size: int,
