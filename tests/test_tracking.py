@@ -9,7 +9,8 @@ import mlflow
 import pytest
 
 from reid.core.contracts.manifest import RUNS_KEY, ShardedOutput, recorded_run
-from reid.runtime.tracking import RUN_KEY_TAG, Tracker, _client, replay
+from reid.runtime.mlflow_store import make_client
+from reid.runtime.tracking import RUN_KEY_TAG, Tracker, replay
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on port 9
 
@@ -111,7 +112,7 @@ def test_replay_writes_into_the_run_and_store_it_was_spooled_from(uri, tmp_path,
     that store, whatever the replaying shell's MLFLOW_TRACKING_URI says."""
     t = Tracker(uri, "job-c", experiment="t", spool_dir=str(tmp_path))
     t.log_metrics({"loss": 1.0}, step=0)
-    t._client = _client(DEAD)  # the server is gone from here on
+    t._client = make_client(DEAD)  # the server is gone from here on
     t.log_metrics({"loss": 0.5}, step=1)
     t.set_tags({"reid.note": "late"})
     assert len(t.close(retries=1, backoff_s=0.01)) == 3
@@ -197,7 +198,7 @@ def test_local_store_keeps_artifacts_beside_it_and_is_a_model_training_experimen
 def test_ui_hint_opens_the_model_training_view():
     """MLflow 3.17's UI picks GenAI or model training from a browser-wide toggle, not from the experiment: our
     links ask for the model-training view."""
-    from reid.runtime.tracking import ui_hint
+    from reid.runtime.mlflow_store import ui_hint
 
     assert ui_hint("http://127.0.0.1:5000/", "3", "abc") == \
         "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
@@ -230,7 +231,7 @@ def test_buffered_operations_are_on_disk_at_once_and_gone_once_sent(uri, tmp_pat
     t.log_metrics({"loss": 1.0}, step=0)
     assert _journals(tmp_path) == []  # nothing buffered, nothing written
     live = t._client
-    t._client = _client(DEAD)
+    t._client = make_client(DEAD)
     t.log_metrics({"loss": 0.5}, step=1)
     t.set_tags({"reid.note": "late"})
     (journal,) = _journals(tmp_path)

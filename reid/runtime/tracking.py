@@ -37,63 +37,19 @@ from typing import Any
 
 from reid.core.errors import ConfigError
 from reid.runtime import unlogged
+from reid.runtime.mlflow_store import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    default_tracking_uri,
+    local_artifact_location,
+    make_client,
+)
 
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "reid.run_key"
 DEFAULT_EXPERIMENT = "comic-reid"
 _OPEN_TRACKERS: weakref.WeakValueDictionary[str, Tracker] = weakref.WeakValueDictionary()  # token -> tracker
-
-
-def default_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store at ``./runs/mlflow.db``."""
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    path = os.path.abspath(os.path.join("runs", "mlflow.db"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return f"sqlite:///{path}"
-
-
-def _client(uri: str):
-    # Fail fast instead of MLflow's default minutes of HTTP retries: we retry ourselves, without blocking.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    from mlflow.tracking import MlflowClient
-
-    from reid.core import console
-
-    console.quiet_libraries()  # MLflow's own stderr handler: its lines go to the job's log file
-    return MlflowClient(tracking_uri=uri)
-
-
-# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds model-training runs
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def local_artifact_location(uri: str) -> str | None:
-    """For a local SQLite store (``sqlite:////abs/run/mlflow.db``): ``<its folder>/mlartifacts``, so that a run's
-    artifacts live beside its store (``runs/demo/``) and not in ``./mlruns`` of whatever directory the job ran in.
-    None (the server's default) for anything else."""
-    import os
-
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = uri[len("sqlite:///"):]
-    return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
-
-
-def ui_hint(uri: str, experiment_id: str | None, run_id: str | None) -> str:
-    """How to look at a run in the MLflow UI. MLflow 3.17's UI opens every experiment in its GenAI view (a
-    global toggle, kept in the browser; the experiment's ``mlflow.experimentKind`` tag is not consulted while the
-    toggle is on), so the link asks for the model-training view (``?workflowType=machine_learning``)."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else "#/experiments"
-    query = "?workflowType=machine_learning"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}{query}"
-    return (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open "
-            f"http://127.0.0.1:5000/{page}{query}")
 
 
 def _refused(exc: BaseException) -> bool:
@@ -183,7 +139,7 @@ class Tracker:
         return run
 
     def _open(self) -> None:
-        client = self._client or _client(self.uri)
+        client = self._client or make_client(self.uri)
         self._client = client
         run = self._run_to_continue(client)
         if run is not None:

@@ -53,7 +53,7 @@ class ImportConfig:
 
 def tracking_uri(cfg: ImportConfig) -> str:
     """``--mlflow-uri``, else ``MLFLOW_TRACKING_URI``, else SQLite in the output's folder (or ./runs for a URI)."""
-    from reid.runtime.tracking import default_tracking_uri
+    from reid.runtime.mlflow_store import default_tracking_uri
 
     if cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or io.is_uri(cfg.out):
         return default_tracking_uri(cfg.mlflow_uri)

@@ -208,7 +208,7 @@ def resolve_model(cfg: LabelConfig) -> tuple[LabelConfig, dict[str, str]]:
     ``<out>/_model/`` (where every labeling actor can read it), and the exact version it is (recorded in the
     run). A plain path is returned unchanged, with no provenance."""
     from reid.runtime import registry
-    from reid.runtime.tracking import default_tracking_uri
+    from reid.runtime.mlflow_store import default_tracking_uri
 
     if not registry.is_model_uri(cfg.model):
         return cfg, {}

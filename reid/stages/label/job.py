@@ -44,8 +44,8 @@ def run_label(cfg: LabelConfig, report_writer: Callable[..., str] | None = None)
     :func:`reid.stages.report.write_report`; the report is its own stage and reads only the labels contract):
     ``report_writer(labels_root, crops_root, comics_root, out_dir, windows, series, members) -> index.html``.
     """
+    from reid.runtime.mlflow_store import ui_hint
     from reid.runtime.raycluster import init_ray
-    from reid.runtime.tracking import ui_hint
 
     cfg, model_source = resolve_model(cfg)  # models:/ or runs:/ → the checkpoint file, and which version it is
     inputs = check_inputs(cfg)

@@ -141,7 +141,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None, run_conf
     from reid.runtime.raycluster import init_ray
 
     if registry.is_model_uri(cfg.ssl_checkpoint):  # models:/ or runs:/ → a file on the run's storage
-        from reid.runtime.tracking import default_tracking_uri
+        from reid.runtime.mlflow_store import default_tracking_uri
 
         path, provenance = registry.resolve_model_uri(cfg.ssl_checkpoint, default_tracking_uri(cfg.mlflow_uri),
                                                       io.join(run_dir(cfg.storage, cfg.name), "_ssl_model"))
