@@ -38,8 +38,8 @@ def _module_level(tree: ast.Module) -> list[ast.stmt]:
     while todo:
         node = todo.pop(0)
         out.append(node)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
-            todo[:0] = [*node.body, *node.orelse]
+        if isinstance(node, ast.If):  # an `if TYPE_CHECKING:` body never runs; its `else:` does
+            todo[:0] = [*([] if "TYPE_CHECKING" in ast.unparse(node.test) else node.body), *node.orelse]
         elif isinstance(node, ast.Try):
             todo[:0] = [*node.body, *(s for h in node.handlers for s in h.body), *node.orelse, *node.finalbody]
     return out
@@ -181,4 +181,7 @@ def test_the_checker_sees_violations(tmp_path: Path) -> None:
     assert "ray" in found and "reid.stages.label" in found and "reid.stages.crop" in found
     assert imports_of(bad, package="reid", module_level=True) == {"ray", "reid.stages.label",
                                                                     "reid.stages.label.run_label"}
+    typed = tmp_path / "typed.py"
+    typed.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\nelse:\n    import numpy\n")
+    assert imports_of(typed, package="reid", module_level=True) == {"typing", "typing.TYPE_CHECKING", "numpy"}
     assert "torch" in imported_on_import("reid.core.embedding"), "the import closure follows module-level imports"
