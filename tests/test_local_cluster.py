@@ -8,15 +8,18 @@ from __future__ import annotations
 import base64
 import configparser
 import json
+import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus
@@ -34,6 +37,7 @@ from reid.runtime.localcluster import (
     worker_resource,
 )
 from reid.runtime.localcluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowServer, credentials
+from reid.runtime.localcluster.ray_nodes import NodesNotAlive
 from reid.runtime.tracking import Tracker
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -155,27 +159,67 @@ def test_failed_up_leaves_nothing_running(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / STATE_FILE).exists()
 
 
-def test_a_raylet_that_registers_too_late_is_started_again(tmp_path: Path, monkeypatch) -> None:
+def test_a_head_that_registers_after_ray_start_gave_up_still_joins(tmp_path: Path, caplog) -> None:
     """Ray gives a raylet a fixed 30 s to register with the GCS; on a loaded machine `ray start` then exits 1
-    with "timed out during startup". The cluster stops what that attempt started and starts again."""
+    with "timed out during startup" but leaves the node's processes running. The head's raylet is paused past
+    that wait here (what a loaded machine does to it): the cluster waits for it to join, then starts its
+    worker, whose `ray start` would fail at once while the GCS does not know the head."""
+    gcs, dashboard, client, mlflow = free_ports(4)
+    config = LocalClusterConfig(state_dir=str(tmp_path / "state"), gcs_port=gcs, dashboard_port=dashboard,
+                                client_server_port=client, mlflow_port=mlflow, num_workers=1, with_mlflow=False,
+                                object_store_mb=100)
+    local_cluster = LocalCluster(config)
+    paused: list[int] = []
+
+    def pause_the_head_raylet() -> None:
+        deadline = time.monotonic() + 60
+        while not paused and time.monotonic() < deadline:
+            raylets = [p.pid for p in local_cluster.processes("head") if p.name == "raylet"]
+            if raylets:
+                psutil.Process(raylets[0]).suspend()
+                paused.append(raylets[0])
+                time.sleep(40)  # past Ray's 30 s, counted from `ray start`'s wait after it spawned the raylet
+                psutil.Process(raylets[0]).resume()
+            time.sleep(0.05)
+
+    pauser = threading.Thread(target=pause_the_head_raylet, daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="reid.runtime.localcluster.cluster"):
+            pauser.start()
+            local_cluster.start()
+        pauser.join()
+        assert paused, "the head's raylet was never seen"
+        assert "timed out during startup" in (local_cluster.state_dir / "logs" / "head.log").read_text()
+        assert "gave up waiting for the head" in caplog.text and "starting again" not in caplog.text
+        assert [node["state"] for node in local_cluster.wait_for_nodes(2)] == ["ALIVE"] * 2
+    finally:
+        local_cluster.stop()
+    assert not local_cluster.processes()
+
+
+def test_nodes_that_do_not_join_in_time_are_started_again(tmp_path: Path, monkeypatch) -> None:
+    """If the nodes are still not all ALIVE after the wait, the attempt stops everything it started and the
+    whole start runs again (up to 3 times)."""
     gcs, dashboard, client, mlflow = free_ports(4)
     config = LocalClusterConfig(state_dir=str(tmp_path / "state"), gcs_port=gcs, dashboard_port=dashboard,
                                 client_server_port=client, mlflow_port=mlflow, num_workers=0, with_mlflow=False,
                                 object_store_mb=100)
     local_cluster = LocalCluster(config)
-    real_wait, calls = local_cluster.ray_nodes.wait_ray_start, []
+    real_wait, calls, first_heads = local_cluster.ray_nodes.wait_for_nodes, [], []
 
-    def first_times_out(role, launcher):
-        real_wait(role, launcher)  # the head really started: the retry must stop it first
-        calls.append(role)
+    def first_times_out(alive, timeout_s=None):
+        nodes = real_wait(alive, timeout_s)  # the head really joined: the retry must stop it first
+        calls.append(alive)
         if len(calls) == 1:
-            raise LocalClusterError("`ray start` for head exited with 1; log ...: Exception: The current node "
-                                    "timed out during startup. This could happen because ...")
+            first_heads.append(read_process(local_cluster.head_gcs_pid()))
+            raise NodesNotAlive("cluster c: expected 1 alive nodes; last seen: []")
+        return nodes
 
-    monkeypatch.setattr(local_cluster.ray_nodes, "wait_ray_start", first_times_out)
+    monkeypatch.setattr(local_cluster.ray_nodes, "wait_for_nodes", first_times_out)
     try:
         local_cluster.start()
-        assert calls == ["head", "head"] and len(local_cluster.wait_for_nodes(1)) == 1
+        assert calls == [1, 1] and not process_alive(first_heads[0])
+        assert local_cluster.head_gcs_pid() != first_heads[0].pid
     finally:
         local_cluster.stop()
     assert not local_cluster.processes()

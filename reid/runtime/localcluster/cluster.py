@@ -34,7 +34,7 @@ from reid.runtime.localcluster.processes import (
     owned_processes,
     stop_owned,
 )
-from reid.runtime.localcluster.ray_nodes import TOKEN_FILE, RayNodes
+from reid.runtime.localcluster.ray_nodes import TOKEN_FILE, NodesNotAlive, RayNodes
 
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 STARTUP_ATTEMPTS = 3
-RAY_REGISTRATION_TIMEOUT = "timed out during startup"
-"""What `ray start` prints when its raylet did not register with the GCS within Ray's fixed 30 s (not
-configurable): a loaded machine, not a wrong cluster, so the whole start is tried again."""
 ENV_FILE = "env"
 _CLIENT_ENV_DROP = ("RAY_AUTH_TOKEN", "RAY_ADDRESS")
 
@@ -192,11 +189,12 @@ class LocalCluster:
             try:
                 self._start_processes()
                 return self
-            except LocalClusterError as exc:
+            except NodesNotAlive:
+                # a loaded machine, not a wrong cluster: stop what this attempt started and start it all again
                 self.stop()
-                if attempt == STARTUP_ATTEMPTS or RAY_REGISTRATION_TIMEOUT not in str(exc):
+                if attempt == STARTUP_ATTEMPTS:
                     raise
-                log.warning("local cluster: a raylet did not register in time (loaded machine); starting "
+                log.warning("local cluster: its nodes did not all join in time (loaded machine); starting "
                             "again (attempt %d of %d)", attempt + 1, STARTUP_ATTEMPTS)
             except BaseException:
                 self.stop()
@@ -207,13 +205,20 @@ class LocalCluster:
         if self.mlflow is not None:
             self.mlflow.launch()  # starts in parallel with Ray; health is checked at the end
             self.session_ids["mlflow"] = self.mlflow.pid or 0
-        self.ray_nodes.wait_ray_start("head", self._spawn_ray_start("head", self.head_command()))
+        head = self._spawn_ray_start("head", self.head_command())
+        if not self.ray_nodes.wait_ray_start("head", head):
+            # a worker's `ray start` fails at once while the GCS does not know the head node
+            log.warning("local cluster: `ray start` gave up waiting for the head to register (Ray's fixed 30 s; a "
+                        "loaded machine); its processes run on, waiting for it to join")
+            self.wait_for_nodes(1)
         workers = {
             f"worker-{i}": self._spawn_ray_start(f"worker-{i}", self.worker_command(i))
             for i in range(self.config.num_workers)
         }
-        for role, launcher in workers.items():
-            self.ray_nodes.wait_ray_start(role, launcher)
+        late = [role for role, launcher in workers.items() if not self.ray_nodes.wait_ray_start(role, launcher)]
+        if late:
+            log.warning("local cluster: `ray start` gave up waiting for %s to register (Ray's fixed 30 s; a loaded "
+                        "machine); their processes run on, waiting for the nodes to join", ", ".join(late))
         if self.mlflow is not None:
             self.mlflow.wait_healthy()
         self.wait_for_nodes(1 + self.config.num_workers)

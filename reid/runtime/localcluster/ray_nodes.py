@@ -35,8 +35,16 @@ if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
 TOKEN_FILE = "auth_token"
+RAY_REGISTRATION_TIMEOUT = "timed out during startup"
+"""What `ray start` prints when its raylet has not registered with the GCS within Ray's fixed 30 s (not
+configurable, `ray/_private/node.py`). It raises after starting every process of the node and stops none of
+them: on a loaded machine the raylet registers later."""
 # <temp dir>/session_<date>_<pid>/sockets/plasma_store must fit a 107-byte Unix socket path.
 _MAX_RAY_TEMP_DIR_LEN = 40
+
+
+class NodesNotAlive(LocalClusterError):
+    """The cluster's nodes did not all become ALIVE in time: a loaded machine as often as a broken node."""
 
 
 def _ray_config_env(**settings: int | None) -> dict[str, str]:
@@ -61,6 +69,7 @@ class RayNodes:
         self.config = config
         self.state_dir = state_dir
         self.cluster_id = cluster_id
+        self._log_offsets: dict[str, int] = {}
 
     # -- addresses, token and environment
 
@@ -159,10 +168,14 @@ class RayNodes:
 
     def launch(self, role: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start `role`'s `ray start` in a session of its own, logging to `logs/<role>.log`."""
-        return _launch(command, env, self.log_path(role))
+        log = self.log_path(role)
+        self._log_offsets[role] = log.stat().st_size if log.exists() else 0  # the log is appended to
+        return _launch(command, env, log)
 
-    def wait_ray_start(self, role: str, launcher: subprocess.Popen[bytes]) -> None:
-        """Wait for a `ray start` to return 0; raise with its log otherwise."""
+    def wait_ray_start(self, role: str, launcher: subprocess.Popen[bytes]) -> bool:
+        """Wait for a `ray start` to return. True when it returned 0; False when it gave up only on its raylet's
+        registration (`RAY_REGISTRATION_TIMEOUT`): the node's processes were all started and keep running, so
+        whether the node joins is left to `wait_for_nodes`. Raises with the log on any other failure."""
         log = self.log_path(role)
         try:
             code = launcher.wait(timeout=self.config.startup_timeout_s)
@@ -172,10 +185,13 @@ class RayNodes:
             raise LocalClusterError(
                 f"`ray start` for {role} did not return; log {log}:\n{_log_tail(log)}"
             ) from None
-        if code != 0:
-            raise LocalClusterError(
-                f"`ray start` for {role} exited with {code}; log {log}:\n{_log_tail(log)}"
-            )
+        if code == 0:
+            return True
+        with open(log, "rb") as f:  # what this launch wrote, not an earlier attempt's lines
+            f.seek(self._log_offsets.get(role, 0))
+            if RAY_REGISTRATION_TIMEOUT in f.read().decode(errors="replace"):
+                return False
+        raise LocalClusterError(f"`ray start` for {role} exited with {code}; log {log}:\n{_log_tail(log)}")
 
     # -- the job server and the dashboard's API, with the token
 
@@ -216,4 +232,4 @@ class RayNodes:
             except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
                 last = error
             time.sleep(0.5)
-        raise LocalClusterError(f"cluster {self.cluster_id}: expected {alive} alive nodes; last seen: {last}")
+        raise NodesNotAlive(f"cluster {self.cluster_id}: expected {alive} alive nodes; last seen: {last}")
