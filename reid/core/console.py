@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import TextIO
 
 OURS = "reid"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -54,6 +55,23 @@ class _JobLog(logging.Handler):
 _job_log = _JobLog()
 
 
+class _Stderr(logging.StreamHandler):
+    """The console: writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream it was at
+    set-up. A process that swaps ``sys.stderr`` later (pytest's capture, between tests of jobs run in-process)
+    would otherwise leave the handler writing to a closed stream and lose the record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:  # StreamHandler.__init__ and setStream assign it: ignored
+        pass
+
+
 def verbose() -> bool:
     """Whether this job shows everything (``--verbose`` / ``REID_VERBOSE=1``)."""
     return bool(_state["verbose"]) or os.environ.get("REID_VERBOSE", "") not in ("", "0")
@@ -73,7 +91,7 @@ def setup(is_verbose: bool = False) -> None:
     root.setLevel(logging.INFO)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    console = logging.StreamHandler(sys.stderr)
+    console = _Stderr()
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s" if not verbose() else _FORMAT))
     if not verbose():
         console.addFilter(_OursOnly())
