@@ -161,9 +161,9 @@ def test_failed_up_leaves_nothing_running(tmp_path: Path) -> None:
 
 def test_a_head_that_registers_after_ray_start_gave_up_still_joins(tmp_path: Path, caplog) -> None:
     """Ray gives a raylet a fixed 30 s to register with the GCS; on a loaded machine `ray start` then exits 1
-    with "timed out during startup" but leaves the node's processes running. The head's raylet is paused past
-    that wait here (what a loaded machine does to it): the cluster waits for it to join, then starts its
-    worker, whose `ray start` would fail at once while the GCS does not know the head."""
+    with "timed out during startup" but leaves the node's processes running. The head's raylet is suspended
+    until `ray start` has given up on it (what a loaded machine does to it): the cluster waits for it to join,
+    then starts its worker, whose `ray start` would fail at once while the GCS does not know the head."""
     gcs, dashboard, client, mlflow = free_ports(4)
     config = LocalClusterConfig(state_dir=str(tmp_path / "state"), gcs_port=gcs, dashboard_port=dashboard,
                                 client_server_port=client, mlflow_port=mlflow, num_workers=1, with_mlflow=False,
@@ -178,7 +178,9 @@ def test_a_head_that_registers_after_ray_start_gave_up_still_joins(tmp_path: Pat
             if raylets:
                 psutil.Process(raylets[0]).suspend()
                 paused.append(raylets[0])
-                time.sleep(40)  # past Ray's 30 s, counted from `ray start`'s wait after it spawned the raylet
+                head_log, until = local_cluster.state_dir / "logs" / "head.log", time.monotonic() + 90
+                while "timed out during startup" not in head_log.read_text() and time.monotonic() < until:
+                    time.sleep(0.2)  # until `ray start` has given up on it (Ray's 30 s)
                 psutil.Process(raylets[0]).resume()
             time.sleep(0.05)
 
