@@ -36,7 +36,13 @@ from reid.runtime.localcluster import (
     read_process,
     worker_resource,
 )
-from reid.runtime.localcluster.mlflow_server import PASSWORD_ENV, USERNAME_ENV, MlflowServer, credentials
+from reid.runtime.localcluster.mlflow_server import (
+    AUTH_CACHE_TTL_S,
+    PASSWORD_ENV,
+    USERNAME_ENV,
+    MlflowServer,
+    credentials,
+)
 from reid.runtime.localcluster.ray_nodes import NodesNotAlive
 from reid.runtime.tracking import Tracker
 
@@ -300,6 +306,35 @@ def test_mlflow_demands_the_credentials_of_the_env_file(cluster: LocalCluster) -
             Tracker(sourced["MLFLOW_TRACKING_URI"], "wrong-password")
 
 
+def _status(uri: str, username: str, password: str) -> int:
+    """HTTP status of one authenticated request to the MLflow server at ``uri``."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_changed_or_deleted_user_is_refused_at_once_despite_the_auth_cache(cluster: LocalCluster) -> None:
+    """The server keeps checked credentials for a while (not one password hash per request); a password change
+    or a deleted user still takes effect on the next request."""
+    from mlflow.server import get_app_client
+
+    assert cluster.mlflow is not None
+    auth = get_app_client("basic-auth", tracking_uri=cluster.mlflow_uri)  # as the admin of the environment
+    auth.create_user("reviewer", "first-password-1")
+    assert _status(cluster.mlflow_uri, "reviewer", "first-password-1") == 200  # checked once, now cached
+    assert _status(cluster.mlflow_uri, "reviewer", "first-password-1") == 200
+    auth.update_user_password("reviewer", "second-password-2")
+    assert _status(cluster.mlflow_uri, "reviewer", "first-password-1") == 401
+    assert _status(cluster.mlflow_uri, "reviewer", "second-password-2") == 200
+    auth.delete_user("reviewer")
+    assert _status(cluster.mlflow_uri, "reviewer", "second-password-2") == 401
+
+
 def test_mlflow_credentials_from_the_environment_else_generated_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -323,6 +358,7 @@ def test_mlflow_credentials_from_the_environment_else_generated_once(
     auth = configparser.ConfigParser()
     auth.read(env["MLFLOW_AUTH_CONFIG_PATH"])
     assert auth["mlflow"]["admin_username"] == "reid"
+    assert auth["mlflow"]["auth_cache_ttl_seconds"] == str(AUTH_CACHE_TTL_S)
     assert auth["mlflow"]["database_uri"] == f"sqlite:///{tmp_path.resolve() / 'auth' / 'basic_auth.db'}"
     assert "--app-name" in server.command() and "basic-auth" in server.command()
     monkeypatch.setenv(PASSWORD_ENV, "short")

@@ -45,6 +45,11 @@ DEFAULT_USERNAME = "admin"
 DEFAULT_PERMISSION = "READ"  # what a user an admin adds may do on others' experiments (MLflow's default)
 AUTH_DIR = "auth"
 MIN_PASSWORD_LENGTH = 12  # MLflow's password policy for the admin it creates
+# How long the server trusts a checked (user, password): without it every request pays the password hash check
+# (PBKDF2, tuned to be slow), which makes each MLflow call of a job cost CPU on the server. MLflow drops a user's
+# entries when the user's password changes or the user is deleted through its API; other edits of the auth
+# database are seen after this many seconds.
+AUTH_CACHE_TTL_S = 300
 # The admin settings the server would take from its environment instead of the auth config.
 _ADMIN_ENV = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
 
@@ -146,6 +151,7 @@ class MlflowServer:
             f"database_uri = sqlite:///{auth / 'basic_auth.db'}",
             f"admin_username = {username}",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}",
         ]) + "\n")  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in _ADMIN_ENV}
         return {
