@@ -165,11 +165,16 @@ def imported_on_import(name: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("name", ["reid.runtime.ray_datasets"])
+HEAVY = ("torch", "torchvision", "pytorch_metric_learning", "sklearn", "matplotlib")  # seconds of CPU to import
+
+
+@pytest.mark.parametrize("name", ["reid.runtime.ray_datasets", "reid.stages.label.windows",
+                                  "reid.stages.label.series", "reid.stages.label.corrected"])
 def test_ray_data_row_tasks_do_not_import_torch(name: str) -> None:
-    # Ray Data imports a task function's module in every worker process it starts; the reading, pairing and
-    # filtering tasks must not pay torch's import there (only the decoding UDFs import it, when built)
-    heavy = sorted(m for m in imported_on_import(name) if m.split(".")[0] in ("torch", "torchvision"))
+    # Ray Data imports a task function's module in every worker process it starts; the reading, pairing,
+    # filtering and per-series linking tasks must not pay torch's import there (the decoding UDFs and the
+    # embedding actors import it when built, the scores when they score)
+    heavy = sorted(m for m in imported_on_import(name) if m.split(".")[0] in HEAVY)
     assert not heavy, f"importing {name} imports {heavy}"
 
 

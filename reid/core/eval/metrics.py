@@ -2,19 +2,20 @@
 
 Labels are relative to a sequence (docs/DATA.md), so every metric is computed inside one sequence (or
 one window / group) and then averaged over them.
+
+torch, pytorch-metric-learning and scikit-learn are imported by the functions that use them: the label job's
+per-series tasks import this module, and their worker processes should not pay those imports unless they score.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from pytorch_metric_learning.distances import LpDistance
-from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-from pytorch_metric_learning.utils.inference import CustomKNN
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+if TYPE_CHECKING:
+    import torch
 
 RETRIEVAL_METRICS = (
     "precision_at_1",
@@ -28,13 +29,16 @@ RETRIEVAL_METRICS = (
 
 def _kmeans(embeddings: torch.Tensor, num_clusters: int) -> np.ndarray:
     """Seeded k-means for AccuracyCalculator's AMI/NMI (faiss is not a dependency)."""
+    from sklearn.cluster import KMeans
+
     points = embeddings.detach().cpu().numpy()
     return KMeans(n_clusters=num_clusters, n_init=10, random_state=0).fit_predict(points)
 
 
 def _numpy(values: Any) -> np.ndarray:
     """A tensor or array-like as a numpy array."""
-    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    return values.detach().cpu().numpy() if torch and isinstance(values, torch.Tensor) else np.asarray(values)
 
 
 def _groups(group_ids: Any, num_rows: int) -> list[np.ndarray]:
@@ -64,6 +68,11 @@ def retrieval_metrics(
     seen once, for the kNN metrics) is left out of that metric's mean. Returns the metrics of
     ``RETRIEVAL_METRICS`` (NaN if no sequence defines them) and ``num_sequences`` (sequences used).
     """
+    import torch
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
     points = torch.as_tensor(_numpy(embeddings), dtype=torch.float32)
     label_values = _numpy(labels).reshape(-1)
     if points.dim() != 2 or len(points) != len(label_values):
@@ -118,6 +127,8 @@ CLUSTERING_SCORES = ("ARI", "AMI", "bcubed_precision", "bcubed_recall", "bcubed_
 def clustering_scores_per_group(pred: Any, labels: Any, group_ids: Any) -> dict[str, list[float]]:
     """Each of :data:`CLUSTERING_SCORES` per group (in sorted group order): pred (N,) predicted identity,
     labels (N,) true identity, group_ids (N,) the window/sequence of each row."""
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
     pred_values, label_values = _numpy(pred).reshape(-1), _numpy(labels).reshape(-1)
     if pred_values.shape != label_values.shape:
         raise ValueError(f"pred and labels differ in shape: {pred_values.shape} vs {label_values.shape}")

@@ -20,13 +20,9 @@ from reid.core.data import formats
 from reid.core.errors import CheckpointError, ConfigError, DataFormatError
 from reid.core.images import DEFAULT_MAX_PIXELS
 from reid.core.linking import DEFAULT_LINKING, LINK_CONSTRAINTS, LINK_DISTANCES
-from reid.core.models.backbone import REID_FIELDS
 from reid.runtime.raycluster import UNIT_RETRIES
 
 log = logging.getLogger(__name__)
-
-
-MODEL_FIELDS = REID_FIELDS
 
 
 @dataclass(frozen=True)
@@ -140,6 +136,7 @@ def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None, with_e
     raises CheckpointError on a bad path, a checkpoint that is not a Re-ID model, a config that differs from
     the flags, or bytes that changed since the driver read them. The model is built from exactly the bytes
     that were hashed (one read), so the sha256 always describes the weights in use."""
+    from reid.core.models.backbone import REID_FIELDS
     from reid.core.models.checkpoint import model_from_payload, payload_from_bytes
 
     try:
@@ -152,7 +149,7 @@ def load_reid_model(cfg: LabelConfig, expected_sha256: str | None = None, with_e
                               f"{expected_sha256[:12]})")
     model, model_cfg, extra = model_from_payload(payload_from_bytes(data, cfg.model), cfg.model,
                                                  expected_kind="reid")
-    mismatch = [f"{k}: checkpoint {getattr(model_cfg, k)!r} != flag {getattr(cfg, k)!r}" for k in MODEL_FIELDS
+    mismatch = [f"{k}: checkpoint {getattr(model_cfg, k)!r} != flag {getattr(cfg, k)!r}" for k in REID_FIELDS
                 if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(model_cfg, k)]
     if mismatch:
         raise CheckpointError(f"{cfg.model}: the model does not match the requested config: {mismatch}")

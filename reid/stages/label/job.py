@@ -20,7 +20,6 @@ from reid.core.contracts.labels import (
     windows_output,
 )
 from reid.core.contracts.manifest import error_table
-from reid.core.plots import identities_png
 from reid.stages.label.config import (
     LabelConfig,
     check_inputs,
@@ -147,6 +146,8 @@ def _job_metrics(totals: dict[str, Any], counts: dict[str, Any], elapsed: float,
 
 def _write_quality(cfg: LabelConfig, per_series: list[dict[str, float]] | None) -> str | None:
     """The per-series quality file and its plot (with a ground-truth CSV); returns the plot's path."""
+    from reid.core.plots import identities_png  # matplotlib: only when there is something to plot
+
     if per_series is None:
         return None
     io.write_text_atomic(io.join(cfg.out, QUALITY_FILE), json.dumps(per_series, indent=1))
