@@ -36,11 +36,12 @@ lint: venv
 	$(BIN)/ruff check .
 
 # the review app's browser tests drive Debian's Chromium through Playwright (Playwright's own browser download
-# needs the internet); skipped when a chromium is already on PATH
+# needs the internet); skipped when a chromium is already on PATH. Its recommended packages (audio, printing, desktop
+# integration) are left out: headless Chromium does not use them
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
 test: venv lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
