@@ -47,8 +47,9 @@ AUTH_DIR = "auth"
 MIN_PASSWORD_LENGTH = 12  # MLflow's password policy for the admin it creates
 # How long the server trusts a checked (user, password): without it every request pays the password hash check
 # (PBKDF2, tuned to be slow), which makes each MLflow call of a job cost CPU on the server. MLflow drops a user's
-# entries when the user's password changes or the user is deleted through its API; other edits of the auth
-# database are seen after this many seconds.
+# entries when the user's password changes or the user is deleted through its API (in the server worker that got
+# the change: with --workers above 1 the others see it, like any other edit of the auth database, after this many
+# seconds).
 AUTH_CACHE_TTL_S = 300
 # The admin settings the server would take from its environment instead of the auth config.
 _ADMIN_ENV = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
