@@ -30,9 +30,10 @@ def _arm(root: Path, cache: bool, requests: int) -> float:
         def server_env(self) -> dict[str, str]:
             env = super().server_env()
             if not cache:  # MLflow's default: no cache, a password hash check per request
-                text = self.auth_config_path.read_text().replace(f"auth_cache_ttl_seconds = {ms.AUTH_CACHE_TTL_S}",
-                                                                 "auth_cache_ttl_seconds = 0")
-                self.auth_config_path.write_text(text)
+                ours = f"auth_cache_ttl_seconds = {ms.AUTH_CACHE_TTL_S}"
+                text = self.auth_config_path.read_text()
+                assert ours in text, f"{self.auth_config_path} no longer sets {ours!r}: the baseline would be cached"
+                self.auth_config_path.write_text(text.replace(ours, "auth_cache_ttl_seconds = 0"))
             return env
 
     shutil.rmtree(root, ignore_errors=True)
